@@ -1,0 +1,164 @@
+"""The wheelhouse: complete outputs only, one build at a time, SHA256SUMS and manifests.
+
+Every file appears by rename from wheelhouse/.tmp/ after it was written and verified, so
+an interrupted build leaves the visible wheelhouse as it was; a lock file serialises
+concurrent builds. A build whose inputs did not change is a no-op.
+"""
+
+import contextlib
+import datetime
+import email.utils
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from . import apply, build, fetch, pin, series, verify
+from .errors import OverlayError
+from .paths import REPO
+from .zipraw import epoch_to_date_time
+
+WHEELHOUSE = REPO / "wheelhouse"
+BUILD_TREES = Path("work") / "build"  # relative to the repository
+
+
+@contextlib.contextmanager
+def locked(wheelhouse: Path):
+    wheelhouse.mkdir(parents=True, exist_ok=True)
+    with open(wheelhouse / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"wheel: waiting for another build holding {wheelhouse / '.lock'}",
+                  file=sys.stderr)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def publish_file(tmp: Path, dest: Path) -> None:
+    """Rename a finished temp file into place (atomic on one file system)."""
+    if os.environ.get("VLLM_OVERLAY_FAULT") == f"before-rename:{dest.name}":
+        os._exit(137)  # fault injection for tests: die like a killed process
+    os.replace(tmp, dest)
+
+
+def write_text(wheelhouse: Path, name: str, text: str) -> None:
+    tmp = wheelhouse / ".tmp" / name
+    tmp.write_text(text)
+    publish_file(tmp, wheelhouse / name)
+
+
+def source_date_epoch(patches: list[series.Patch], released: str) -> int:
+    """SOURCE_DATE_EPOCH if set, else the newest patch date, else the upstream release date."""
+    if env := os.environ.get("SOURCE_DATE_EPOCH"):
+        return int(env)
+    dates = [email.utils.parsedate_to_datetime(p.date).timestamp() for p in patches if p.date]
+    release = datetime.datetime.fromisoformat(released.replace("Z", "+00:00")).timestamp()
+    return int(max(dates, default=release))
+
+
+def tooling_digest() -> str:
+    digest = hashlib.sha256()
+    for path in sorted((REPO / "vllm_overlay").glob("*.py")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def build_key(the_pin: pin.Pin, arch: str, series_sha: str, epoch: int) -> str:
+    parts = [the_pin.overlay_version, arch, the_pin.sdist.sha256, the_pin.wheel(arch).sha256,
+             series_sha, str(epoch), tooling_digest(), "mode=overlay"]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def _stat(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def up_to_date(wheelhouse: Path, arch: str, key: str) -> Path | None:
+    """The existing wheel if it was built from this build key and is unchanged since."""
+    try:
+        state = json.loads((wheelhouse / f".state-{arch}.json").read_text())
+        wheel = wheelhouse / state["filename"]
+        return wheel if state["build_key"] == key and state["stat"] == _stat(wheel) else None
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def update_sha256sums(wheelhouse: Path, filename: str, sha256: str) -> None:
+    sums_file, lines = wheelhouse / "SHA256SUMS", {}
+    if sums_file.exists():
+        for line in sums_file.read_text().splitlines():
+            digest, _, name = line.partition("  ")
+            if (wheelhouse / name).exists():
+                lines[name] = digest
+    lines[filename] = sha256
+    write_text(wheelhouse, "SHA256SUMS", "".join(f"{lines[n]}  {n}\n" for n in sorted(lines)))
+
+
+def make_wheel(arch: str = "x86_64", wheelhouse: Path = WHEELHOUSE,
+               patches_dir: Path = series.PATCHES, repo: Path = REPO) -> Path:
+    started = time.monotonic()
+    the_pin = pin.load(repo)
+    patches = series.read_series(patches_dir)
+    series_sha = series.series_digest(patches, patches_dir)
+    epoch = source_date_epoch(patches, the_pin.released)
+    key = build_key(the_pin, arch, series_sha, epoch)
+    manifest_name = f"manifest-{arch}.json"
+    with locked(wheelhouse):
+        if existing := up_to_date(wheelhouse, arch, key):
+            print(f"wheel: {existing.name} is up to date (nothing changed)", file=sys.stderr)
+            return existing
+        tmp_dir = wheelhouse / ".tmp"
+        shutil.rmtree(tmp_dir, ignore_errors=True)  # leftovers of an interrupted build
+        tmp_dir.mkdir()
+        upstream_art = the_pin.wheel(arch)
+        sdist = fetch.fetch(the_pin.sdist, the_pin.project)
+        upstream = fetch.fetch(upstream_art, the_pin.project)
+        tree = repo / BUILD_TREES / arch / f"vllm-{the_pin.upstream_version}"
+        print(f"apply: {len(patches)} patch(es) onto {the_pin.sdist.filename} in {tree}",
+              file=sys.stderr)
+        apply.apply_series(sdist, patches, tree, the_pin.released)
+        applied = time.monotonic()
+        plan = build.plan_wheel(upstream, upstream_art.filename, the_pin.upstream_version,
+                                the_pin.overlay_version, tree, patches)
+        tmp = tmp_dir / plan.filename
+        sha256 = build.write_wheel(plan, tmp, epoch_to_date_time(epoch))
+        verify.verify_wheel(plan, tmp, upstream_art.sha256,
+                            f"vllm-{the_pin.upstream_version}.dist-info/")
+        dest = wheelhouse / plan.filename
+        publish_file(tmp, dest)
+        size = dest.stat().st_size
+        manifest = {
+            "mode": "overlay",
+            "version": the_pin.overlay_version,
+            "arch": arch,
+            "build_key": key,
+            "source_date_epoch": epoch,
+            "build_time": datetime.datetime.fromtimestamp(epoch, datetime.UTC).isoformat(),
+            "upstream": {"version": the_pin.upstream_version,
+                         "artifacts": {a.key: {"filename": a.filename, "size": a.size,
+                                               "sha256": a.sha256}
+                                       for a in (the_pin.sdist, upstream_art)}},
+            "series": {"sha256": series_sha,
+                       "patches": [{"name": p.name, "sha256": p.sha256(), "subject": p.subject,
+                                    **{k.lower().replace("-", "_"): v[0] if len(v) == 1 else v
+                                       for k, v in p.trailers.items()}}
+                                   for p in patches]},
+            "wheel": {"filename": plan.filename, "sha256": sha256, "size": size},
+            "changed_members": plan.changed,
+            "not_shipped": plan.outside,
+        }
+        write_text(wheelhouse, manifest_name, json.dumps(manifest, indent=2) + "\n")
+        update_sha256sums(wheelhouse, plan.filename, sha256)
+        write_text(wheelhouse, f".state-{arch}.json",
+                   json.dumps({"filename": plan.filename, "build_key": key, "stat": _stat(dest)}))
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        print(f"wheel: {dest} ({size / 1e6:.1f} MB, sha256 {sha256}) verified; "
+              f"apply {applied - started:.1f} s, wheel {time.monotonic() - applied:.1f} s",
+              file=sys.stderr)
+        return dest
