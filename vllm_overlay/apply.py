@@ -24,7 +24,7 @@ _FAILED_RE = re.compile(r"^error: patch failed: (.+):(\d+)$", re.M)
 _FILE_ERR_RE = re.compile(r"^error: (.+?): (does not exist in index|No such file or directory|"
                           r"already exists in (?:index|working directory)|patch does not apply)$",
                           re.M)
-_OFFSET_RE = re.compile(r"^Hunk #(\d+) succeeded at (\d+) \((offset|fuzz) .*\)\.$", re.M)
+_OFFSET_RE = re.compile(r"^Hunk #(\d+) succeeded at (\d+) \(((?:offset|fuzz) .*)\)\.$", re.M)
 
 
 def git(repo: Path, *args: str, check: bool = True, env: dict | None = None,

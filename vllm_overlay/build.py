@@ -106,7 +106,11 @@ def plan_wheel(upstream: Path, upstream_name: str, upstream_version: str, versio
     plan = WheelPlan(upstream, f"vllm-{version}-{tags}.whl", version, changed=shipped,
                      outside=outside)
     old_info, new_info = f"vllm-{upstream_version}.dist-info/", f"vllm-{version}.dist-info/"
-    with zipfile.ZipFile(upstream) as zf:
+    try:
+        zf = zipfile.ZipFile(upstream)
+    except zipfile.BadZipFile as exc:
+        raise OverlayError(f"{upstream_name} ({upstream}): not a valid wheel: {exc}") from exc
+    with zf:
         names = zf.namelist()
         missing = [p for p, s in shipped.items() if s in "MD" and p not in names]
         if missing:

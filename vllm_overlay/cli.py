@@ -16,9 +16,9 @@ TOOLS_REQUIREMENTS = REPO / "tests" / "requirements-tools.txt"
 
 def cmd_fetch(args) -> None:
     the_pin = pin.load()
-    keys = ["sdist", *(f"wheel-{a}" for a in args.arch)]
-    for key in keys:
-        print(fetch.fetch(the_pin.artifacts[key], the_pin.project))
+    artifacts = [the_pin.sdist, *(the_pin.wheel(arch) for arch in args.arch)]
+    for art in artifacts:
+        print(fetch.fetch(art, the_pin.project))
 
 
 def apply_fresh(tree: Path, patches_dir: Path = series.PATCHES) -> Path:
