@@ -1,6 +1,7 @@
 # vLLM 0.19.1 multimodal overlay. The logic lives in vllm_overlay/ (via ./build.sh).
 ARCH ?= x86_64
 OVERLAY := ./build.sh
+PYTHON ?= python3
 
 .PHONY: wheel fetch apply export-patches check-patches test test-fast bench help
 
@@ -26,3 +27,6 @@ test-fast:        ## tooling tests only
 	$(OVERLAY) pytest tests/tooling
 
 test: test-fast check-patches wheel   ## everything CI runs
+
+bench:            ## figures for make wheel on the real wheel (warm cache), printed
+	$(PYTHON) benchmarks/bench_wheel.py

@@ -24,6 +24,7 @@ def export(tree: Path, dest: Path) -> list[str]:
     """Write one patch per commit since the base into dest, plus `series`. Returns names."""
     if not (tree / ".git").exists():
         raise OverlayError(f"{tree}: not a work tree (run `make apply` first)")
+    dest = dest.resolve()  # git runs in the tree: a relative path would land there
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest, prefix=".export-") as tmp:
         git(tree, *FORMAT_PATCH_ARGS, "-o", tmp, f"{BASE_TAG}..HEAD")

@@ -213,6 +213,15 @@ def test_patch_without_diff_is_an_error(synth):
         series.read_series(synth.patches)
 
 
+def test_export_to_a_relative_folder(synth, monkeypatch):
+    tree = synth.dev_tree()
+    synth.commit(tree, "Change A", {"vllm/a.py": CHANGE_A})
+    monkeypatch.chdir(synth.root)
+    assert export.export(tree, Path("relative")) == ["0001-Change-A.patch"]
+    assert (synth.root / "relative" / "0001-Change-A.patch").exists()
+    assert not list(tree.glob("relative*"))
+
+
 def test_export_is_stable_and_check_detects_drift(synth):
     synth.write_series({"Change A": {"vllm/a.py": CHANGE_A}})
     first = {p.name: p.read_bytes() for p in synth.patches.iterdir()}

@@ -1,0 +1,108 @@
+"""Benchmark of `make wheel` on the real 433 MB upstream wheel (warm cache). Prints figures.
+
+In one run, so the ratios compare like with like on a shared, noisy machine:
+  - cp of the upstream wheel (the floor for writing 433 MB),
+  - python -m wheel unpack + pack of it (what a naive repack costs),
+  - a build after a change to the series (apply + wheel write + verify),
+  - a build with nothing changed (no-op),
+each a fresh process; peak RSS from the kernel's accounting of that process.
+Targets: rebuild <= 3 x cp + apply time; >= 20x faster than unpack+pack; no-op < 1 s;
+peak memory < 300 MB.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from vllm_overlay import apply, export, fetch, pin, series, venvs  # noqa: E402
+
+# The build in a fresh process, which reports its own peak RSS (itself and git children).
+BUILD = ("import resource as R, sys; from pathlib import Path; from vllm_overlay import "
+         "wheelhouse; r = Path(sys.argv[1]); wheelhouse.make_wheel('x86_64', "
+         "r / 'wheelhouse', r / 'patches', r); print('peak_kb', max(R.getrusage(w).ru_maxrss "
+         "for w in (R.RUSAGE_SELF, R.RUSAGE_CHILDREN)), file=sys.stderr)")
+
+
+def timed(cmd: list[str], **kwargs) -> tuple[float, str]:
+    """(wall seconds, stderr) of one command in a fresh process."""
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    wall = time.perf_counter() - start
+    if proc.returncode:
+        raise SystemExit(f"benchmark command failed: {cmd}\n{proc.stderr}")
+    return wall, proc.stderr
+
+
+def build(repo: Path) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS MB, log) of one build."""
+    wall, log = timed([sys.executable, "-c", BUILD, str(repo)], cwd=REPO)
+    return wall, int(re.search(r"peak_kb (\d+)", log)[1]) / 1024, log
+
+
+def main() -> None:
+    the_pin = pin.load()
+    upstream = fetch.fetch(the_pin.wheel("x86_64"))
+    fetch.fetch(the_pin.sdist)
+    bench_venv = venvs.ensure_venv("bench", ["wheel==0.45.1"])
+    with tempfile.TemporaryDirectory(prefix="bench-wheel-") as tmp:
+        tmp = Path(tmp)
+        repo = tmp / "repo"
+        shutil.copytree(REPO / "patches", repo / "patches")
+        for name in ("VERSION", "upstream.lock.json"):
+            shutil.copy(REPO / name, repo / name)
+
+        build(repo)  # warm-up: page cache, upstream RECORD check, first build
+
+        # a change to the series: one more (trivial) patch on top of the committed ones
+        tree = apply.apply_series(fetch.fetch(the_pin.sdist),
+                                  series.read_series(repo / "patches"),
+                                  tmp / "dev" / "vllm", the_pin.released)
+        target = tree / "vllm" / "v1" / "worker" / "encoder_cudagraph.py"
+        target.write_text(target.read_text() + "\n# benchmark change\n")
+        apply.git(tree, "commit", "-q", "-am", "Bench\n\nOrigin: vendor\nRisk: none\n"
+                  "Probe: defines vllm/x.py::X\n")
+        export.export(tree, repo / "patches")
+
+        rebuild, rebuild_rss, log = build(repo)
+        phases = re.search(r"apply ([\d.]+) s, wheel ([\d.]+) s", log)
+        apply_s, wheel_s = float(phases[1]), float(phases[2])
+        noop, noop_rss, _ = build(repo)
+
+        copy, _ = timed(["cp", str(upstream), str(tmp / "copy.whl")])
+        named = tmp / the_pin.wheel("x86_64").filename
+        os.symlink(upstream, named)
+        py = str(venvs.python_of(bench_venv))
+        unpack, _ = timed([py, "-m", "wheel", "unpack", "-d", str(tmp / "unpacked"),
+                              str(named)])
+        pack, _ = timed([py, "-m", "wheel", "pack", "-d", str(tmp / "packed"),
+                            str(next((tmp / "unpacked").iterdir()))])
+
+    naive = unpack + pack
+    print(f"machine: {os.cpu_count()} cores; upstream wheel {upstream.stat().st_size / 1e6:.0f} MB")
+    print(f"cp of the upstream wheel            {copy:7.2f} s")
+    print(f"wheel unpack + pack (naive repack)  {naive:7.2f} s  ({unpack:.1f} + {pack:.1f})")
+    print(f"make wheel after a series change    {rebuild:7.2f} s  (apply {apply_s:.2f} s, "
+          f"write + verify {wheel_s:.2f} s), peak RSS {rebuild_rss:.0f} MB")
+    print(f"make wheel with nothing changed     {noop:7.2f} s")
+    print()
+    print(f"rebuild vs 3 x cp + apply:   {rebuild:.2f} s vs {3 * copy + apply_s:.2f} s "
+          f"-> {'OK' if rebuild <= 3 * copy + apply_s else 'MISSED'}"
+          f" (write + verify = {wheel_s / copy:.1f} x cp)")
+    print(f"naive repack / rebuild:      {naive / rebuild:.1f}x faster "
+          f"-> {'OK' if naive / rebuild >= 20 else 'MISSED'} (target >= 20x)")
+    print(f"no-op rebuild:               {noop:.2f} s -> {'OK' if noop < 1 else 'MISSED'} "
+          f"(target < 1 s)")
+    print(f"peak memory of a rebuild:    {rebuild_rss:.0f} MB -> "
+          f"{'OK' if rebuild_rss < 300 else 'MISSED'} (target < 300 MB)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,412 @@
+"""Behaviour of patches 0001 (encoder CUDA graph modules importable) and
+0002 (video in the ViT encoder CUDA graph, upstream #38061) on vLLM 0.19.1.
+
+Runs on CPU: the manager is built with a real VllmConfig for a tiny
+Qwen3-VL directory, nothing is captured on a GPU. Where a replay is needed
+the CUDA graph is replaced by an object that re-runs the same forward on
+the captured buffers (what replaying the graph computes).
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import importlib
+import importlib.util
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+# ---------------------------------------------------------------------------
+# Configuration keys
+# ---------------------------------------------------------------------------
+
+
+def test_compilation_config_accepts_new_keys():
+    from vllm.config import CompilationConfig
+
+    cc = CompilationConfig(
+        cudagraph_mm_encoder=True,
+        encoder_cudagraph_token_budgets=[256, 1024],
+        encoder_cudagraph_max_vision_items_per_batch=6,
+        encoder_cudagraph_max_frames_per_batch=40,
+    )
+    assert cc.encoder_cudagraph_max_vision_items_per_batch == 6
+    assert cc.encoder_cudagraph_max_frames_per_batch == 40
+    default = CompilationConfig(cudagraph_mm_encoder=True)
+    assert default.encoder_cudagraph_max_vision_items_per_batch == 0
+    assert default.encoder_cudagraph_max_frames_per_batch == 0
+    # The frame limit is part of the config hash (it shapes the graphs).
+    assert cc.compute_hash() != CompilationConfig(
+        cudagraph_mm_encoder=True,
+        encoder_cudagraph_token_budgets=[256, 1024],
+        encoder_cudagraph_max_vision_items_per_batch=6,
+        encoder_cudagraph_max_frames_per_batch=41,
+    ).compute_hash()
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "encoder_cudagraph_max_vision_items_per_batch",
+        "encoder_cudagraph_max_frames_per_batch",
+    ],
+)
+def test_compilation_config_rejects_negative(key):
+    from vllm.config import CompilationConfig
+
+    with pytest.raises(ValueError, match=f"{key} must be non-negative"):
+        CompilationConfig(cudagraph_mm_encoder=True, **{key: -2})
+
+
+def test_cli_compilation_config_json(cpu_platform, tiny_qwen3_vl_dir):
+    """The keys go through `--compilation-config` like a user writes them."""
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = EngineArgs.add_cli_args(FlexibleArgumentParser())
+    args = parser.parse_args(
+        [
+            "--model",
+            str(tiny_qwen3_vl_dir),
+            "--compilation-config",
+            '{"cudagraph_mm_encoder": true, '
+            '"encoder_cudagraph_max_vision_items_per_batch": 8, '
+            '"encoder_cudagraph_max_frames_per_batch": 64}',
+        ]
+    )
+    cc = EngineArgs.from_cli_args(args).compilation_config
+    assert cc.cudagraph_mm_encoder is True
+    assert cc.encoder_cudagraph_max_vision_items_per_batch == 8
+    assert cc.encoder_cudagraph_max_frames_per_batch == 64
+
+
+# ---------------------------------------------------------------------------
+# 0001: the manager imports the way the model runner imports it
+# ---------------------------------------------------------------------------
+
+
+def _encoder_cudagraph_imports(module_name):
+    spec = importlib.util.find_spec(module_name)
+    with open(spec.origin, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    return [
+        (node.module, [a.name for a in node.names])
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+        and node.level == 0
+        and node.module
+        and "encoder_cudagraph" in node.module
+    ]
+
+
+@pytest.mark.parametrize(
+    "module_name",
+    [
+        "vllm.v1.worker.gpu_model_runner",
+        "vllm.v1.worker.encoder_cudagraph",
+        "vllm.model_executor.models.interfaces",
+        "vllm.model_executor.models.qwen3_vl",
+    ],
+)
+def test_encoder_cudagraph_imports_resolve(module_name):
+    imports = _encoder_cudagraph_imports(module_name)
+    assert imports
+    for target, names in imports:
+        module = importlib.import_module(target)
+        for name in names:
+            assert hasattr(module, name), (target, name)
+
+
+def test_runner_import_of_manager():
+    targets = {
+        target
+        for target, names in _encoder_cudagraph_imports(
+            "vllm.v1.worker.gpu_model_runner"
+        )
+        if "EncoderCudaGraphManager" in names
+    }
+    assert targets == {"vllm.v1.worker.encoder_cudagraph"}
+    mod = importlib.import_module("vllm.v1.worker.encoder_cudagraph")
+    assert isinstance(mod.EncoderCudaGraphManager, type)
+
+
+# ---------------------------------------------------------------------------
+# Manager sizing and routing with a real VllmConfig (tiny Qwen3-VL, no hub)
+# ---------------------------------------------------------------------------
+
+
+def _manager(vllm_config, model):
+    from vllm.v1.worker.encoder_cudagraph import EncoderCudaGraphManager
+
+    return EncoderCudaGraphManager(
+        vllm_config=vllm_config,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        model=model,
+    )
+
+
+def _pow2_budgets(lo, hi):
+    out = []
+    b = lo
+    while b <= hi:
+        out.append(b)
+        b *= 2
+    if out[-1] < hi:
+        out.append(hi)
+    return out
+
+
+@pytest.mark.parametrize("max_num_batched_tokens", [2048, 3000])
+def test_manager_auto_limits(
+    tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model, max_num_batched_tokens
+):
+    vllm_config = make_vllm_config(
+        tiny_qwen3_vl_dir,
+        max_num_batched_tokens=max_num_batched_tokens,
+        compilation={"cudagraph_mm_encoder": True},
+    )
+    assert vllm_config.scheduler_config.max_num_batched_tokens == (
+        max_num_batched_tokens
+    )
+    mgr = _manager(vllm_config, make_encoder_cg_model(min_budget=64))
+    assert mgr.token_budgets == _pow2_budgets(64, max_num_batched_tokens)
+    assert mgr.max_batch_size == max_num_batched_tokens // 64
+    assert mgr.max_frames_per_batch == max_num_batched_tokens // 64
+    assert mgr.supports_modality("video")
+
+
+def test_manager_user_limits(
+    tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model
+):
+    vllm_config = make_vllm_config(
+        tiny_qwen3_vl_dir,
+        compilation={
+            "cudagraph_mm_encoder": True,
+            "encoder_cudagraph_token_budgets": [1024, 256],
+            "encoder_cudagraph_max_vision_items_per_batch": 4,
+            "encoder_cudagraph_max_frames_per_batch": 24,
+        },
+    )
+    mgr = _manager(vllm_config, make_encoder_cg_model(min_budget=64))
+    assert mgr.token_budgets == [256, 1024]
+    assert mgr.max_batch_size == 4
+    assert mgr.max_frames_per_batch == 24
+
+
+def test_manager_auto_frames_with_user_items(
+    tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model
+):
+    vllm_config = make_vllm_config(
+        tiny_qwen3_vl_dir,
+        compilation={
+            "cudagraph_mm_encoder": True,
+            "encoder_cudagraph_max_vision_items_per_batch": 4,
+        },
+    )
+    max_tokens = vllm_config.scheduler_config.max_num_batched_tokens
+    mgr = _manager(vllm_config, make_encoder_cg_model(min_budget=128))
+    assert mgr.max_batch_size == 4
+    # auto: enough frame sequences to fill the largest budget with
+    # minimum-size frames, never fewer than the item limit
+    assert mgr.max_frames_per_batch == max(4, max_tokens // 128)
+
+
+def test_manager_image_only_model(
+    tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model
+):
+    vllm_config = make_vllm_config(
+        tiny_qwen3_vl_dir,
+        compilation={
+            "cudagraph_mm_encoder": True,
+            "encoder_cudagraph_max_frames_per_batch": 24,
+        },
+    )
+    mgr = _manager(vllm_config, make_encoder_cg_model(video=False))
+    assert mgr.max_frames_per_batch == 0
+    assert mgr.supports_modality("image")
+    assert not mgr.supports_modality("video")
+
+
+def test_manager_routes_modality_to_input_key(
+    tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model
+):
+    vllm_config = make_vllm_config(
+        tiny_qwen3_vl_dir, compilation={"cudagraph_mm_encoder": True}
+    )
+    mgr = _manager(vllm_config, make_encoder_cg_model())
+    image = {"pixel_values": torch.zeros(16, 12), "image_grid_thw": [[1, 4, 4]]}
+    video = {
+        "pixel_values_videos": torch.zeros(32, 12),
+        "video_grid_thw": [[2, 4, 4]],
+    }
+    assert mgr._get_input_key(image) == "pixel_values"
+    assert mgr._get_input_key(video) == "pixel_values_videos"
+
+
+# ---------------------------------------------------------------------------
+# Replay path on CPU: one graph per budget serves images and videos
+# ---------------------------------------------------------------------------
+
+
+class _CpuGraph:
+    def __init__(self):
+        self.replay_fn = None
+
+    def replay(self):
+        self.replay_fn()
+
+
+@pytest.fixture
+def cpu_captured(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", _CpuGraph)
+    monkeypatch.setattr(torch.cuda, "graph", lambda g: contextlib.nullcontext())
+
+    def capture(mgr):
+        mgr.capture()
+        for meta in mgr.budget_graphs.values():
+            meta.graph.replay_fn = lambda meta=meta: meta.output_buffer.copy_(
+                mgr.model.encode(meta.input_buffer)
+            )
+        return mgr
+
+    return capture
+
+
+def _per_item_eager(model, pixel_values, grid):
+    out, off = [], 0
+    for t, h, w in grid:
+        n = t * h * w
+        out.append(model.encode(pixel_values[off : off + n]))
+        off += n
+    return out
+
+
+def test_video_and_image_replay_share_graphs(
+    tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model, cpu_captured
+):
+    torch.manual_seed(0)
+    vllm_config = make_vllm_config(
+        tiny_qwen3_vl_dir,
+        compilation={
+            "cudagraph_mm_encoder": True,
+            "encoder_cudagraph_token_budgets": [16, 64],
+            "encoder_cudagraph_max_vision_items_per_batch": 2,
+            "encoder_cudagraph_max_frames_per_batch": 8,
+        },
+    )
+    model = make_encoder_cg_model(min_budget=4)
+    mgr = cpu_captured(_manager(vllm_config, model))
+    assert sorted(mgr.budget_graphs) == [16, 64]
+    assert [c for c in model.calls if c[0] == "capture"] == [
+        ("capture", (16, 2, 8)),
+        ("capture", (64, 2, 8)),
+    ]
+    for meta in mgr.budget_graphs.values():
+        assert meta.metadata_buffers["cu_seqlens"].numel() == 8 + 1
+
+    video_grid = [[6, 4, 4], [1, 4, 4]]  # 7 frames > 2 items, 28 tokens
+    video_pv = torch.randn(7 * 16, 12)
+    image_grid = [[1, 4, 8]]
+    image_pv = torch.randn(32, 12)
+    with torch.inference_mode():
+        video_out = mgr.execute(
+            {"pixel_values_videos": video_pv, "video_grid_thw": video_grid}
+        )
+        image_out = mgr.execute(
+            {"pixel_values": image_pv, "image_grid_thw": image_grid}
+        )
+
+    for got, want in zip(video_out, _per_item_eager(model, video_pv, video_grid)):
+        torch.testing.assert_close(got, want)
+    for got, want in zip(image_out, _per_item_eager(model, image_pv, image_grid)):
+        torch.testing.assert_close(got, want)
+    assert [o.shape[0] for o in video_out] == [24, 4]
+    assert len(mgr.budget_graphs) == 2
+    assert mgr.graph_hits == 3  # per item
+    assert mgr.graph_misses == 0
+    assert ("replay", (2, 8)) in model.calls
+
+
+# ---------------------------------------------------------------------------
+# The Qwen3-VL implementation of the protocol (real methods, stub tower)
+# ---------------------------------------------------------------------------
+
+
+def _qwen3_vl_protocol_object(vllm_config):
+    """A Qwen3VLForConditionalGeneration whose vision tower is reduced to the
+    two attributes the protocol bookkeeping reads; every method is real."""
+    from vllm.model_executor.models.qwen3_vl import Qwen3VLForConditionalGeneration
+
+    hf = vllm_config.model_config.hf_config
+    obj = Qwen3VLForConditionalGeneration.__new__(Qwen3VLForConditionalGeneration)
+    torch.nn.Module.__init__(obj)
+    obj.visual = SimpleNamespace(
+        spatial_merge_size=hf.vision_config.spatial_merge_size,
+        out_hidden_size=hf.vision_config.out_hidden_size,
+    )
+    obj.is_multimodal_pruning_enabled = (
+        vllm_config.model_config.multimodal_config.is_multimodal_pruning_enabled()
+    )
+    return obj
+
+
+def test_qwen3_vl_protocol_video(tiny_qwen3_vl_dir, make_vllm_config):
+    from vllm.model_executor.models.interfaces import supports_encoder_cudagraph
+
+    vllm_config = make_vllm_config(
+        tiny_qwen3_vl_dir, compilation={"cudagraph_mm_encoder": True}
+    )
+    model = _qwen3_vl_protocol_object(vllm_config)
+    assert supports_encoder_cudagraph(model)
+    config = model.get_encoder_cudagraph_config()
+    assert config.modalities == ["image", "video"]
+    assert config.input_key_by_modality == {
+        "image": "pixel_values",
+        "video": "pixel_values_videos",
+    }
+
+    grid = torch.tensor([[4, 4, 6], [2, 2, 2]])
+    pv = torch.arange(4 * 24 + 2 * 4, dtype=torch.float32)[:, None]
+    video = {"pixel_values_videos": pv, "video_grid_thw": grid, "timestamps": None}
+    assert model.get_input_modality(video) == "video"
+    assert model.get_encoder_cudagraph_num_items(video) == 2
+    assert model.get_encoder_cudagraph_per_item_output_tokens(video) == [24, 2]
+    assert model.get_encoder_cudagraph_per_item_input_sizes(video) == [96, 8]
+    sub = model.select_encoder_cudagraph_items(video, [1])
+    assert set(sub) == {"pixel_values_videos", "video_grid_thw"}
+    assert sub["video_grid_thw"] == [[2, 2, 2]]
+    torch.testing.assert_close(sub["pixel_values_videos"], pv[96:])
+    empty = model.select_encoder_cudagraph_items(video, [])
+    assert empty["pixel_values_videos"].shape[0] == 0
+
+    image = {"pixel_values": torch.zeros(16, 1), "image_grid_thw": [[1, 4, 4]]}
+    assert model.get_input_modality(image) == "image"
+    with pytest.raises(ValueError):
+        model.get_input_modality({**image, **video})
+
+    mgr = _manager(vllm_config, model)
+    assert mgr.supports_modality("video")
+    assert mgr._get_input_key(video) == "pixel_values_videos"
+    assert mgr._get_input_key(image) == "pixel_values"
+    # Qwen3-VL min budget is 64 tokens
+    assert mgr.max_frames_per_batch == (
+        vllm_config.scheduler_config.max_num_batched_tokens // 64
+    )
+
+
+def test_qwen3_vl_video_graphs_off_with_evs(tiny_qwen3_vl_dir, make_vllm_config):
+    vllm_config = make_vllm_config(
+        tiny_qwen3_vl_dir,
+        compilation={"cudagraph_mm_encoder": True},
+        video_pruning_rate=0.5,
+    )
+    model = _qwen3_vl_protocol_object(vllm_config)
+    assert model.is_multimodal_pruning_enabled
+    assert model.get_encoder_cudagraph_config().modalities == ["image"]
+    mgr = _manager(vllm_config, model)
+    assert mgr.supports_modality("image")
+    assert not mgr.supports_modality("video")
+    assert mgr.max_frames_per_batch == 0
