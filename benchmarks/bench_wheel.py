@@ -82,6 +82,7 @@ def main() -> None:
         py = str(venvs.python_of(bench_venv))
         unpack, _ = timed([py, "-m", "wheel", "unpack", "-d", str(tmp / "unpacked"),
                               str(named)])
+        (tmp / "packed").mkdir()
         pack, _ = timed([py, "-m", "wheel", "pack", "-d", str(tmp / "packed"),
                             str(next((tmp / "unpacked").iterdir()))])
 

@@ -105,13 +105,40 @@ def am(tree: Path, patch: Patch, three_way: bool = False) -> None:
                            f"{(proc.stdout + proc.stderr).strip()}")
 
 
-def apply_series(sdist: Path, patches: list[Patch], tree: Path, base_date: str) -> Path:
-    """Fresh work tree at `tree`: upstream base commit + one commit per patch."""
-    if tree.exists():
-        shutil.rmtree(tree)
-    tree.parent.mkdir(parents=True, exist_ok=True)
-    unpack_sdist(sdist, tree)
-    init_base(tree, base_date)
+def _base_marker(tree: Path) -> Path:
+    return tree / ".git" / "overlay-base"
+
+
+def reset_to_base(tree: Path, base_id: str) -> bool:
+    """Reuse an earlier tree of the same base: back to the base commit, untracked files gone.
+
+    The result equals a fresh unpack (git restores every tracked file that differs from
+    the base commit and removes everything else) at a fraction of the cost.
+    """
+    marker = _base_marker(tree)
+    if not marker.exists() or marker.read_text() != base_id:
+        return False
+    git(tree, "am", "--abort", check=False)
+    git(tree, "checkout", "-q", "-f", "-B", "overlay", BASE_TAG)
+    git(tree, "clean", "-q", "-f", "-d", "-x")
+    return True
+
+
+def apply_series(sdist: Path, patches: list[Patch], tree: Path, base_date: str,
+                 reuse: bool = False) -> Path:
+    """Work tree at `tree`: upstream base commit + one commit per patch.
+
+    With reuse, a tree left by an earlier run on the same sdist is reset to the base
+    instead of unpacked again.
+    """
+    base_id = f"{sdist.name} {base_date}"
+    if not (reuse and reset_to_base(tree, base_id)):
+        if tree.exists():
+            shutil.rmtree(tree)
+        tree.parent.mkdir(parents=True, exist_ok=True)
+        unpack_sdist(sdist, tree)
+        init_base(tree, base_date)
+        _base_marker(tree).write_text(base_id)
     for patch in patches:
         result = check_patch(tree, patch)
         if result.status != "clean":

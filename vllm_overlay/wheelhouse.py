@@ -122,7 +122,7 @@ def make_wheel(arch: str = "x86_64", wheelhouse: Path = WHEELHOUSE,
         tree = repo / BUILD_TREES / arch / f"vllm-{the_pin.upstream_version}"
         print(f"apply: {len(patches)} patch(es) onto {the_pin.sdist.filename} in {tree}",
               file=sys.stderr)
-        apply.apply_series(sdist, patches, tree, the_pin.released)
+        apply.apply_series(sdist, patches, tree, the_pin.released, reuse=True)
         applied = time.monotonic()
         plan = build.plan_wheel(upstream, upstream_art.filename, the_pin.upstream_version,
                                 the_pin.overlay_version, tree, patches)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.tooling.conftest import UPSTREAM, VERSION, WHEEL_ONLY
-from vllm_overlay import export, fetch, pin, series, verify, wheelhouse
+from vllm_overlay import apply, export, fetch, pin, series, verify, wheelhouse
 from vllm_overlay.errors import OverlayError
 from vllm_overlay.paths import REPO
 
@@ -91,6 +91,22 @@ def test_changed_series_rebuilds(built):
     assert wheel.read_bytes() != before
     with zipfile.ZipFile(wheel) as zf:
         assert "vllm/b.py" in zf.namelist()
+
+
+def test_reused_build_tree_equals_a_fresh_one(built):
+    """A rebuild resets the previous build tree to the base: dirt there never leaks in."""
+    s, wheel = built
+    tree = s.repo / "work" / "build" / "x86_64" / f"vllm-{UPSTREAM}"
+    (tree / "vllm" / "b.py").write_text("B = 'dirty'\n")  # deleted by the series, back dirty
+    (tree / "vllm" / "stray.py").write_text("STRAY = 1\n")
+    (tree / "vllm" / "__pycache__").mkdir()
+    s.write_series({"Change A": {"vllm/a.py": CHANGE_A}})
+    build(s)
+    with zipfile.ZipFile(wheel) as zf:
+        assert zf.read("vllm/b.py") == b"B = 'b'\n"
+        assert "vllm/stray.py" not in zf.namelist()
+    assert not (tree / "vllm" / "stray.py").exists()
+    assert apply.git(tree, "status", "--porcelain").stdout == ""
 
 
 def test_corrupt_cache_entry_is_refused(synth):
