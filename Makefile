@@ -1,5 +1,6 @@
 # vLLM 0.19.1 multimodal overlay. The logic lives in vllm_overlay/ (via ./build.sh).
 ARCH ?= x86_64
+MODE ?= overlay
 OVERLAY := ./build.sh
 
 .PHONY: wheel fetch apply export-patches check-patches test test-fast bench help
@@ -7,8 +8,11 @@ OVERLAY := ./build.sh
 help:
 	@$(OVERLAY) --help
 
-wheel:            ## fetch (sha256-checked), apply the series, build + verify the wheel
-	$(OVERLAY) wheel --arch $(ARCH)
+wheel:            ## fetch (sha256-checked), apply the series, build + verify the wheel (MODE=overlay|precompiled|source)
+	$(OVERLAY) wheel --arch $(ARCH) --mode $(MODE)
+
+wheel-dry-run:    ## MODE=source preflight + the setup.py command it would run
+	$(OVERLAY) wheel --arch $(ARCH) --mode source --dry-run
 
 fetch:            ## only download + verify the pinned upstream artifacts
 	$(OVERLAY) fetch --arch $(ARCH)
