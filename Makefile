@@ -3,7 +3,7 @@ ARCH ?= x86_64
 MODE ?= overlay
 OVERLAY := ./build.sh
 
-.PHONY: wheel fetch apply export-patches check-patches test test-fast bench help
+.PHONY: wheel wheel-dry-run test-slow cross-check fetch apply export-patches check-patches test test-fast bench help
 
 help:
 	@$(OVERLAY) --help
@@ -27,6 +27,15 @@ check-patches:    ## fail unless patches/ equals a fresh apply + export round tr
 	$(OVERLAY) check-patches
 
 test-fast:        ## tooling tests only
-	$(OVERLAY) pytest tests/tooling
+	$(OVERLAY) pytest tests/tooling -m "not slow"
 
-test: test-fast check-patches wheel   ## everything CI runs
+test-slow:        ## minutes-long real builds: overlay vs vLLM's precompiled setup.py cross-check
+	$(OVERLAY) pytest tests/tooling -m slow
+
+cross-check:      ## diff the installed trees of the overlay and precompiled wheels in wheelhouse/
+	$(OVERLAY) cross-check --arch $(ARCH)
+
+bench:            ## time MODE=precompiled (setup.py) against MODE=overlay, same run
+	python3 benchmarks/bench_modes.py
+
+test: test-fast check-patches wheel test-slow   ## everything CI runs
