@@ -1,15 +1,19 @@
 # vLLM 0.19.1 multimodal overlay. The logic lives in vllm_overlay/ (via ./build.sh).
 ARCH ?= x86_64
+MODE ?= overlay
 OVERLAY := ./build.sh
 PYTHON ?= python3
 
-.PHONY: wheel fetch apply export-patches check-patches test test-fast bench help
+.PHONY: wheel wheel-dry-run test-slow cross-check fetch apply export-patches check-patches test test-fast bench help
 
 help:
 	@$(OVERLAY) --help
 
-wheel:            ## fetch (sha256-checked), apply the series, build + verify the wheel
-	$(OVERLAY) wheel --arch $(ARCH)
+wheel:            ## fetch (sha256-checked), apply the series, build + verify the wheel (MODE=overlay|precompiled|source)
+	$(OVERLAY) wheel --arch $(ARCH) --mode $(MODE)
+
+wheel-dry-run:    ## MODE=source preflight + the setup.py command it would run
+	$(OVERLAY) wheel --arch $(ARCH) --mode source --dry-run
 
 fetch:            ## only download + verify the pinned upstream artifacts
 	$(OVERLAY) fetch --arch $(ARCH)
@@ -24,9 +28,16 @@ check-patches:    ## fail unless patches/ equals a fresh apply + export round tr
 	$(OVERLAY) check-patches
 
 test-fast:        ## tooling tests only
-	$(OVERLAY) pytest tests/tooling
+	$(OVERLAY) pytest tests/tooling -m "not slow"
 
-test: test-fast check-patches wheel   ## everything CI runs
+test-slow:        ## minutes-long real builds: overlay vs vLLM's precompiled setup.py cross-check
+	$(OVERLAY) pytest tests/tooling -m slow
 
-bench:            ## figures for make wheel on the real wheel (warm cache), printed
+cross-check:      ## diff the installed trees of the overlay and precompiled wheels in wheelhouse/
+	$(OVERLAY) cross-check --arch $(ARCH)
+
+bench:            ## printed figures: make wheel vs cp and a naive repack; overlay vs precompiled
 	$(PYTHON) benchmarks/bench_wheel.py
+	$(PYTHON) benchmarks/bench_modes.py
+
+test: test-fast check-patches wheel test-slow   ## everything CI runs

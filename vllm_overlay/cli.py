@@ -6,7 +6,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import apply, export, fetch, pin, series, venvs, wheelhouse
+from . import apply, export, fetch, pin, series, setup_build, venvs, wheelhouse
 from .errors import OverlayError
 from .paths import REPO
 
@@ -61,7 +61,26 @@ def cmd_check_patches(args) -> None:
 
 
 def cmd_wheel(args) -> None:
-    print(wheelhouse.make_wheel(args.arch))
+    if args.dry_run and args.mode != "source":
+        raise OverlayError("--dry-run is for --mode source (the other modes just build)")
+    if args.mode == "overlay":
+        print(wheelhouse.make_wheel(args.arch))
+    elif args.dry_run:
+        print(setup_build.dry_run(args.mode, args.arch))
+    else:
+        print(setup_build.make_wheel(args.mode, args.arch))
+
+
+def cmd_cross_check(args) -> int:
+    """Install the overlay and precompiled wheels side by side; list every file that differs."""
+    a, b = (setup_build.published(m, args.arch) for m in ("overlay", "precompiled"))
+    with tempfile.TemporaryDirectory(prefix="cross-check-") as tmp:
+        diff = setup_build.compare_installed(a, b, Path(tmp))
+    print(f"A = {a.name}\nB = {b.name}")
+    for path, what in diff.items():
+        print(f"  {what:10} {path}")
+    print(f"{len(diff)} installed file(s) differ (README: Build modes says which must)")
+    return 0
 
 
 def cmd_pytest(args) -> int:
@@ -88,7 +107,16 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_check_patches)
     p = sub.add_parser("wheel", help="build + verify the overlay wheel into wheelhouse/")
     p.add_argument("--arch", default="x86_64", choices=["x86_64", "aarch64"])
+    p.add_argument("--mode", default="overlay", choices=["overlay", "precompiled", "source"],
+                   help="overlay: swap the series into the upstream wheel (default); "
+                        "precompiled / source: vLLM's own setup.py (README: Build modes)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="source mode: run the preflight checks and print the build command")
     p.set_defaults(func=cmd_wheel)
+    p = sub.add_parser("cross-check", help="diff the installed trees of the overlay and "
+                       "precompiled wheels in wheelhouse/")
+    p.add_argument("--arch", default="x86_64", choices=["x86_64", "aarch64"])
+    p.set_defaults(func=cmd_cross_check)
     p = sub.add_parser("pytest", help="run pytest in the tools venv (tooling tests)")
     p.add_argument("pytest_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_pytest)

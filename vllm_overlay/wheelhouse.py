@@ -16,6 +16,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from . import apply, build, fetch, pin, series, verify
 from .errors import OverlayError
@@ -68,10 +69,16 @@ def tooling_digest() -> str:
     return digest.hexdigest()
 
 
-def build_key(the_pin: pin.Pin, arch: str, series_sha: str, epoch: int) -> str:
+def build_key(the_pin: pin.Pin, arch: str, series_sha: str, epoch: int,
+              mode: str = "overlay", extra: list[str] = ()) -> str:
     parts = [the_pin.overlay_version, arch, the_pin.sdist.sha256, the_pin.wheel(arch).sha256,
-             series_sha, str(epoch), tooling_digest(), "mode=overlay"]
+             series_sha, str(epoch), tooling_digest(), f"mode={mode}", *extra]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def label(mode: str, arch: str) -> str:
+    """Names a mode's manifest and state: the overlay mode keeps the plain arch."""
+    return arch if mode == "overlay" else f"{mode}-{arch}"
 
 
 def _stat(path: Path) -> list[int]:
@@ -100,41 +107,29 @@ def update_sha256sums(wheelhouse: Path, filename: str, sha256: str) -> None:
     write_text(wheelhouse, "SHA256SUMS", "".join(f"{lines[n]}  {n}\n" for n in sorted(lines)))
 
 
-def make_wheel(arch: str = "x86_64", wheelhouse: Path = WHEELHOUSE,
-               patches_dir: Path = series.PATCHES, repo: Path = REPO) -> Path:
-    started = time.monotonic()
-    the_pin = pin.load(repo)
-    patches = series.read_series(patches_dir)
-    series_sha = series.series_digest(patches, patches_dir)
-    epoch = source_date_epoch(patches, the_pin.released)
-    key = build_key(the_pin, arch, series_sha, epoch)
-    manifest_name = f"manifest-{arch}.json"
+def build_into(wheelhouse: Path, mode: str, arch: str, key: str, the_pin: pin.Pin, epoch: int,
+               series_sha: str, patches: list[series.Patch],
+               build_fn: Callable[[Path], tuple[Path, str | None, dict]]) -> Path:
+    """The one publish path of every mode: lock, no-op when up to date, build_fn(tmp dir)
+    writes and verifies a wheel there and returns (wheel, its sha256 if known,
+    mode-specific manifest fields);
+    then rename into place, manifest-<label>.json, SHA256SUMS, state."""
+    name = label(mode, arch)
     with locked(wheelhouse):
-        if existing := up_to_date(wheelhouse, arch, key):
+        if existing := up_to_date(wheelhouse, name, key):
             print(f"wheel: {existing.name} is up to date (nothing changed)", file=sys.stderr)
             return existing
         tmp_dir = wheelhouse / ".tmp"
         shutil.rmtree(tmp_dir, ignore_errors=True)  # leftovers of an interrupted build
         tmp_dir.mkdir()
-        upstream_art = the_pin.wheel(arch)
-        sdist = fetch.fetch(the_pin.sdist, the_pin.project)
-        upstream = fetch.fetch(upstream_art, the_pin.project)
-        tree = repo / BUILD_TREES / arch / f"vllm-{the_pin.upstream_version}"
-        print(f"apply: {len(patches)} patch(es) onto {the_pin.sdist.filename} in {tree}",
-              file=sys.stderr)
-        apply.apply_series(sdist, patches, tree, the_pin.released, reuse=True)
-        applied = time.monotonic()
-        plan = build.plan_wheel(upstream, upstream_art.filename, the_pin.upstream_version,
-                                the_pin.overlay_version, tree, patches)
-        tmp = tmp_dir / plan.filename
-        sha256 = build.write_wheel(plan, tmp, epoch_to_date_time(epoch))
-        verify.verify_wheel(plan, tmp, upstream_art.sha256,
-                            f"vllm-{the_pin.upstream_version}.dist-info/")
-        dest = wheelhouse / plan.filename
+        tmp, sha256, fields = build_fn(tmp_dir)
+        sha256 = sha256 or fetch.sha256_file(tmp)
+        dest = wheelhouse / tmp.name
         publish_file(tmp, dest)
         size = dest.stat().st_size
+        upstream_art = the_pin.wheel(arch)
         manifest = {
-            "mode": "overlay",
+            "mode": mode,
             "version": the_pin.overlay_version,
             "arch": arch,
             "build_key": key,
@@ -149,16 +144,46 @@ def make_wheel(arch: str = "x86_64", wheelhouse: Path = WHEELHOUSE,
                                     **{k.lower().replace("-", "_"): v[0] if len(v) == 1 else v
                                        for k, v in p.trailers.items()}}
                                    for p in patches]},
-            "wheel": {"filename": plan.filename, "sha256": sha256, "size": size},
-            "changed_members": plan.changed,
-            "not_shipped": plan.outside,
+            "wheel": {"filename": dest.name, "sha256": sha256, "size": size},
+            **fields,
         }
-        write_text(wheelhouse, manifest_name, json.dumps(manifest, indent=2) + "\n")
-        update_sha256sums(wheelhouse, plan.filename, sha256)
-        write_text(wheelhouse, f".state-{arch}.json",
-                   json.dumps({"filename": plan.filename, "build_key": key, "stat": _stat(dest)}))
+        write_text(wheelhouse, f"manifest-{name}.json", json.dumps(manifest, indent=2) + "\n")
+        update_sha256sums(wheelhouse, dest.name, sha256)
+        write_text(wheelhouse, f".state-{name}.json",
+                   json.dumps({"filename": dest.name, "build_key": key, "stat": _stat(dest)}))
         shutil.rmtree(tmp_dir, ignore_errors=True)
-        print(f"wheel: {dest} ({size / 1e6:.1f} MB, sha256 {sha256}) verified; "
-              f"apply {applied - started:.1f} s, wheel {time.monotonic() - applied:.1f} s",
-              file=sys.stderr)
+        print(f"wheel: {dest} ({size / 1e6:.1f} MB, sha256 {sha256}) verified", file=sys.stderr)
         return dest
+
+
+def make_wheel(arch: str = "x86_64", wheelhouse: Path = WHEELHOUSE,
+               patches_dir: Path = series.PATCHES, repo: Path = REPO) -> Path:
+    """MODE=overlay: the upstream wheel with the series' files swapped in."""
+    started = time.monotonic()
+    the_pin = pin.load(repo)
+    patches = series.read_series(patches_dir)
+    series_sha = series.series_digest(patches, patches_dir)
+    epoch = source_date_epoch(patches, the_pin.released)
+    key = build_key(the_pin, arch, series_sha, epoch)
+
+    def build_overlay(tmp_dir: Path) -> tuple[Path, str, dict]:
+        upstream_art = the_pin.wheel(arch)
+        sdist = fetch.fetch(the_pin.sdist, the_pin.project)
+        upstream = fetch.fetch(upstream_art, the_pin.project)
+        tree = repo / BUILD_TREES / arch / f"vllm-{the_pin.upstream_version}"
+        print(f"apply: {len(patches)} patch(es) onto {the_pin.sdist.filename} in {tree}",
+              file=sys.stderr)
+        apply.apply_series(sdist, patches, tree, the_pin.released, reuse=True)
+        applied = time.monotonic()
+        plan = build.plan_wheel(upstream, upstream_art.filename, the_pin.upstream_version,
+                                the_pin.overlay_version, tree, patches)
+        tmp = tmp_dir / plan.filename
+        sha256 = build.write_wheel(plan, tmp, epoch_to_date_time(epoch))
+        verify.verify_wheel(plan, tmp, upstream_art.sha256,
+                            f"vllm-{the_pin.upstream_version}.dist-info/")
+        print(f"wheel: apply {applied - started:.1f} s, wheel {time.monotonic() - applied:.1f} s",
+              file=sys.stderr)
+        return tmp, sha256, {"changed_members": plan.changed, "not_shipped": plan.outside}
+
+    return build_into(wheelhouse, "overlay", arch, key, the_pin, epoch, series_sha, patches,
+                      build_overlay)
