@@ -64,6 +64,19 @@ def cmd_wheel(args) -> None:
     print(wheelhouse.make_wheel(args.arch))
 
 
+def cmd_publish(args) -> None:
+    from . import publish
+
+    publish.publish(args.index_url, args.wheelhouse, args.simple_url)
+
+
+def cmd_docker(args) -> None:
+    from . import docker
+
+    extra = dict(kv.split("=", 1) for kv in args.build_arg)
+    docker.build_image(args.mode, args.arch, args.image, extra, print_only=args.print)
+
+
 def cmd_pytest(args) -> int:
     """Run pytest in the cached tools venv (created on first use)."""
     reqs = [ln.split("#")[0].strip() for ln in TOOLS_REQUIREMENTS.read_text().splitlines()]
@@ -89,6 +102,18 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("wheel", help="build + verify the overlay wheel into wheelhouse/")
     p.add_argument("--arch", default="x86_64", choices=["x86_64", "aarch64"])
     p.set_defaults(func=cmd_wheel)
+    p = sub.add_parser("publish", help="upload the wheelhouse's wheels with twine")
+    p.add_argument("--index-url", required=True, help="upload URL of the package index")
+    p.add_argument("--simple-url", help="its PEP 503 simple URL (default: derived)")
+    p.add_argument("--wheelhouse", type=Path, default=wheelhouse.WHEELHOUSE)
+    p.set_defaults(func=cmd_publish)
+    p = sub.add_parser("docker", help="build the Docker image (needs a Docker engine)")
+    p.add_argument("--mode", default="overlay", choices=["overlay", "source"])
+    p.add_argument("--arch", default="x86_64", choices=["x86_64", "aarch64"])
+    p.add_argument("--image", help="image name:tag (default vllm-overlay:<VERSION>)")
+    p.add_argument("--build-arg", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--print", action="store_true", help="only print the docker command")
+    p.set_defaults(func=cmd_docker)
     p = sub.add_parser("pytest", help="run pytest in the tools venv (tooling tests)")
     p.add_argument("pytest_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_pytest)

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import apply, build, fetch, pin, series, verify
+from . import apply, build, fetch, index, pin, series, verify
 from .errors import OverlayError
 from .paths import REPO
 from .zipraw import epoch_to_date_time
@@ -112,6 +112,7 @@ def make_wheel(arch: str = "x86_64", wheelhouse: Path = WHEELHOUSE,
     with locked(wheelhouse):
         if existing := up_to_date(wheelhouse, arch, key):
             print(f"wheel: {existing.name} is up to date (nothing changed)", file=sys.stderr)
+            index.sync(wheelhouse)  # the PEP 503 simple index, if missing or stale
             return existing
         tmp_dir = wheelhouse / ".tmp"
         shutil.rmtree(tmp_dir, ignore_errors=True)  # leftovers of an interrupted build
@@ -155,6 +156,7 @@ def make_wheel(arch: str = "x86_64", wheelhouse: Path = WHEELHOUSE,
         }
         write_text(wheelhouse, manifest_name, json.dumps(manifest, indent=2) + "\n")
         update_sha256sums(wheelhouse, plan.filename, sha256)
+        index.sync(wheelhouse)  # wheelhouse/simple/: PEP 503 index from SHA256SUMS
         write_text(wheelhouse, f".state-{arch}.json",
                    json.dumps({"filename": plan.filename, "build_key": key, "stat": _stat(dest)}))
         shutil.rmtree(tmp_dir, ignore_errors=True)
