@@ -108,13 +108,19 @@ def install(wheel: Path, site: Path | None = None, sha256: str | None = None) ->
                  str((staging / "INSTALLER").stat().st_size)])
     # Console scripts live outside site-packages (../../../bin/vllm) and do not change.
     rows += [row for row in old_record if row[0].startswith("../")]
+    # Bytecode of a module that is still shipped stays (recompiled above if it changed).
+    kept_pyc = [row[0] for row in old_record if compiled_source(row[0]) in new_names
+                and (site / row[0]).is_file()]
+    rows += [[path, record_hash_of(site / path), str((site / path).stat().st_size)]
+             for path in kept_pyc]
     rows.append([f"{new_info_name}/RECORD", "", ""])
     out = io.StringIO()
     csv.writer(out, lineterminator="\n").writerows(rows)
     (staging / "RECORD").write_text(out.getvalue())
     for row in old_record:
         path = row[0]
-        if path.startswith("../") or path.startswith(old_info.name + "/") or path in new_names:
+        if path.startswith("../") or path.startswith(old_info.name + "/") or \
+                path in new_names or path in kept_pyc:
             continue
         target = site / path
         if target.is_file() or target.is_symlink():
@@ -125,6 +131,14 @@ def install(wheel: Path, site: Path | None = None, sha256: str | None = None) ->
     shutil.rmtree(old_info)
     os.replace(staging, site / new_info_name)
     return counts
+
+
+def compiled_source(path: str) -> str | None:
+    """vllm/__pycache__/x.cpython-312.pyc -> vllm/x.py (None for anything else)."""
+    parts = path.split("/")
+    if len(parts) < 2 or parts[-2] != "__pycache__" or not parts[-1].endswith(".pyc"):
+        return None
+    return "/".join(parts[:-2] + [parts[-1].split(".", 1)[0] + ".py"])
 
 
 def write_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path) -> None:
