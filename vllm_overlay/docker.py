@@ -111,9 +111,10 @@ def docker_command(mode: str, arch: str, image: str | None, extra: dict[str, str
         raise OverlayError(f"ARCH={arch}: no Docker platform known for it ({', '.join(PLATFORMS)})")
     dockerfile = DOCKERFILES[mode]
     declared = declared_args(repo / dockerfile)
+    if unknown := sorted(set(extra) - set(declared)):
+        raise OverlayError(f"{dockerfile} declares no ARG {', '.join(unknown)}")
     args = {**build_args(mode, arch, repo, wheelhouse), **extra}
-    unknown = sorted(set(args) - set(declared))
-    if unknown:
+    if unknown := sorted(set(args) - set(declared)):
         raise OverlayError(f"{dockerfile} declares no ARG {', '.join(unknown)}")
     image = image or image_tag(pin.load(repo).overlay_version)
     command = ["docker", "build", "-f", str(dockerfile), "--platform", PLATFORMS[arch],

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.tooling.deploy_helpers import (build_wheel, clean_env, make_venv, pip, sha256, site_packages,
-                            write_sums)
+from tests.tooling.deploy_helpers import (build_wheel, make_venv, pip, sha256, site_packages,
+                                          write_sums)
 from vllm_overlay import index, wheelhouse
 from vllm_overlay.image_check import installed_problems
 from vllm_overlay.paths import REPO
