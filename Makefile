@@ -4,7 +4,7 @@ MODE ?= overlay
 OVERLAY := ./build.sh
 PYTHON ?= python3
 
-.PHONY: wheel wheel-dry-run test-slow cross-check fetch apply export-patches check-patches test test-fast bench help
+.PHONY: wheel wheel-dry-run test-slow cross-check fetch apply export-patches check-patches test test-fast bench help publish docker
 
 help:
 	@$(OVERLAY) --help
@@ -41,3 +41,14 @@ bench:            ## printed figures: make wheel vs cp and a naive repack; overl
 	$(PYTHON) benchmarks/bench_modes.py
 
 test: test-fast check-patches wheel test-slow   ## everything CI runs
+
+# --- distribution: internal index + Docker image (vllm_overlay/publish.py, docker.py) ---
+publish:          ## upload wheelhouse/ wheels: INDEX_URL=<upload URL> [SIMPLE_URL=] [WHEELHOUSE=]
+	@test -n "$(INDEX_URL)" || { echo "error: make publish needs INDEX_URL=<upload URL>" >&2; exit 2; }
+	$(OVERLAY) publish --index-url '$(INDEX_URL)' $(if $(SIMPLE_URL),--simple-url '$(SIMPLE_URL)') \
+	  $(if $(WHEELHOUSE),--wheelhouse '$(WHEELHOUSE)')
+
+docker:           ## build the image: [ARCH=] [IMAGE=] [MODE=source TORCH_CUDA_ARCH_LIST= MAX_JOBS=]
+	$(OVERLAY) docker --arch $(ARCH) $(if $(MODE),--mode $(MODE)) $(if $(IMAGE),--image '$(IMAGE)') \
+	  $(if $(TORCH_CUDA_ARCH_LIST),--build-arg 'TORCH_CUDA_ARCH_LIST=$(TORCH_CUDA_ARCH_LIST)') \
+	  $(if $(MAX_JOBS),--build-arg 'MAX_JOBS=$(MAX_JOBS)')

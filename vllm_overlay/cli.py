@@ -6,7 +6,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import apply, export, fetch, pin, series, setup_build, venvs, wheelhouse
+from . import apply, docker, export, fetch, pin, publish, series, setup_build, venvs, wheelhouse
 from .errors import OverlayError
 from .paths import REPO
 
@@ -83,6 +83,15 @@ def cmd_cross_check(args) -> int:
     return 0
 
 
+def cmd_publish(args) -> None:
+    publish.publish(args.index_url, args.wheelhouse, args.simple_url)
+
+
+def cmd_docker(args) -> None:
+    extra = dict(kv.split("=", 1) for kv in args.build_arg)
+    docker.build_image(args.mode, args.arch, args.image, extra, print_only=args.print)
+
+
 def cmd_pytest(args) -> int:
     """Run pytest in the cached tools venv (created on first use)."""
     reqs = [ln.split("#")[0].strip() for ln in TOOLS_REQUIREMENTS.read_text().splitlines()]
@@ -117,6 +126,18 @@ def main(argv: list[str] | None = None) -> int:
                        "precompiled wheels in wheelhouse/")
     p.add_argument("--arch", default="x86_64", choices=["x86_64", "aarch64"])
     p.set_defaults(func=cmd_cross_check)
+    p = sub.add_parser("publish", help="upload the wheelhouse's wheels with twine")
+    p.add_argument("--index-url", required=True, help="upload URL of the package index")
+    p.add_argument("--simple-url", help="its PEP 503 simple URL (default: derived)")
+    p.add_argument("--wheelhouse", type=Path, default=wheelhouse.WHEELHOUSE)
+    p.set_defaults(func=cmd_publish)
+    p = sub.add_parser("docker", help="build the Docker image (needs a Docker engine)")
+    p.add_argument("--mode", default="overlay", choices=["overlay", "source"])
+    p.add_argument("--arch", default="x86_64", choices=["x86_64", "aarch64"])
+    p.add_argument("--image", help="image name:tag (default vllm-overlay:<VERSION>)")
+    p.add_argument("--build-arg", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--print", action="store_true", help="only print the docker command")
+    p.set_defaults(func=cmd_docker)
     p = sub.add_parser("pytest", help="run pytest in the tools venv (tooling tests)")
     p.add_argument("pytest_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_pytest)

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import apply, build, fetch, pin, series, verify
+from . import apply, build, fetch, index, pin, series, verify
 from .errors import OverlayError
 from .paths import REPO
 from .zipraw import epoch_to_date_time
@@ -118,6 +118,7 @@ def build_into(wheelhouse: Path, mode: str, arch: str, key: str, the_pin: pin.Pi
     with locked(wheelhouse):
         if existing := up_to_date(wheelhouse, name, key):
             print(f"wheel: {existing.name} is up to date (nothing changed)", file=sys.stderr)
+            index.sync(wheelhouse)  # the PEP 503 simple index, if missing or stale
             return existing
         tmp_dir = wheelhouse / ".tmp"
         shutil.rmtree(tmp_dir, ignore_errors=True)  # leftovers of an interrupted build
@@ -149,6 +150,7 @@ def build_into(wheelhouse: Path, mode: str, arch: str, key: str, the_pin: pin.Pi
         }
         write_text(wheelhouse, f"manifest-{name}.json", json.dumps(manifest, indent=2) + "\n")
         update_sha256sums(wheelhouse, dest.name, sha256)
+        index.sync(wheelhouse)  # wheelhouse/simple/: PEP 503 index from SHA256SUMS
         write_text(wheelhouse, f".state-{name}.json",
                    json.dumps({"filename": dest.name, "build_key": key, "stat": _stat(dest)}))
         shutil.rmtree(tmp_dir, ignore_errors=True)
