@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 from . import apply, docker, export, fetch, pin, publish, series, setup_build, venvs, wheelhouse
+from . import upstream_cli  # status, bisect
 from .errors import OverlayError
 from .paths import REPO
 
@@ -141,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("pytest", help="run pytest in the tools venv (tooling tests)")
     p.add_argument("pytest_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_pytest)
+    upstream_cli.add_commands(sub)  # status, bisect
     args = parser.parse_args(argv)
     try:
         return args.func(args) or 0

@@ -1,0 +1,134 @@
+"""Synthetic upstream releases for the status / bisect tests, built by the tests.
+
+Eleven releases 1.0.0 (the pin) .. 1.0.10 (plus a pre-release 1.1.0rc1) on a file:// simple
+index, and a series of five patches written against the pin:
+
+  A  changes vllm/a.py         releases >= 1.0.2 add lines on top      -> offset
+  B  changes vllm/b.py B_10    releases >= 1.0.7 change B_10 too       -> conflict (N = 7)
+  C  adds Config.new_field     1.0.3 adds it (elsewhere) as `int`, >= 1.0.4 as `int | None`:
+     (probes: defines + annotation)   both of its probes hold from M = 4
+  D  changes vllm/d.py D_10    releases >= 1.0.5 change D_13, inside the hunk's context:
+     (no probe)                                                          plain apply fails, 3-way works
+  E  adds vllm/e.py            its probe (defines A_0) already holds on the pin: a bad probe
+"""
+
+import hashlib
+import io
+import json
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from vllm_overlay import apply, export, pin
+
+VERSIONS = [f"1.0.{i}" for i in range(11)]
+PRE = "1.1.0rc1"
+CONFLICT_FROM = 7   # B conflicts from 1.0.7
+UPSTREAM_FROM = 4   # C's probes hold from 1.0.4
+OFFSET_FROM = 2
+THREE_WAY_FROM = 5
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "network: uses the real upstream releases (downloads)")
+
+
+def release_files(i: int) -> dict[str, str]:
+    a = "".join(f"A_{k} = {k}\n" for k in range(40))
+    if i >= OFFSET_FROM:
+        a = "# upstream header 1\n# upstream header 2\n# upstream header 3\n" + a
+    b = "".join(f"B_{k} = {k}\n" for k in range(20))
+    if i >= CONFLICT_FROM:
+        b = b.replace("B_10 = 10\n", "B_10 = 'upstream'\n")
+    c = "class Config:\n    old: int = 0\n" + "".join(f"    x{k}: int = {k}\n" for k in range(8))
+    if i == UPSTREAM_FROM - 1:
+        c += "    new_field: int = 0\n"
+    elif i >= UPSTREAM_FROM:
+        c += "    new_field: int | None = None  # upstream's own\n"
+    d = "".join(f"D_{k} = {k}\n" for k in range(30))
+    if i >= THREE_WAY_FROM:
+        d = d.replace("D_13 = 13\n", "D_13 = 'upstream'\n")
+    return {"vllm/__init__.py": "", "vllm/a.py": a, "vllm/b.py": b, "vllm/c.py": c,
+            "vllm/d.py": d, "setup.py": "raise SystemExit('synthetic')\n"}
+
+
+def make_sdist(path: Path, version: str, files: dict[str, str]) -> None:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(f"vllm-{version}/{name}")
+            info.size, info.mtime = len(data), 1_700_000_000
+            tar.addfile(info, io.BytesIO(data))
+
+
+PATCHES = {  # subject -> (edits, probes)
+    "A: change A_20": ({"vllm/a.py": lambda t: t.replace("A_20 = 20", "A_20 = 'ours'")}, []),
+    "B: change B_10": ({"vllm/b.py": lambda t: t.replace("B_10 = 10", "B_10 = 'ours'")}, []),
+    "C: add Config.new_field": (
+        {"vllm/c.py": lambda t: t.replace("    old: int = 0\n", "    old: int = 0\n"
+                                          "    new_field: int | None = None\n")},
+        ["defines vllm/c.py::Config.new_field",
+         "annotation vllm/c.py::Config.new_field int|None"]),
+    "D: change D_10": ({"vllm/d.py": lambda t: t.replace("D_10 = 10", "D_10 = 'ours'")}, None),
+    "E: add e.py": ({"vllm/e.py": lambda t: "E = 1\n"}, ["defines vllm/a.py::A_0"]),
+}
+
+
+@dataclass
+class Upstream:
+    root: Path
+    index: str         # file:// URL of the simple index
+    dist: Path
+    pin: pin.Pin
+    patches: Path      # patches dir with series
+
+    def sdist(self, version: str) -> Path:
+        return self.dist / f"vllm-{version}.tar.gz"
+
+
+def write_patches(dest: Path, pin_sdist: Path, root: Path, patches=PATCHES) -> None:
+    tree = root / "dev"
+    apply.unpack_sdist(pin_sdist, tree)
+    apply.init_base(tree, "2024-01-02T03:04:05Z")
+    for subject, (edits, probes) in patches.items():
+        for name, edit in edits.items():
+            path = tree / name
+            path.write_text(edit(path.read_text() if path.exists() else ""))
+        apply.git(tree, "add", "-A")
+        trailers = "".join(f"Probe: {p}\n" for p in probes or [])
+        apply.git(tree, "commit", "-q", "-m", f"{subject}\n\nOrigin: vendor\nRisk: none\n"
+                  f"{trailers}", env={"GIT_AUTHOR_DATE": "2024-02-03T04:05:06Z"})
+    export.export(tree, dest)
+
+
+@pytest.fixture
+def synth_upstream(tmp_path, monkeypatch) -> Upstream:
+    monkeypatch.setenv("VLLM_OVERLAY_CACHE", str(tmp_path / "cache"))
+    dist = tmp_path / "dist"
+    project_index = tmp_path / "index" / "vllm"
+    project_index.mkdir(parents=True)
+    dist.mkdir()
+    links = []
+    for i, version in enumerate(VERSIONS):
+        make_sdist(dist / f"vllm-{version}.tar.gz", version, release_files(i))
+    make_sdist(dist / f"vllm-{PRE}.tar.gz", PRE, release_files(len(VERSIONS)))
+    for path in sorted(dist.iterdir()):
+        links.append(f'<a href="{path.as_uri()}">{path.name}</a>')
+    (project_index / "index.html").write_text("<html><body>\n" + "\n".join(links) + "\n</body>")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    sdist = dist / f"vllm-{VERSIONS[0]}.tar.gz"
+    data = sdist.read_bytes()
+    (repo / "VERSION").write_text(f"{VERSIONS[0]}+test.1\n")
+    (repo / "upstream.lock.json").write_text(json.dumps({
+        "project": "vllm", "version": VERSIONS[0], "released": "2024-01-02T03:04:05Z",
+        "artifacts": {"sdist": {"filename": sdist.name, "size": len(data),
+                                "sha256": hashlib.sha256(data).hexdigest()}}}))
+    blobs = tmp_path / "cache" / "sha256"  # the pin is cached, as `make fetch` leaves it
+    blobs.mkdir(parents=True)
+    (blobs / hashlib.sha256(data).hexdigest()).write_bytes(data)
+    write_patches(repo / "patches", sdist, tmp_path)
+    return Upstream(tmp_path, (tmp_path / "index").as_uri(), dist, pin.load(repo),
+                    repo / "patches")

@@ -1,0 +1,178 @@
+"""`status` and `bisect` on synthetic upstream releases (see conftest.py for the scenario)."""
+
+import json
+import math
+import os
+
+import pytest
+
+from vllm_overlay import bisection, series, status, upstream
+from vllm_overlay.errors import OverlayError
+
+from .conftest import (CONFLICT_FROM, OFFSET_FROM, PRE, THREE_WAY_FROM, UPSTREAM_FROM,
+                       VERSIONS)
+
+
+def releases(u, spec=None, pre=False):
+    urls = upstream.list_sdists("vllm", [u.index])
+    return upstream.select(urls, u.pin.upstream_version, spec, pre), urls
+
+
+def compute(u, versions, urls, jobs=3):
+    return status.compute(u.pin, series.read_series(u.patches), versions, urls, u.patches,
+                          jobs)
+
+
+def test_version_order_follows_pep440():
+    shuffled = ["0.9.10", "0.10.0", "0.9.2", "0.9.2.post1", "0.9.2rc1", "0.9.2.dev3",
+                "0.9.2a1", "0.9.2b2", "0.19.1", "0.20.0", "0.9.0.1", "1.0"]
+    assert upstream.sort_versions(shuffled) == [
+        "0.9.0.1", "0.9.2.dev3", "0.9.2a1", "0.9.2b2", "0.9.2rc1", "0.9.2", "0.9.2.post1",
+        "0.9.10", "0.10.0", "0.19.1", "0.20.0", "1.0"]
+    assert upstream.version_key("1.0") == upstream.version_key("1.0.0")
+    with pytest.raises(OverlayError, match="1.0-foo"):
+        upstream.version_key("1.0-foo")
+
+
+def test_release_selection(synth_upstream):
+    u = synth_upstream
+    versions, urls = releases(u)
+    assert versions == VERSIONS  # pin .. newest, 1.0.10 after 1.0.9, no pre-release
+    assert releases(u, pre=True)[0] == VERSIONS + [PRE]
+    assert releases(u, "1.0.3..1.0.5")[0] == ["1.0.3", "1.0.4", "1.0.5"]
+    assert releases(u, "1.0.9..latest")[0] == ["1.0.9", "1.0.10"]
+    assert releases(u, "1.0.10,1.0.2")[0] == ["1.0.2", "1.0.10"]
+    with pytest.raises(OverlayError, match="2.0.0"):
+        releases(u, "1.0.1,2.0.0")
+    with pytest.raises(OverlayError, match="empty release range"):
+        releases(u, "1.0.5..1.0.3")
+
+
+def test_matrix(synth_upstream, tmp_path):
+    u = synth_upstream
+    versions, urls = releases(u)
+    matrix = compute(u, versions, urls)
+    names = [p["name"] for p in matrix.patches]
+    a, b, c, d, e = names
+    cells = {r.version: r.cells for r in matrix.releases}
+    for i, version in enumerate(VERSIONS):
+        row = cells[version]
+        assert row[a].status == ("offset" if i >= OFFSET_FROM else "clean"), version
+        assert row[b].status == ("conflict" if i >= CONFLICT_FROM else "clean"), version
+        assert row[c].status == ("upstream" if i >= UPSTREAM_FROM else "clean"), version
+        assert row[c].apply == "clean"
+        assert row[d].status == ("3-way" if i >= THREE_WAY_FROM else "clean"), version
+        assert row[e].status == "upstream"  # its bad probe holds everywhere
+        assert row[d].without == row[e].without == ([b] if i >= CONFLICT_FROM else [])
+    assert cells["1.0.7"][b].files == ["vllm/b.py"]
+    assert "does not match" in cells["1.0.7"][b].detail
+    assert "offset" in cells["1.0.2"][a].detail
+    # 1.0.3 has new_field, but annotated `int`: one probe of two holds, so not upstream
+    probe_holds = [r["holds"] for r in cells["1.0.3"][c].probes]
+    assert probe_holds == [True, False]
+    info = {p["name"]: p for p in matrix.patches}
+    assert info[c]["suggested_applied_upstream"] == VERSIONS[UPSTREAM_FROM]
+    assert info[a]["suggested_applied_upstream"] is None
+    assert info[d]["probes"] == []
+    assert [x["patch"] for x in matrix.bad_probes] == [e]
+
+    md, js = status.write_reports(matrix, tmp_path / "out")
+    data = json.loads(js.read_text())
+    assert [r["version"] for r in data["releases"]] == VERSIONS
+    assert data["releases"][CONFLICT_FROM]["cells"][b]["files"] == ["vllm/b.py"]
+    text = md.read_text()
+    row_b = next(line for line in text.splitlines() if line.startswith(f"| {b[:4]} "))
+    assert row_b.split(" | ")[1:] == ["clean"] * CONFLICT_FROM + ["conflict"] * (
+        len(VERSIONS) - CONFLICT_FROM - 1) + ["conflict |"]
+    assert "## Bad probes" in text and "defines vllm/a.py::A_0" in text
+    assert f"| {c[:4]} | - | {VERSIONS[UPSTREAM_FROM]} |" in text
+    assert "1.0.7 .. 1.0.10 (4 releases) 0002 **conflict**: vllm/b.py" in text
+
+
+def test_sdist_hash_is_recorded_then_verified(synth_upstream):
+    u = synth_upstream
+    versions, urls = releases(u, "1.0.0,1.0.1")
+    compute(u, versions, urls)
+    record = json.loads(upstream.tofu_file().read_text())
+    sha = record["vllm-1.0.1.tar.gz"]["sha256"]
+    assert sha == upstream.fetch.sha256_file(u.sdist("1.0.1"))
+    # reuse works without any index (urls=None) and re-hashes the cached file
+    assert compute(u, versions, None).releases[1].sha256 == sha
+    blob = upstream.fetch.blob_path(sha)
+    os.chmod(blob, 0o644)
+    blob.write_bytes(blob.read_bytes() + b"tampered")
+    with pytest.raises(OverlayError) as err:
+        compute(u, versions, None)
+    assert "vllm-1.0.1.tar.gz" in str(err.value) and sha in str(err.value)
+    blob.unlink()  # a re-download that brings other bytes than first seen is refused too
+    (u.sdist("1.0.1")).write_bytes(b"other bytes")
+    with pytest.raises(OverlayError, match=f"vllm-1.0.1.tar.gz: downloaded sha256 .* != {sha}"):
+        compute(u, versions, urls)
+
+
+def test_bad_probe_syntax_is_a_tool_error(synth_upstream):
+    u = synth_upstream
+    patch = u.patches / sorted(p.name for p in u.patches.glob("0005-*"))[0]
+    text = patch.read_text()
+    patch.write_text(text.replace("Probe: defines vllm/a.py::A_0", "Probe: exists vllm/a.py"))
+    with pytest.raises(OverlayError) as err:
+        compute(u, ["1.0.0"], None)
+    message = str(err.value)
+    line = text.splitlines().index("Probe: defines vllm/a.py::A_0") + 1
+    assert f"{patch.name}:{line}:" in message and "unknown kind 'exists'" in message
+    patch.write_text(text.replace("vllm/a.py::A_0", "vllm/a.py:A_0"))
+    with pytest.raises(OverlayError, match=r"0005-.*<path>::<Dotted.Name>"):
+        compute(u, ["1.0.0"], None)
+
+
+def test_bisect_apply_finds_the_first_conflict_in_log2_steps(synth_upstream):
+    u = synth_upstream
+    versions, urls = releases(u)
+    said, checked = [], []
+    checks = bisection.Checks(u.pin, series.read_series(u.patches), urls, said.append)
+
+    def counting(version):
+        checked.append(version)
+        return checks.apply(version)
+
+    outcome = bisection.run(u.pin, [], versions, counting, said.append, verify_ends=False)
+    assert outcome.first_bad == VERSIONS[CONFLICT_FROM]
+    assert len(outcome.steps) <= math.ceil(math.log2(len(versions) - 1))
+    assert checked == [v for v, _, _ in outcome.steps]
+    assert all(v not in ("1.0.0", "1.0.10") for v in checked)
+    assert any("Bisecting:" in line for line in said)
+
+
+def test_bisect_test_command_and_end_checks(synth_upstream):
+    u = synth_upstream
+    versions, urls = releases(u, "1.0.0..1.0.6")
+    checks = bisection.Checks(u.pin, series.read_series(u.patches), urls, lambda _: None)
+    # the command sees the patched tree: fails once upstream's D_13 change is there
+    check = checks.test("test -f vllm/e.py && grep -q \"D_13 = 13\" vllm/d.py")
+    outcome = bisection.run(u.pin, [], versions, check, lambda _: None)
+    assert outcome.first_bad == VERSIONS[THREE_WAY_FROM]
+    assert [v for v, _, _ in outcome.end_checks] == ["1.0.0", "1.0.6"]
+    passing = checks.test("true")
+    assert bisection.run(u.pin, [], versions, passing, lambda _: None).first_bad is None
+    with pytest.raises(OverlayError, match="GOOD=1.0.0 fails"):
+        bisection.run(u.pin, [], versions, checks.test("false"), lambda _: None)
+    # a release where the series does not apply cannot be tested: skipped
+    verdict, why = checks.test("true")(VERSIONS[CONFLICT_FROM])
+    assert verdict == bisection.SKIP and "vllm/b.py" in why
+
+
+def test_search_around_skipped_releases():
+    versions = [f"1.{i}" for i in range(10)]
+    skip = {"1.4", "1.5"}
+
+    def check(v):
+        if v in skip:
+            return bisection.SKIP, ""
+        return (bisection.BAD if int(v[2:]) >= 7 else bisection.GOOD), ""
+
+    assert bisection.search(versions, check, lambda _: None).first_bad == "1.7"
+    skip.update({"1.6", "1.7"})
+    hidden = bisection.search(versions, lambda v: (bisection.SKIP, "") if v in skip else
+                              ((bisection.BAD if int(v[2:]) >= 6 else bisection.GOOD), ""),
+                              lambda _: None)
+    assert hidden.first_bad is None and hidden.candidates == ["1.4", "1.5", "1.6", "1.7", "1.8"]
