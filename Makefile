@@ -52,3 +52,21 @@ docker:           ## build the image: [ARCH=] [IMAGE=] [MODE=source TORCH_CUDA_A
 	$(OVERLAY) docker --arch $(ARCH) $(if $(MODE),--mode $(MODE)) $(if $(IMAGE),--image '$(IMAGE)') \
 	  $(if $(TORCH_CUDA_ARCH_LIST),--build-arg 'TORCH_CUDA_ARCH_LIST=$(TORCH_CUDA_ARCH_LIST)') \
 	  $(if $(MAX_JOBS),--build-arg 'MAX_JOBS=$(MAX_JOBS)')
+
+# --- upstream releases: patch x release matrix and bisect (vllm_overlay/upstream_cli.py) ---
+# CMD goes to the recipe through the environment, unexpanded, so its quotes and $VARS survive.
+export BISECT_CMD := $(value CMD)
+PATCHES ?= patches
+STATUS_OUT ?= reports
+CHECK ?= apply
+.PHONY: status bisect bench-status
+
+status:           ## patch x release matrix -> reports/status.{md,json} [RELEASES=A..B|A,B PATCHES=dir]
+	$(OVERLAY) status --patches $(PATCHES) --out $(STATUS_OUT) $(if $(RELEASES),--releases $(RELEASES))
+
+bisect:           ## first failing release: GOOD=<tag> BAD=<tag> [CHECK=apply|test CMD='...']
+	$(OVERLAY) bisect --patches $(PATCHES) --check $(CHECK) $(if $(GOOD),--good $(GOOD)) \
+	  $(if $(BAD),--bad $(BAD)) $(if $(CMD),--cmd "$$BISECT_CMD")
+
+bench-status:     ## time `status` per release, pin..newest, warm cache (prints figures)
+	$(PYTHON) benchmarks/bench_status.py --patches $(PATCHES)

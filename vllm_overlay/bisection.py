@@ -107,6 +107,8 @@ class Checks:
     @staticmethod
     def _conflicts(cells: dict[str, status.Cell]) -> str:
         return "; ".join(f"{name} conflicts in {', '.join(cell.files) or '?'}"
+                         + (" (already upstream: its probes hold)"
+                            if cell.status == "upstream" else "")
                          for name, cell in cells.items() if cell.apply == "conflict")
 
     def apply(self, version: str) -> tuple[str, str]:

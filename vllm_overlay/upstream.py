@@ -273,9 +273,9 @@ def base_tree(sdist: Sdist, date: str) -> Path:
     with file_lock(entry.with_name(entry.name + ".lock")):
         if (entry / ".complete").exists():
             return tree
-        shutil.rmtree(entry, ignore_errors=True)
+        for stale in [entry, *entry.parent.glob(entry.name + ".tmp*")]:  # interrupted builds
+            shutil.rmtree(stale, ignore_errors=True)
         staging = entry.with_name(entry.name + f".tmp{os.getpid()}.{threading.get_ident()}")
-        shutil.rmtree(staging, ignore_errors=True)
         started = time.monotonic()
         apply.unpack_sdist(sdist.path, staging / "tree")
         apply.init_base(staging / "tree", date)

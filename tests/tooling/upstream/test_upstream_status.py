@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from vllm_overlay import bisection, series, status, upstream
+from vllm_overlay import bisection, cli, series, status, upstream, upstream_cli
 from vllm_overlay.errors import OverlayError
 
 from .conftest import (CONFLICT_FROM, OFFSET_FROM, PRE, THREE_WAY_FROM, UPSTREAM_FROM,
@@ -176,3 +176,22 @@ def test_search_around_skipped_releases():
                               ((bisection.BAD if int(v[2:]) >= 6 else bisection.GOOD), ""),
                               lambda _: None)
     assert hidden.first_bad is None and hidden.candidates == ["1.4", "1.5", "1.6", "1.7", "1.8"]
+
+
+def test_bisect_cli_prints_steps_and_keeps_the_log(synth_upstream, monkeypatch, capsys):
+    u = synth_upstream
+    monkeypatch.setenv("PIP_INDEX_URL", u.index)
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "")
+    monkeypatch.setattr(upstream_cli.pin, "load", lambda: u.pin)  # the synthetic pin
+    log = u.root / "logs" / "bisect.log"
+    code = cli.main(["bisect", "--patches", str(u.patches), "--good", "1.0.0",
+                     "--bad", "latest", "--log", str(log)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert f"{VERSIONS[CONFLICT_FROM]} is the first bad release" in out
+    assert "[step 1]" in out and "[end check] 1.0.10: bad" in out
+    text = log.read_text()
+    assert out.strip().splitlines()[-1] in text and "0002 conflict" in text
+    assert not list(log.parent.glob(".*tmp*"))
+    code = cli.main(["bisect", "--patches", str(u.patches), "--check", "test"])
+    assert code == 1 and "needs --cmd" in capsys.readouterr().err

@@ -1,0 +1,78 @@
+"""Benchmark `status` over every release from the pin to the newest, warm cache.
+
+Target: under 60 s in total on a 2-core machine. Prints the time per release and in total,
+and, as a baseline measured in the same run, what one release costs without the tree cache
+(unpack the pinned sdist + commit it, as a fresh `git am` check would need).
+Run: `make bench-status [PATCHES=dir]` (the first run on a cold cache downloads and builds
+the trees; it is reported, then the timed warm run follows).
+"""
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from vllm_overlay import apply, fetch, pin, series, status, upstream  # noqa: E402
+from vllm_overlay.errors import OverlayError  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--patches", type=Path, default=series.PATCHES)
+    parser.add_argument("--jobs", type=int, default=4)
+    args = parser.parse_args()
+    the_pin = pin.load()
+    patches = series.read_series(args.patches)
+    t = time.monotonic()
+    urls = upstream.list_sdists(the_pin.project)
+    versions = upstream.select(urls, the_pin.upstream_version, None)
+    listing = time.monotonic() - t
+    cold = [v for v in versions
+            if v != the_pin.upstream_version
+            and not (upstream.tree_entry(_recorded_sha(v) or "-") / ".complete").exists()]
+    if cold:
+        print(f"warming the cache first ({len(cold)} release(s) not cached: {', '.join(cold)})")
+        t = time.monotonic()
+        status.compute(the_pin, patches, versions, urls, args.patches, args.jobs)
+        print(f"  cold run: {time.monotonic() - t:.1f} s (not the benchmark)")
+
+    t = time.monotonic()
+    matrix = status.compute(the_pin, patches, versions, urls, args.patches, args.jobs)
+    warm = time.monotonic() - t
+
+    with tempfile.TemporaryDirectory(prefix="bench-status-") as tmp:
+        t = time.monotonic()
+        sdist = fetch.fetch(the_pin.sdist, the_pin.project)
+        tree = apply.unpack_sdist(sdist, Path(tmp) / "tree")
+        apply.init_base(tree, the_pin.released)
+        baseline = time.monotonic() - t
+
+    print(f"\nstatus, warm cache: {len(patches)} patch(es) x {len(versions)} release(s) "
+          f"({versions[0]} .. {versions[-1]}), {args.jobs} in parallel")
+    print(f"{'release':>10}  {'seconds':>8}")
+    for release in matrix.releases:
+        print(f"{release.version:>10}  {release.seconds:8.2f}")
+    print(f"{'listing':>10}  {listing:8.2f}   (release list from the index)")
+    print(f"{'total':>10}  {warm + listing:8.2f}   (target < 60 s)")
+    per_release = warm / len(versions)
+    print(f"\nbaseline, same run: unpack + commit one sdist without the cache: {baseline:.2f} s")
+    print(f"warm time per release (wall, amortised): {per_release:.2f} s = "
+          f"{per_release / baseline:.2f} x the baseline; without the cache the same run "
+          f"would need at least {baseline * len(versions):.0f} s of unpacking alone")
+    return 0
+
+
+def _recorded_sha(version: str) -> str | None:
+    record = upstream._read_tofu().get(f"vllm-{version}.tar.gz")
+    return record["sha256"] if record else None
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except OverlayError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)

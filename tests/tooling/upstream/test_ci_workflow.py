@@ -1,0 +1,55 @@
+"""The GitHub Actions workflow for the user's CI: valid YAML, clean under actionlint, and
+wired to `make status` over a release matrix and `make bisect` on the schedule."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vllm_overlay.paths import REPO
+
+WORKFLOW = REPO / ".github" / "workflows" / "upstream-status.yml"
+
+
+def actionlint() -> str:
+    beside = Path(sys.executable).parent / "actionlint"  # installed into the tools venv
+    found = str(beside) if beside.exists() else shutil.which("actionlint")
+    if not found:
+        pytest.fail("actionlint missing: install tests/requirements-tools.txt")
+    return found
+
+
+def lint(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([actionlint(), "-no-color", str(path)], capture_output=True,
+                          text=True)
+
+
+def test_workflow_passes_actionlint():
+    proc = lint(WORKFLOW)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_actionlint_catches_a_broken_copy(tmp_path):
+    broken = tmp_path / ".github" / "workflows" / "broken.yml"
+    broken.parent.mkdir(parents=True)
+    broken.write_text(WORKFLOW.read_text().replace("runs-on: ubuntu-latest",
+                                                   "runs-onn: ubuntu-latest", 1))
+    proc = lint(broken)
+    assert proc.returncode != 0 and "runs-onn" in proc.stdout
+
+
+def test_workflow_runs_status_per_release_and_bisect_on_schedule():
+    flow = yaml.safe_load(WORKFLOW.read_text())
+    triggers = flow.get("on", flow.get(True))  # YAML 1.1 reads a bare `on` as true
+    assert triggers["schedule"][0]["cron"]
+    jobs = flow["jobs"]
+    assert "--list-releases" in jobs["releases"]["steps"][-1]["run"]
+    matrix = jobs["status"]["strategy"]["matrix"]["release"]
+    assert "fromJSON(needs.releases.outputs.list)" in matrix
+    runs = " ".join(step.get("run", "") for step in jobs["status"]["steps"])
+    assert 'make status RELEASES="$RELEASE"' in runs
+    assert "schedule" in jobs["bisect"]["if"]
+    assert "make bisect" in " ".join(step.get("run", "") for step in jobs["bisect"]["steps"])
