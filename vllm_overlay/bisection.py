@@ -3,8 +3,9 @@ ordered releases between GOOD and BAD, the way `git bisect run` does.
 
 Checks: "apply" (the whole series applies, 3-way allowed; a conflict is bad) or "test" (a
 user command run in the release's tree with the series applied, exit codes as for
-`git bisect run`: 0 good, 125 skip, 1-127 bad, anything else aborts). A release where the
-series does not apply cannot be tested: the test check skips it.
+`git bisect run`: 0 good, 125 skip, 1-127 bad, anything else aborts). For the test check a
+patch that conflicts because it is already upstream (its probes hold) is dropped; a release
+where another patch does not apply cannot be tested: the test check skips it.
 """
 
 import math
@@ -105,11 +106,12 @@ class Checks:
         return status.evaluate(tree, self.patches, self.parsed, pin_tree, inside)
 
     @staticmethod
-    def _conflicts(cells: dict[str, status.Cell]) -> str:
+    def _conflicts(cells: dict[str, status.Cell], upstreamed_too: bool = True) -> str:
         return "; ".join(f"{name} conflicts in {', '.join(cell.files) or '?'}"
                          + (" (already upstream: its probes hold)"
                             if cell.status == "upstream" else "")
-                         for name, cell in cells.items() if cell.apply == "conflict")
+                         for name, cell in cells.items() if cell.apply == "conflict"
+                         and (upstreamed_too or cell.status != "upstream"))
 
     def apply(self, version: str) -> tuple[str, str]:
         cells, _ = self._evaluate(version)
@@ -121,7 +123,8 @@ class Checks:
     def test(self, command: str) -> Check:
         def check(version: str) -> tuple[str, str]:
             def run_command(tree: Path, cells: dict[str, status.Cell]):
-                if self._conflicts(cells):
+                # a patch that conflicts because upstream has it is simply dropped here
+                if self._conflicts(cells, upstreamed_too=False):
                     return None
                 env = {**os.environ, "VLLM_OVERLAY_TREE": str(tree),
                        "VLLM_OVERLAY_RELEASE": version}
@@ -132,7 +135,7 @@ class Checks:
 
             cells, result = self._evaluate(version, run_command)
             if result is None:
-                return SKIP, f"series does not apply: {self._conflicts(cells)}"
+                return SKIP, f"series does not apply: {self._conflicts(cells, False)}"
             code, output, seconds = result
             self.log(f"  $ {command}   (in {version}'s tree, exit {code}, {seconds:.1f} s)")
             self.log("\n".join("  | " + line for line in output.splitlines()[-200:]))
