@@ -98,6 +98,8 @@ def apply_series(tree: Path, patches: list[Patch]) -> dict[str, tuple[str, str, 
                 out[patch.name] = (check.status, check.detail, [])
         elif check.status == "applied":
             out[patch.name] = ("present", check.detail, list(check.files))
+        elif not check.files:  # git named no file: not a conflict but a failure of ours
+            raise OverlayError(f"{patch.name}: git apply failed in {tree}: {check.detail}")
         else:
             merged, output = _three_way(tree, patch)
             if merged:

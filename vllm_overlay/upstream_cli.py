@@ -28,6 +28,7 @@ def _releases(the_pin: pin.Pin, spec: str | None, pre: bool) -> tuple[list[str],
 
 def cmd_status(args) -> None:
     the_pin = pin.load()
+    args.patches = args.patches.resolve()  # git runs inside the release trees
     patches = series.read_series(args.patches)
     versions, urls = _releases(the_pin, args.releases, args.pre)
     if args.list_releases:
@@ -45,6 +46,7 @@ def cmd_status(args) -> None:
 
 def cmd_bisect(args) -> None:
     the_pin = pin.load()
+    args.patches = args.patches.resolve()
     patches = series.read_series(args.patches)
     if args.check == "test" and not args.cmd:
         raise OverlayError("bisect --check test needs --cmd (make: CMD='...'), the command "

@@ -184,7 +184,8 @@ def test_bisect_cli_prints_steps_and_keeps_the_log(synth_upstream, monkeypatch, 
     monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "")
     monkeypatch.setattr(upstream_cli.pin, "load", lambda: u.pin)  # the synthetic pin
     log = u.root / "logs" / "bisect.log"
-    code = cli.main(["bisect", "--patches", str(u.patches), "--good", "1.0.0",
+    monkeypatch.chdir(u.patches.parent)  # a relative --patches works (git runs elsewhere)
+    code = cli.main(["bisect", "--patches", "patches", "--good", "1.0.0",
                      "--bad", "latest", "--log", str(log)])
     out = capsys.readouterr().out
     assert code == 0
