@@ -229,6 +229,7 @@ def _make_encoder_cg_model_class():
             merge: int = 2,
             flat: int = 12,
             hidden: int = 8,
+            max_frames_per_video: int = 8,
         ):
             super().__init__()
             self.proj = torch.nn.Linear(flat, hidden)
@@ -236,6 +237,7 @@ def _make_encoder_cg_model_class():
             self.flat = flat
             self.hidden = hidden
             self.min_budget = min_budget
+            self.max_frames_per_video = max_frames_per_video
             self.modalities = ["image", "video"] if video else ["image"]
             self.calls: list[tuple[str, tuple]] = []
 
@@ -253,6 +255,15 @@ def _make_encoder_cg_model_class():
                 self.min_budget,
                 vllm_config.scheduler_config.max_num_batched_tokens,
             )
+
+        def get_max_frames_per_video(self):
+            # patch 0004 (upstream #40445)
+            self.calls.append(("get_max_frames_per_video", ()))
+            return self.max_frames_per_video
+
+        def get_encoder_cudagraph_per_item_frames(self, mm_kwargs):
+            # patch 0006 (overlay): frames (attention sequences) per item
+            return [t for t, _, _ in self._inputs(mm_kwargs)[2]]
 
         def get_input_modality(self, mm_kwargs):
             found = [m for m, (k, _) in ENCODER_CG_KEYS.items() if k in mm_kwargs]
@@ -335,6 +346,7 @@ def _make_encoder_cg_model_class():
             return self.encode(self._inputs(mm_kwargs)[1])
 
         def encoder_eager_forward(self, mm_kwargs):
+            self.calls.append(("eager", (self._inputs(mm_kwargs)[2],)))
             return self.encode(self._inputs(mm_kwargs)[1])
 
         def encode(self, pixel_values):

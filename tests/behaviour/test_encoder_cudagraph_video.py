@@ -1,5 +1,6 @@
 """Behaviour of patches 0001 (encoder CUDA graph modules importable) and
-0002 (video in the ViT encoder CUDA graph, upstream #38061) on vLLM 0.19.1.
+0002 (video in the ViT encoder CUDA graph, upstream #38061) on vLLM 0.19.1,
+with the frame-limit auto rule of 0004 (upstream #40445).
 
 Runs on CPU: the manager is built with a real VllmConfig for a tiny
 Qwen3-VL directory, nothing is captured on a GPU. Where a replay is needed
@@ -36,7 +37,8 @@ def test_compilation_config_accepts_new_keys():
     assert cc.encoder_cudagraph_max_frames_per_batch == 40
     default = CompilationConfig(cudagraph_mm_encoder=True)
     assert default.encoder_cudagraph_max_vision_items_per_batch == 0
-    assert default.encoder_cudagraph_max_frames_per_batch == 0
+    # 0004 (upstream #40445): None = auto-infer from the model
+    assert default.encoder_cudagraph_max_frames_per_batch is None
     # The frame limit is part of the config hash (it shapes the graphs).
     assert cc.compute_hash() != CompilationConfig(
         cudagraph_mm_encoder=True,
@@ -171,10 +173,12 @@ def test_manager_auto_limits(
     assert vllm_config.scheduler_config.max_num_batched_tokens == (
         max_num_batched_tokens
     )
-    mgr = _manager(vllm_config, make_encoder_cg_model(min_budget=64))
+    model = make_encoder_cg_model(min_budget=64, max_frames_per_video=5)
+    mgr = _manager(vllm_config, model)
     assert mgr.token_budgets == _pow2_budgets(64, max_num_batched_tokens)
     assert mgr.max_batch_size == max_num_batched_tokens // 64
-    assert mgr.max_frames_per_batch == max_num_batched_tokens // 64
+    # 0004: auto frames = max_batch_size * model.get_max_frames_per_video()
+    assert mgr.max_frames_per_batch == (max_num_batched_tokens // 64) * 5
     assert mgr.supports_modality("video")
 
 
@@ -207,11 +211,13 @@ def test_manager_auto_frames_with_user_items(
         },
     )
     max_tokens = vllm_config.scheduler_config.max_num_batched_tokens
-    mgr = _manager(vllm_config, make_encoder_cg_model(min_budget=128))
+    model = make_encoder_cg_model(min_budget=128, max_frames_per_video=7)
+    mgr = _manager(vllm_config, model)
     assert mgr.max_batch_size == 4
-    # auto: enough frame sequences to fill the largest budget with
-    # minimum-size frames, never fewer than the item limit
-    assert mgr.max_frames_per_batch == max(4, max_tokens // 128)
+    # 0004: auto frames = user item limit * model's max frames per video,
+    # independent of the token budgets
+    assert mgr.max_frames_per_batch == 4 * 7
+    assert max_tokens // 128 != 4 * 7
 
 
 def test_manager_image_only_model(
@@ -350,6 +356,9 @@ def _qwen3_vl_protocol_object(vllm_config):
     obj.is_multimodal_pruning_enabled = (
         vllm_config.model_config.multimodal_config.is_multimodal_pruning_enabled()
     )
+    # set by __init__ (0004 uses them for get_max_frames_per_video)
+    obj.model_config = vllm_config.model_config
+    obj.multimodal_config = vllm_config.model_config.multimodal_config
     return obj
 
 
@@ -391,9 +400,12 @@ def test_qwen3_vl_protocol_video(tiny_qwen3_vl_dir, make_vllm_config):
     assert mgr.supports_modality("video")
     assert mgr._get_input_key(video) == "pixel_values_videos"
     assert mgr._get_input_key(image) == "pixel_values"
-    # Qwen3-VL min budget is 64 tokens
-    assert mgr.max_frames_per_batch == (
+    # Qwen3-VL min budget is 64 tokens; 0004: frames = items * frames/video
+    assert mgr.max_batch_size == (
         vllm_config.scheduler_config.max_num_batched_tokens // 64
+    )
+    assert mgr.max_frames_per_batch == (
+        mgr.max_batch_size * model.get_max_frames_per_video()
     )
 
 

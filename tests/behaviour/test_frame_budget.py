@@ -1,0 +1,352 @@
+"""Behaviour of patch 0004 (upstream #40445): model-aware
+``encoder_cudagraph_max_frames_per_batch``.
+
+The manager decides max_frames_per_batch, in this order:
+video limit per prompt 0 (or no video in the model's encoder graph) -> 0;
+user value when set (0 included); else
+max_batch_size * model.get_max_frames_per_video().
+
+Runs on CPU with real VllmConfigs for a tiny offline Qwen3-VL directory.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+
+def _manager(vllm_config, model):
+    from vllm.v1.worker.encoder_cudagraph import EncoderCudaGraphManager
+
+    return EncoderCudaGraphManager(
+        vllm_config=vllm_config,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        model=model,
+    )
+
+
+@pytest.fixture
+def vllm_logs():
+    """Capture records of the 'vllm' logger (it does not propagate)."""
+    records: list[logging.LogRecord] = []
+
+    class _Handler(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    handler = _Handler(level=logging.DEBUG)
+    logger = logging.getLogger("vllm")
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+
+
+def _frame_logs(records):
+    return [
+        r.getMessage()
+        for r in records
+        if r.levelno == logging.INFO
+        and r.getMessage().startswith("Encoder CUDA graph max_frames_per_batch=")
+    ]
+
+
+# ---------------------------------------------------------------------------
+# Config field
+# ---------------------------------------------------------------------------
+
+
+def test_config_field_default_none_and_zero_kept():
+    from vllm.config import CompilationConfig
+
+    assert CompilationConfig().encoder_cudagraph_max_frames_per_batch is None
+    for value in (0, 3, 1000):
+        cc = CompilationConfig(encoder_cudagraph_max_frames_per_batch=value)
+        assert cc.encoder_cudagraph_max_frames_per_batch == value
+
+
+@pytest.mark.parametrize("value", [-1, -7])
+def test_config_negative_rejected(value):
+    from vllm.config import CompilationConfig
+
+    with pytest.raises(ValueError, match="encoder_cudagraph_max_frames_per_batch"):
+        CompilationConfig(encoder_cudagraph_max_frames_per_batch=value)
+
+
+def test_config_field_annotation():
+    from vllm.config import CompilationConfig
+
+    ann = CompilationConfig.__annotations__["encoder_cudagraph_max_frames_per_batch"]
+    assert "None" in str(ann) and "int" in str(ann)
+
+
+# ---------------------------------------------------------------------------
+# Manager decision, every branch, real VllmConfig + small protocol model
+# ---------------------------------------------------------------------------
+
+
+def test_auto_is_items_times_frames_per_video(
+    tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model, vllm_logs
+):
+    vllm_config = make_vllm_config(
+        tiny_qwen3_vl_dir,
+        max_num_batched_tokens=2048,
+        compilation={"cudagraph_mm_encoder": True},
+    )
+    model = make_encoder_cg_model(min_budget=64, max_frames_per_video=11)
+    mgr = _manager(vllm_config, model)
+    assert mgr.max_batch_size == 2048 // 64
+    assert mgr.max_frames_per_batch == (2048 // 64) * 11
+    assert ("get_max_frames_per_video", ()) in model.calls
+    assert mgr.supports_modality("video")
+    logs = _frame_logs(vllm_logs)
+    assert any(f"max_frames_per_batch={32 * 11} (auto" in m for m in logs), logs
+
+
+def test_auto_with_user_items(
+    tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model
+):
+    vllm_config = make_vllm_config(
+        tiny_qwen3_vl_dir,
+        compilation={
+            "cudagraph_mm_encoder": True,
+            "encoder_cudagraph_max_vision_items_per_batch": 3,
+        },
+    )
+    mgr = _manager(vllm_config, make_encoder_cg_model(max_frames_per_video=9))
+    assert (mgr.max_batch_size, mgr.max_frames_per_batch) == (3, 27)
+
+
+@pytest.mark.parametrize("user_frames", [5, 500])
+def test_user_value_used(
+    tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model, vllm_logs, user_frames
+):
+    vllm_config = make_vllm_config(
+        tiny_qwen3_vl_dir,
+        compilation={
+            "cudagraph_mm_encoder": True,
+            "encoder_cudagraph_max_frames_per_batch": user_frames,
+        },
+    )
+    model = make_encoder_cg_model(max_frames_per_video=11)
+    mgr = _manager(vllm_config, model)
+    assert mgr.max_frames_per_batch == user_frames
+    assert ("get_max_frames_per_video", ()) not in model.calls
+    logs = _frame_logs(vllm_logs)
+    assert any(f"max_frames_per_batch={user_frames} (user" in m for m in logs), logs
+
+
+def test_user_zero_respected_while_video_enabled(
+    tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model
+):
+    vllm_config = make_vllm_config(
+        tiny_qwen3_vl_dir,
+        compilation={
+            "cudagraph_mm_encoder": True,
+            "encoder_cudagraph_max_frames_per_batch": 0,
+        },
+    )
+    assert vllm_config.model_config.multimodal_config.get_limit_per_prompt("video")
+    mgr = _manager(vllm_config, make_encoder_cg_model(max_frames_per_video=11))
+    assert mgr.max_frames_per_batch == 0
+    assert not mgr.supports_modality("video")
+    assert mgr.supports_modality("image")
+
+
+@pytest.mark.parametrize("user_frames", [None, 0, 64])
+def test_video_limit_zero_is_image_only(
+    tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model, vllm_logs, user_frames
+):
+    compilation = {"cudagraph_mm_encoder": True}
+    if user_frames is not None:
+        compilation["encoder_cudagraph_max_frames_per_batch"] = user_frames
+    vllm_config = make_vllm_config(
+        tiny_qwen3_vl_dir,
+        compilation=compilation,
+        limit_mm_per_prompt={"video": 0},
+    )
+    mm_config = vllm_config.model_config.multimodal_config
+    assert mm_config.get_limit_per_prompt("video") == 0
+    assert mm_config.get_limit_per_prompt("image") > 0
+    model = make_encoder_cg_model(max_frames_per_video=11)
+    mgr = _manager(vllm_config, model)
+    assert mgr.max_frames_per_batch == 0
+    assert ("get_max_frames_per_video", ()) not in model.calls
+    assert mgr.supports_modality("image")
+    assert not mgr.supports_modality("video")
+    logs = _frame_logs(vllm_logs)
+    assert any("max_frames_per_batch=0 (video disabled" in m for m in logs), logs
+
+
+def test_model_without_video_is_image_only(
+    tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model
+):
+    vllm_config = make_vllm_config(
+        tiny_qwen3_vl_dir,
+        compilation={
+            "cudagraph_mm_encoder": True,
+            "encoder_cudagraph_max_frames_per_batch": 64,
+        },
+    )
+    model = make_encoder_cg_model(video=False, max_frames_per_video=11)
+    mgr = _manager(vllm_config, model)
+    assert mgr.max_frames_per_batch == 0
+    assert not mgr.supports_modality("video")
+
+
+def test_capture_uses_decided_frames(
+    tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model, monkeypatch
+):
+    """The decided value is what the graphs are captured with."""
+    import contextlib
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: SimpleNamespace())
+    monkeypatch.setattr(torch.cuda, "graph", lambda g: contextlib.nullcontext())
+    vllm_config = make_vllm_config(
+        tiny_qwen3_vl_dir,
+        compilation={
+            "cudagraph_mm_encoder": True,
+            "encoder_cudagraph_token_budgets": [64, 128],
+            "encoder_cudagraph_max_vision_items_per_batch": 2,
+        },
+    )
+    model = make_encoder_cg_model(max_frames_per_video=6)
+    mgr = _manager(vllm_config, model)
+    mgr.capture()
+    assert [c for c in model.calls if c[0] == "capture"] == [
+        ("capture", (64, 2, 12)),
+        ("capture", (128, 2, 12)),
+    ]
+    for meta in mgr.budget_graphs.values():
+        assert meta.max_frames_per_batch == 12
+        assert meta.metadata_buffers["cu_seqlens"].numel() == 12 + 1
+
+
+# ---------------------------------------------------------------------------
+# Qwen3-VL: get_max_frames_per_video from its processing info
+# ---------------------------------------------------------------------------
+
+
+def _qwen3_vl_object(vllm_config):
+    """Qwen3VLForConditionalGeneration with the attributes __init__ sets for
+    the protocol; the vision tower is reduced to what the bookkeeping
+    reads. Every protocol method is the real one."""
+    from vllm.model_executor.models.qwen3_vl import Qwen3VLForConditionalGeneration
+
+    hf = vllm_config.model_config.hf_config
+    obj = Qwen3VLForConditionalGeneration.__new__(Qwen3VLForConditionalGeneration)
+    torch.nn.Module.__init__(obj)
+    obj.visual = SimpleNamespace(
+        spatial_merge_size=hf.vision_config.spatial_merge_size,
+        out_hidden_size=hf.vision_config.out_hidden_size,
+    )
+    mm_config = vllm_config.model_config.multimodal_config
+    obj.is_multimodal_pruning_enabled = mm_config.is_multimodal_pruning_enabled()
+    obj.model_config = vllm_config.model_config
+    obj.multimodal_config = mm_config
+    return obj
+
+
+def _expected_frames(model_config):
+    """The processor's own answer (built through create_processor, not
+    through get_processing_info)."""
+    from vllm.multimodal import MULTIMODAL_REGISTRY
+
+    processor = MULTIMODAL_REGISTRY.create_processor(model_config)
+    return processor.info.get_num_frames_with_most_features(
+        seq_len=model_config.max_model_len,
+        mm_counts={
+            "video": model_config.multimodal_config.get_limit_per_prompt("video")
+        },
+    )
+
+
+def test_qwen3_vl_frames_per_video_follow_max_model_len(
+    tiny_qwen3_vl_dir, make_vllm_config, vllm_logs
+):
+    from vllm.model_executor.models.interfaces import supports_encoder_cudagraph
+
+    results = {}
+    for max_model_len in (1024, 4096):
+        vllm_config = make_vllm_config(
+            tiny_qwen3_vl_dir,
+            max_model_len=max_model_len,
+            max_num_batched_tokens=2048,
+            compilation={"cudagraph_mm_encoder": True},
+            limit_mm_per_prompt={"video": 1},
+        )
+        model = _qwen3_vl_object(vllm_config)
+        assert supports_encoder_cudagraph(model)
+        frames = model.get_max_frames_per_video()
+        assert frames == _expected_frames(vllm_config.model_config)
+        mgr = _manager(vllm_config, model)
+        assert mgr.max_batch_size == 2048 // 64
+        assert mgr.max_frames_per_batch == mgr.max_batch_size * frames
+        results[max_model_len] = (frames, mgr.max_frames_per_batch)
+    # a longer context admits more frames per video
+    assert results[1024][0] < results[4096][0]
+    assert results[1024][1] != results[4096][1]
+    print("tiny Qwen3-VL auto max_frames_per_batch:", results)
+
+
+def test_qwen3_vl_frames_per_video_follow_video_limit(
+    tiny_qwen3_vl_dir, make_vllm_config
+):
+    frames = {}
+    for videos in (1, 2):
+        vllm_config = make_vllm_config(
+            tiny_qwen3_vl_dir,
+            max_model_len=4096,
+            limit_mm_per_prompt={"video": videos},
+        )
+        model = _qwen3_vl_object(vllm_config)
+        frames[videos] = model.get_max_frames_per_video()
+        assert frames[videos] == _expected_frames(vllm_config.model_config)
+    assert frames[2] < frames[1]
+
+
+# ---------------------------------------------------------------------------
+# MultiModalRegistry.get_processing_info: public, not cached
+# ---------------------------------------------------------------------------
+
+
+def test_get_processing_info_per_model_config(tiny_qwen3_vl_dir, make_vllm_config):
+    from vllm.multimodal import MULTIMODAL_REGISTRY
+
+    config_a = make_vllm_config(
+        tiny_qwen3_vl_dir, max_model_len=1024, limit_mm_per_prompt={"video": 1}
+    ).model_config
+    config_b = make_vllm_config(
+        tiny_qwen3_vl_dir, max_model_len=4096, limit_mm_per_prompt={"video": 2}
+    ).model_config
+
+    info_a = MULTIMODAL_REGISTRY.get_processing_info(config_a)
+    info_b = MULTIMODAL_REGISTRY.get_processing_info(config_b)
+    assert info_a is not info_b
+    assert type(info_a).__name__ == "Qwen3VLProcessingInfo"
+    assert info_a.ctx.model_config is config_a
+    assert info_b.ctx.model_config is config_b
+    # Each info answers for its own config.
+    frames_a = info_a.get_num_frames_with_most_features(
+        seq_len=config_a.max_model_len, mm_counts={"video": 1}
+    )
+    frames_b = info_b.get_num_frames_with_most_features(
+        seq_len=config_b.max_model_len, mm_counts={"video": 2}
+    )
+    assert frames_a == _expected_frames(config_a)
+    assert frames_b == _expected_frames(config_b)
+    assert frames_a != frames_b
+
+    # Not cached: asking again (after the other config) builds a new info
+    # still bound to the config it was asked for.
+    again_a = MULTIMODAL_REGISTRY.get_processing_info(config_a)
+    assert again_a is not info_a
+    assert again_a.ctx.model_config is config_a
+    assert not hasattr(
+        type(MULTIMODAL_REGISTRY).get_processing_info, "cache_info"
+    )
