@@ -14,6 +14,7 @@ Fixtures:
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,24 @@ def write_tiny_qwen3_vl(path: Path) -> Path:
     )
     processor.save_pretrained(path)
     return path
+
+
+@pytest.fixture
+def vllm_logs():
+    """Records of the 'vllm' logger (it does not propagate to the root logger)."""
+    records: list[logging.LogRecord] = []
+
+    class _Handler(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    handler = _Handler(level=logging.DEBUG)
+    logger = logging.getLogger("vllm")
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
 
 
 @pytest.fixture

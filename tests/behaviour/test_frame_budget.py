@@ -29,24 +29,6 @@ def _manager(vllm_config, model):
     )
 
 
-@pytest.fixture
-def vllm_logs():
-    """Capture records of the 'vllm' logger (it does not propagate)."""
-    records: list[logging.LogRecord] = []
-
-    class _Handler(logging.Handler):
-        def emit(self, record):
-            records.append(record)
-
-    handler = _Handler(level=logging.DEBUG)
-    logger = logging.getLogger("vllm")
-    logger.addHandler(handler)
-    try:
-        yield records
-    finally:
-        logger.removeHandler(handler)
-
-
 def _frame_logs(records):
     return [
         r.getMessage()

@@ -30,23 +30,6 @@ class _CpuGraph:
         self.replay_fn()
 
 
-@pytest.fixture
-def vllm_logs():
-    records: list[logging.LogRecord] = []
-
-    class _Handler(logging.Handler):
-        def emit(self, record):
-            records.append(record)
-
-    handler = _Handler(level=logging.DEBUG)
-    logger = logging.getLogger("vllm")
-    logger.addHandler(handler)
-    try:
-        yield records
-    finally:
-        logger.removeHandler(handler)
-
-
 def _fallback_logs(records):
     return [r for r in records if FALLBACK_TEXT in r.getMessage()]
 
