@@ -25,4 +25,5 @@ check-patches:    ## fail unless patches/ equals a fresh apply + export round tr
 test-fast:        ## tooling tests only
 	$(OVERLAY) pytest tests/tooling
 
-test: test-fast check-patches wheel   ## everything CI runs
+test: check-patches  ## all CI runs: tooling, wheel, runtime venv, behaviour, upstream subset (reports/)
+	$(OVERLAY) test --arch $(ARCH)

@@ -6,7 +6,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import apply, export, fetch, pin, series, venvs, wheelhouse
+from . import apply, export, fetch, pin, runtests, series, venvs, wheelhouse
 from .errors import OverlayError
 from .paths import REPO
 
@@ -89,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("wheel", help="build + verify the overlay wheel into wheelhouse/")
     p.add_argument("--arch", default="x86_64", choices=["x86_64", "aarch64"])
     p.set_defaults(func=cmd_wheel)
+    p = sub.add_parser("test", help="everything `make test` runs after check-patches: tooling "
+                       "tests, wheel, runtime venv, behaviour tests, upstream subset pristine "
+                       "vs overlay; report in reports/", add_help=False)
+    p.add_argument("test_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=lambda args: runtests.main(args.test_args))
     p = sub.add_parser("pytest", help="run pytest in the tools venv (tooling tests)")
     p.add_argument("pytest_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_pytest)
