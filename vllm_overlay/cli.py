@@ -91,9 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_wheel)
     p = sub.add_parser("test", help="everything `make test` runs after check-patches: tooling "
                        "tests, wheel, runtime venv, behaviour tests, upstream subset pristine "
-                       "vs overlay; report in reports/", add_help=False)
-    p.add_argument("test_args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=lambda args: runtests.main(args.test_args))
+                       "vs overlay; report in reports/")
+    p.add_argument("--arch", default="x86_64", choices=["x86_64", "aarch64"])
+    p.set_defaults(func=lambda args: runtests.main(["--arch", args.arch]))
     p = sub.add_parser("pytest", help="run pytest in the tools venv (tooling tests)")
     p.add_argument("pytest_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_pytest)

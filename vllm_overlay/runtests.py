@@ -119,6 +119,20 @@ def run_subset(side: str, python: Path, root: Path, the_subset: subset.Subset, o
     return junits
 
 
+def added_test_files(patches: list[series.Patch], pristine_root: Path, overlay_root: Path,
+                     the_subset: subset.Subset) -> list[str]:
+    """Test files the series adds that no `run` covers: run on the overlay, reported as new."""
+    covered = [path for run in the_subset.runs for path in run.paths]
+    found = []
+    for file in dict.fromkeys(f for p in patches for f in p.files):
+        name = Path(file).name
+        if (file.startswith("tests/") and name.startswith("test_") and name.endswith(".py")
+                and (overlay_root / file).is_file() and not (pristine_root / file).exists()
+                and not any(subset.covers(path, file) for path in covered)):
+            found.append(file)
+    return found
+
+
 def closing_line(passed: int, failed: int, skipped: int, xfailed: int, seconds: float) -> str:
     parts = [f"{failed} failed"] if failed else []
     parts += [f"{passed} passed"]
@@ -172,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         def environment():
             base = testenv.ensure_base(sdist)
             overlay_env = testenv.ensure_vllm_env(base, wheel)
-            pristine_env = testenv.ensure_vllm_env(base, upstream_wheel,
-                                                   the_pin.wheel(args.arch).sha256)
+            art = the_pin.wheel(args.arch)
+            pristine_env = testenv.ensure_vllm_env(base, upstream_wheel, art.sha256, art.filename)
             report["vllm"] = {
                 "overlay": check_vllm_import(overlay_env, the_pin.overlay_version),
                 "pristine": check_vllm_import(pristine_env, the_pin.upstream_version)}
@@ -211,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
 
         # 5. the upstream subset on both sides at once (2 cores); pristine's output to logs
         the_subset = subset.read_subset(SUBSET_FILE)
+        added = added_test_files(patches, pristine_root, overlay_root, the_subset)
+        overlay_subset = subset.Subset(the_subset.runs + ([subset.Run(added, 0)] if added else []),
+                                       the_subset.excludes)
+        report["added_test_files"] = added
 
         def upstream_subset():
             results: dict = {}
@@ -229,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             try:
                 overlay_junits = run_subset("overlay", venvs.python_of(overlay_env),
-                                            overlay_root, the_subset, junit_dir, None)
+                                            overlay_root, overlay_subset, junit_dir, None)
             finally:
                 thread.join()
             if "pristine_error" in results:
