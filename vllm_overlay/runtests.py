@@ -49,7 +49,8 @@ class Stages:
 
 def pytest_cmd(python: Path, junit: Path, *args: str) -> list[str]:
     return [str(python), "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfE",
-            "-o", "junit_family=xunit1", f"--junitxml={junit}", *args]
+            "-o", "junit_family=xunit1", "-o", "asyncio_default_fixture_loop_scope=function",
+            f"--junitxml={junit}", *args]
 
 
 def run_logged(cmd: list[str], cwd: Path, env: dict, log: Path | None) -> int:
