@@ -65,7 +65,7 @@ def run_logged(cmd: list[str], cwd: Path, env: dict, log: Path | None) -> int:
 def clean_env(**extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME",
                                                             "VIRTUAL_ENV")}
-    return {**env, "PYTHONDONTWRITEBYTECODE": "1", **extra}
+    return {**env, **extra}
 
 
 def check_vllm_import(venv: Path, version: str) -> str:

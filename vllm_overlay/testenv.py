@@ -87,7 +87,9 @@ def ensure_vllm_env(base: Path, wheel: Path, sha256: str | None = None,
     sha256 = sha256 or sha256_file(wheel)
     venv = cache_dir() / "venvs" / f"vllm-{sha256[:16]}-over-{base.name}"
     if (venv / ".complete").exists():
+        (venv / ".complete").touch()  # last use, for prune_vllm_envs
         return venv
+    prune_vllm_envs()
     import shutil
     import subprocess
     import tempfile
@@ -114,6 +116,24 @@ def ensure_vllm_env(base: Path, wheel: Path, sha256: str | None = None,
     print(f"venv: {filename or wheel.name} installed in {time.monotonic() - started:.0f} s",
           file=sys.stderr)
     return venv
+
+
+STALE_DAYS = 3
+
+
+def prune_vllm_envs(max_age_days: float = STALE_DAYS) -> None:
+    """Remove per-wheel venvs (1 GB each; every overlay build makes a new one) unused for days.
+
+    Age, not "all but the current one": other work trees may share this cache right now.
+    """
+    import shutil
+    import time
+
+    for marker in (cache_dir() / "venvs").glob("vllm-*-over-*/.complete"):
+        if time.time() - marker.stat().st_mtime > max_age_days * 86400:
+            print(f"venv: removing {marker.parent.name} (unused for {max_age_days} days)",
+                  file=sys.stderr)
+            shutil.rmtree(marker.parent, ignore_errors=True)
 
 
 if __name__ == "__main__":  # pragma: no cover - manual use: python -m vllm_overlay.testenv
