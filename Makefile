@@ -40,7 +40,8 @@ bench:            ## printed figures: make wheel vs cp and a naive repack; overl
 	$(PYTHON) benchmarks/bench_wheel.py
 	$(PYTHON) benchmarks/bench_modes.py
 
-test: test-fast check-patches wheel test-slow   ## everything CI runs
+test: check-patches  ## all CI runs: tooling, wheel, runtime venv, behaviour, upstream subset (reports/)
+	$(OVERLAY) test --arch $(ARCH)
 
 # --- distribution: internal index + Docker image (vllm_overlay/publish.py, docker.py) ---
 publish:          ## upload wheelhouse/ wheels: INDEX_URL=<upload URL> [SIMPLE_URL=] [WHEELHOUSE=]

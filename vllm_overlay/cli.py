@@ -6,7 +6,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import apply, docker, export, fetch, pin, publish, series, setup_build, venvs, wheelhouse
+from . import (apply, docker, export, fetch, pin, publish, runtests, series, setup_build,
+               venvs, wheelhouse)
 from . import upstream_cli  # status, bisect
 from .errors import OverlayError
 from .paths import REPO
@@ -139,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--build-arg", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--print", action="store_true", help="only print the docker command")
     p.set_defaults(func=cmd_docker)
+    p = sub.add_parser("test", help="everything `make test` runs after check-patches: tooling "
+                       "tests, wheel, runtime venv, behaviour tests, upstream subset pristine "
+                       "vs overlay; report in reports/")
+    p.add_argument("--arch", default="x86_64", choices=["x86_64", "aarch64"])
+    p.set_defaults(func=lambda args: runtests.main(["--arch", args.arch]))
     p = sub.add_parser("pytest", help="run pytest in the tools venv (tooling tests)")
     p.add_argument("pytest_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_pytest)
