@@ -14,10 +14,10 @@ import ast
 import contextlib
 import importlib
 import importlib.util
-from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import cpu_manager, qwen3_vl_protocol_object
 
 # ---------------------------------------------------------------------------
 # Configuration keys
@@ -121,7 +121,7 @@ def test_encoder_cudagraph_imports_resolve(module_name):
             assert hasattr(module, name), (target, name)
 
 
-def test_runner_import_of_manager():
+def test_runner_import_ofcpu_manager():
     targets = {
         target
         for target, names in _encoder_cudagraph_imports(
@@ -138,16 +138,6 @@ def test_runner_import_of_manager():
 # Manager sizing and routing with a real VllmConfig (tiny Qwen3-VL, no hub)
 # ---------------------------------------------------------------------------
 
-
-def _manager(vllm_config, model):
-    from vllm.v1.worker.encoder_cudagraph import EncoderCudaGraphManager
-
-    return EncoderCudaGraphManager(
-        vllm_config=vllm_config,
-        device=torch.device("cpu"),
-        dtype=torch.float32,
-        model=model,
-    )
 
 
 def _pow2_budgets(lo, hi):
@@ -174,7 +164,7 @@ def test_manager_auto_limits(
         max_num_batched_tokens
     )
     model = make_encoder_cg_model(min_budget=64, max_frames_per_video=5)
-    mgr = _manager(vllm_config, model)
+    mgr = cpu_manager(vllm_config, model)
     assert mgr.token_budgets == _pow2_budgets(64, max_num_batched_tokens)
     assert mgr.max_batch_size == max_num_batched_tokens // 64
     # 0004: auto frames = max_batch_size * model.get_max_frames_per_video()
@@ -194,7 +184,7 @@ def test_manager_user_limits(
             "encoder_cudagraph_max_frames_per_batch": 24,
         },
     )
-    mgr = _manager(vllm_config, make_encoder_cg_model(min_budget=64))
+    mgr = cpu_manager(vllm_config, make_encoder_cg_model(min_budget=64))
     assert mgr.token_budgets == [256, 1024]
     assert mgr.max_batch_size == 4
     assert mgr.max_frames_per_batch == 24
@@ -212,7 +202,7 @@ def test_manager_auto_frames_with_user_items(
     )
     max_tokens = vllm_config.scheduler_config.max_num_batched_tokens
     model = make_encoder_cg_model(min_budget=128, max_frames_per_video=7)
-    mgr = _manager(vllm_config, model)
+    mgr = cpu_manager(vllm_config, model)
     assert mgr.max_batch_size == 4
     # 0004: auto frames = user item limit * model's max frames per video,
     # independent of the token budgets
@@ -230,7 +220,7 @@ def test_manager_image_only_model(
             "encoder_cudagraph_max_frames_per_batch": 24,
         },
     )
-    mgr = _manager(vllm_config, make_encoder_cg_model(video=False))
+    mgr = cpu_manager(vllm_config, make_encoder_cg_model(video=False))
     assert mgr.max_frames_per_batch == 0
     assert mgr.supports_modality("image")
     assert not mgr.supports_modality("video")
@@ -242,7 +232,7 @@ def test_manager_routes_modality_to_input_key(
     vllm_config = make_vllm_config(
         tiny_qwen3_vl_dir, compilation={"cudagraph_mm_encoder": True}
     )
-    mgr = _manager(vllm_config, make_encoder_cg_model())
+    mgr = cpu_manager(vllm_config, make_encoder_cg_model())
     image = {"pixel_values": torch.zeros(16, 12), "image_grid_thw": [[1, 4, 4]]}
     video = {
         "pixel_values_videos": torch.zeros(32, 12),
@@ -304,7 +294,7 @@ def test_video_and_image_replay_share_graphs(
         },
     )
     model = make_encoder_cg_model(min_budget=4)
-    mgr = cpu_captured(_manager(vllm_config, model))
+    mgr = cpu_captured(cpu_manager(vllm_config, model))
     assert sorted(mgr.budget_graphs) == [16, 64]
     assert [c for c in model.calls if c[0] == "capture"] == [
         ("capture", (16, 2, 8)),
@@ -341,26 +331,6 @@ def test_video_and_image_replay_share_graphs(
 # ---------------------------------------------------------------------------
 
 
-def _qwen3_vl_protocol_object(vllm_config):
-    """A Qwen3VLForConditionalGeneration whose vision tower is reduced to the
-    two attributes the protocol bookkeeping reads; every method is real."""
-    from vllm.model_executor.models.qwen3_vl import Qwen3VLForConditionalGeneration
-
-    hf = vllm_config.model_config.hf_config
-    obj = Qwen3VLForConditionalGeneration.__new__(Qwen3VLForConditionalGeneration)
-    torch.nn.Module.__init__(obj)
-    obj.visual = SimpleNamespace(
-        spatial_merge_size=hf.vision_config.spatial_merge_size,
-        out_hidden_size=hf.vision_config.out_hidden_size,
-    )
-    obj.is_multimodal_pruning_enabled = (
-        vllm_config.model_config.multimodal_config.is_multimodal_pruning_enabled()
-    )
-    # set by __init__ (0004 uses them for get_max_frames_per_video)
-    obj.model_config = vllm_config.model_config
-    obj.multimodal_config = vllm_config.model_config.multimodal_config
-    return obj
-
 
 def test_qwen3_vl_protocol_video(tiny_qwen3_vl_dir, make_vllm_config):
     from vllm.model_executor.models.interfaces import supports_encoder_cudagraph
@@ -368,7 +338,7 @@ def test_qwen3_vl_protocol_video(tiny_qwen3_vl_dir, make_vllm_config):
     vllm_config = make_vllm_config(
         tiny_qwen3_vl_dir, compilation={"cudagraph_mm_encoder": True}
     )
-    model = _qwen3_vl_protocol_object(vllm_config)
+    model = qwen3_vl_protocol_object(vllm_config)
     assert supports_encoder_cudagraph(model)
     config = model.get_encoder_cudagraph_config()
     assert config.modalities == ["image", "video"]
@@ -396,7 +366,7 @@ def test_qwen3_vl_protocol_video(tiny_qwen3_vl_dir, make_vllm_config):
     with pytest.raises(ValueError):
         model.get_input_modality({**image, **video})
 
-    mgr = _manager(vllm_config, model)
+    mgr = cpu_manager(vllm_config, model)
     assert mgr.supports_modality("video")
     assert mgr._get_input_key(video) == "pixel_values_videos"
     assert mgr._get_input_key(image) == "pixel_values"
@@ -415,10 +385,10 @@ def test_qwen3_vl_video_graphs_off_with_evs(tiny_qwen3_vl_dir, make_vllm_config)
         compilation={"cudagraph_mm_encoder": True},
         video_pruning_rate=0.5,
     )
-    model = _qwen3_vl_protocol_object(vllm_config)
+    model = qwen3_vl_protocol_object(vllm_config)
     assert model.is_multimodal_pruning_enabled
     assert model.get_encoder_cudagraph_config().modalities == ["image"]
-    mgr = _manager(vllm_config, model)
+    mgr = cpu_manager(vllm_config, model)
     assert mgr.supports_modality("image")
     assert not mgr.supports_modality("video")
     assert mgr.max_frames_per_batch == 0

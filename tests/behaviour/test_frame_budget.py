@@ -16,17 +16,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import cpu_manager, qwen3_vl_protocol_object
 
-
-def _manager(vllm_config, model):
-    from vllm.v1.worker.encoder_cudagraph import EncoderCudaGraphManager
-
-    return EncoderCudaGraphManager(
-        vllm_config=vllm_config,
-        device=torch.device("cpu"),
-        dtype=torch.float32,
-        model=model,
-    )
 
 
 def _frame_logs(records):
@@ -81,7 +72,7 @@ def test_auto_is_items_times_frames_per_video(
         compilation={"cudagraph_mm_encoder": True},
     )
     model = make_encoder_cg_model(min_budget=64, max_frames_per_video=11)
-    mgr = _manager(vllm_config, model)
+    mgr = cpu_manager(vllm_config, model)
     assert mgr.max_batch_size == 2048 // 64
     assert mgr.max_frames_per_batch == (2048 // 64) * 11
     assert ("get_max_frames_per_video", ()) in model.calls
@@ -100,7 +91,7 @@ def test_auto_with_user_items(
             "encoder_cudagraph_max_vision_items_per_batch": 3,
         },
     )
-    mgr = _manager(vllm_config, make_encoder_cg_model(max_frames_per_video=9))
+    mgr = cpu_manager(vllm_config, make_encoder_cg_model(max_frames_per_video=9))
     assert (mgr.max_batch_size, mgr.max_frames_per_batch) == (3, 27)
 
 
@@ -116,7 +107,7 @@ def test_user_value_used(
         },
     )
     model = make_encoder_cg_model(max_frames_per_video=11)
-    mgr = _manager(vllm_config, model)
+    mgr = cpu_manager(vllm_config, model)
     assert mgr.max_frames_per_batch == user_frames
     assert ("get_max_frames_per_video", ()) not in model.calls
     logs = _frame_logs(vllm_logs)
@@ -134,7 +125,7 @@ def test_user_zero_respected_while_video_enabled(
         },
     )
     assert vllm_config.model_config.multimodal_config.get_limit_per_prompt("video")
-    mgr = _manager(vllm_config, make_encoder_cg_model(max_frames_per_video=11))
+    mgr = cpu_manager(vllm_config, make_encoder_cg_model(max_frames_per_video=11))
     assert mgr.max_frames_per_batch == 0
     assert not mgr.supports_modality("video")
     assert mgr.supports_modality("image")
@@ -156,7 +147,7 @@ def test_video_limit_zero_is_image_only(
     assert mm_config.get_limit_per_prompt("video") == 0
     assert mm_config.get_limit_per_prompt("image") > 0
     model = make_encoder_cg_model(max_frames_per_video=11)
-    mgr = _manager(vllm_config, model)
+    mgr = cpu_manager(vllm_config, model)
     assert mgr.max_frames_per_batch == 0
     assert ("get_max_frames_per_video", ()) not in model.calls
     assert mgr.supports_modality("image")
@@ -176,7 +167,7 @@ def test_model_without_video_is_image_only(
         },
     )
     model = make_encoder_cg_model(video=False, max_frames_per_video=11)
-    mgr = _manager(vllm_config, model)
+    mgr = cpu_manager(vllm_config, model)
     assert mgr.max_frames_per_batch == 0
     assert not mgr.supports_modality("video")
 
@@ -198,7 +189,7 @@ def test_capture_uses_decided_frames(
         },
     )
     model = make_encoder_cg_model(max_frames_per_video=6)
-    mgr = _manager(vllm_config, model)
+    mgr = cpu_manager(vllm_config, model)
     mgr.capture()
     assert [c for c in model.calls if c[0] == "capture"] == [
         ("capture", (64, 2, 12)),
@@ -213,25 +204,6 @@ def test_capture_uses_decided_frames(
 # Qwen3-VL: get_max_frames_per_video from its processing info
 # ---------------------------------------------------------------------------
 
-
-def _qwen3_vl_object(vllm_config):
-    """Qwen3VLForConditionalGeneration with the attributes __init__ sets for
-    the protocol; the vision tower is reduced to what the bookkeeping
-    reads. Every protocol method is the real one."""
-    from vllm.model_executor.models.qwen3_vl import Qwen3VLForConditionalGeneration
-
-    hf = vllm_config.model_config.hf_config
-    obj = Qwen3VLForConditionalGeneration.__new__(Qwen3VLForConditionalGeneration)
-    torch.nn.Module.__init__(obj)
-    obj.visual = SimpleNamespace(
-        spatial_merge_size=hf.vision_config.spatial_merge_size,
-        out_hidden_size=hf.vision_config.out_hidden_size,
-    )
-    mm_config = vllm_config.model_config.multimodal_config
-    obj.is_multimodal_pruning_enabled = mm_config.is_multimodal_pruning_enabled()
-    obj.model_config = vllm_config.model_config
-    obj.multimodal_config = mm_config
-    return obj
 
 
 def _expected_frames(model_config):
@@ -262,11 +234,11 @@ def test_qwen3_vl_frames_per_video_follow_max_model_len(
             compilation={"cudagraph_mm_encoder": True},
             limit_mm_per_prompt={"video": 1},
         )
-        model = _qwen3_vl_object(vllm_config)
+        model = qwen3_vl_protocol_object(vllm_config)
         assert supports_encoder_cudagraph(model)
         frames = model.get_max_frames_per_video()
         assert frames == _expected_frames(vllm_config.model_config)
-        mgr = _manager(vllm_config, model)
+        mgr = cpu_manager(vllm_config, model)
         assert mgr.max_batch_size == 2048 // 64
         assert mgr.max_frames_per_batch == mgr.max_batch_size * frames
         results[max_model_len] = (frames, mgr.max_frames_per_batch)
@@ -286,7 +258,7 @@ def test_qwen3_vl_frames_per_video_follow_video_limit(
             max_model_len=4096,
             limit_mm_per_prompt={"video": videos},
         )
-        model = _qwen3_vl_object(vllm_config)
+        model = qwen3_vl_protocol_object(vllm_config)
         frames[videos] = model.get_max_frames_per_video()
         assert frames[videos] == _expected_frames(vllm_config.model_config)
     assert frames[2] < frames[1]

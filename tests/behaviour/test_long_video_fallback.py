@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import cpu_manager, qwen3_vl_protocol_object
 
 FALLBACK_TEXT = "frames but encoder CUDA graphs were captured for"
 
@@ -42,8 +42,6 @@ def make_manager(tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model,
     monkeypatch.setattr(torch.cuda, "graph", lambda g: contextlib.nullcontext())
 
     def make(max_frames=None, items=2, budgets=(16, 64), **model_kwargs):
-        from vllm.v1.worker.encoder_cudagraph import EncoderCudaGraphManager
-
         compilation = {
             "cudagraph_mm_encoder": True,
             "encoder_cudagraph_token_budgets": list(budgets),
@@ -56,12 +54,7 @@ def make_manager(tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model,
             tiny_qwen3_vl_dir, compilation=compilation, **extra
         )
         model = make_encoder_cg_model(min_budget=4, **model_kwargs)
-        mgr = EncoderCudaGraphManager(
-            vllm_config=vllm_config,
-            device=torch.device("cpu"),
-            dtype=torch.float32,
-            model=model,
-        )
+        mgr = cpu_manager(vllm_config, model)
         mgr.capture()
         for meta in mgr.budget_graphs.values():
             meta.graph.replay_fn = lambda meta=meta: meta.output_buffer.copy_(
@@ -240,16 +233,8 @@ def test_auto_frames_route_long_video(make_manager):
 def test_qwen3_vl_per_item_frames(tiny_qwen3_vl_dir, make_vllm_config):
     """Qwen3-VL reports one frame per temporal patch (1 per image)."""
     from vllm.model_executor.models.interfaces import supports_encoder_cudagraph
-    from vllm.model_executor.models.qwen3_vl import Qwen3VLForConditionalGeneration
-
     vllm_config = make_vllm_config(tiny_qwen3_vl_dir)
-    hf = vllm_config.model_config.hf_config
-    obj = Qwen3VLForConditionalGeneration.__new__(Qwen3VLForConditionalGeneration)
-    torch.nn.Module.__init__(obj)
-    obj.visual = SimpleNamespace(
-        spatial_merge_size=hf.vision_config.spatial_merge_size,
-        out_hidden_size=hf.vision_config.out_hidden_size,
-    )
+    obj = qwen3_vl_protocol_object(vllm_config)
     assert supports_encoder_cudagraph(obj)
     video = {
         "pixel_values_videos": torch.zeros(4 * 24 + 2 * 4, 1),
