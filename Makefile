@@ -4,13 +4,16 @@ MODE ?= overlay
 OVERLAY := ./build.sh
 PYTHON ?= python3
 
-.PHONY: wheel wheel-dry-run test-slow cross-check fetch apply export-patches check-patches test test-fast bench help publish docker
+.PHONY: lock changelog wheel wheel-dry-run test-slow cross-check fetch apply export-patches check-patches test test-fast bench help publish docker
 
 help:
 	@$(OVERLAY) --help
 
 wheel:            ## fetch (sha256-checked), apply the series, build + verify the wheel (MODE=overlay|precompiled|source)
 	$(OVERLAY) wheel --arch $(ARCH) --mode $(MODE)
+
+lock:             ## resolve locks/runtime-<arch>.txt + locks/test-<arch>.txt with hashes (uv; network)
+	$(OVERLAY) lock --arch $(ARCH)
 
 wheel-dry-run:    ## MODE=source preflight + the setup.py command it would run
 	$(OVERLAY) wheel --arch $(ARCH) --mode source --dry-run

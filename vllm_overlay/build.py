@@ -100,7 +100,9 @@ def upstream_record(zf: zipfile.ZipFile, dist_info: str) -> dict[str, str]:
 
 
 def plan_wheel(upstream: Path, upstream_name: str, upstream_version: str, version: str,
-               tree: Path, patches: list[Patch]) -> WheelPlan:
+               tree: Path, patches: list[Patch], extra: dict[str, bytes] | None = None,
+               ) -> WheelPlan:
+    """`extra`: new dist-info files by relative name (the SBOM: sbom.MEMBER)."""
     shipped, outside = classify_changes(tree, patches)
     tags = upstream_name[:-4].split("-", 2)[2]
     plan = WheelPlan(upstream, f"vllm-{version}-{tags}.whl", version, changed=shipped,
@@ -145,6 +147,8 @@ def plan_wheel(upstream: Path, upstream_name: str, upstream_version: str, versio
                 plan.members.append(Member(new_name, data=("\n".join(lines) + "\n\n").encode()))
             else:
                 plan.members.append(Member(new_name, source=name))
+        for rel, data in sorted((extra or {}).items()):
+            plan.members.append(Member(new_info + rel, data=data))
         record = upstream_record(zf, old_info)
     plan.members.append(Member(new_info + "RECORD", data=render_record(plan, record)))
     return plan

@@ -6,8 +6,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import (apply, docker, export, fetch, pin, publish, runtests, series, setup_build,
-               venvs, wheelhouse)
+from . import (apply, constraints, docker, export, fetch, pin, publish, runtests, series,
+               setup_build, venvs, wheelhouse)
 from . import upstream_cli  # status, bisect
 from .errors import OverlayError
 from .paths import REPO
@@ -73,6 +73,13 @@ def cmd_wheel(args) -> None:
         print(setup_build.make_wheel(args.mode, args.arch))
 
 
+def cmd_lock(args) -> None:
+    the_pin = pin.load()
+    art = the_pin.wheel(args.arch)
+    constraints.make_lock(args.arch, fetch.fetch(art, the_pin.project), art.filename,
+                          the_pin.upstream_version)
+
+
 def cmd_cross_check(args) -> int:
     """Install the overlay and precompiled wheels side by side; list every file that differs."""
     a, b = (setup_build.published(m, args.arch) for m in ("overlay", "precompiled"))
@@ -124,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true",
                    help="source mode: run the preflight checks and print the build command")
     p.set_defaults(func=cmd_wheel)
+    p = sub.add_parser("lock", help="resolve the hash-locked runtime and test packages into "
+                       "locks/ (uv pip compile; network)")
+    p.add_argument("--arch", default="x86_64", choices=["x86_64", "aarch64"])
+    p.set_defaults(func=cmd_lock)
     p = sub.add_parser("cross-check", help="diff the installed trees of the overlay and "
                        "precompiled wheels in wheelhouse/")
     p.add_argument("--arch", default="x86_64", choices=["x86_64", "aarch64"])

@@ -1,7 +1,7 @@
 """The runtime test environment: vLLM 0.19.1's real runtime + test packages + a vLLM wheel.
 
-One base venv (cached, keyed by the pinned sdist's runtime requirements, the test packages
-and the Python version) holds everything except vLLM itself: about 11 GB, created once.
+One base venv (cached, keyed by the hash-locked runtime and test packages in locks/ and the
+Python version) holds everything except vLLM itself: about 11 GB, created once.
 Each vLLM wheel (the overlay wheel, upstream's own wheel) gets a thin venv of its own,
 keyed by the wheel's sha256, whose site-packages holds only that wheel (installed with
 --no-deps) and a .pth line that adds the base venv's site-packages behind it. So
@@ -10,16 +10,14 @@ exists, and the 11 GB are installed once for both.
 """
 
 import sys
-import tarfile
 from pathlib import Path
 
-from . import venvs
+from . import constraints, venvs
 from .errors import OverlayError
 from .fetch import sha256_file
 from .paths import REPO, cache_dir
 
 TEST_REQUIREMENTS = REPO / "tests" / "upstream" / "requirements-test.txt"
-RUNTIME_REQUIREMENTS = "requirements/cuda.txt"  # inside the sdist; it includes common.txt
 
 
 def requirement_lines(text: str) -> list[str]:
@@ -33,42 +31,18 @@ def requirement_lines(text: str) -> list[str]:
     return lines
 
 
-def sdist_requirements(sdist: Path, top: str = RUNTIME_REQUIREMENTS) -> list[str]:
-    """The runtime pins of the sdist: `top` with its `-r` includes expanded, in order."""
-    try:
-        with tarfile.open(sdist) as tar:
-            root = tar.getmembers()[0].name.split("/", 1)[0]
-
-            def read(name: str, seen: tuple[str, ...]) -> list[str]:
-                if name in seen:
-                    raise OverlayError(f"{sdist.name}: {name} includes itself via -r")
-                member = tar.extractfile(f"{root}/{name}")
-                if member is None:
-                    raise OverlayError(f"{sdist.name}: {name} is not a file")
-                out = []
-                for line in requirement_lines(member.read().decode()):
-                    if line.startswith(("-r ", "--requirement ")):
-                        include = str(Path(name).parent / line.split(None, 1)[1])
-                        out += read(include, (*seen, name))
-                    else:
-                        out.append(line)
-                return out
-
-            return read(top, ())
-    except KeyError as exc:
-        raise OverlayError(f"{sdist.name}: no {exc.args[0]} in the sdist") from exc
-    except (tarfile.TarError, OSError) as exc:
-        raise OverlayError(f"{sdist}: cannot read requirements: {exc}") from exc
-
-
 def test_requirements(path: Path = TEST_REQUIREMENTS) -> list[str]:
     return requirement_lines(path.read_text())
 
 
-def ensure_base(sdist: Path) -> Path:
-    """The cached base venv: the sdist's runtime pins plus the test packages, no vLLM."""
-    reqs = sdist_requirements(sdist) + test_requirements()
-    return venvs.ensure_venv("runtime", reqs)
+def ensure_base(arch: str = "x86_64", repo: Path = REPO) -> Path:
+    """The cached base venv, no vLLM: the hash-locked runtime of the pin (locks/runtime-<arch>.txt,
+    which make wheel publishes as constraints-<arch>.txt) and the locked test packages, installed
+    with --require-hashes: a missing or wrong hash fails the install, so each build proves the lock."""
+    files = [constraints.runtime_lock(arch, repo), constraints.test_lock(arch, repo)]
+    texts = [constraints.read_lock(path)[0] for path in files]
+    args = ("--require-hashes", *(a for path in files for a in ("-r", str(path))))
+    return venvs.ensure_venv("runtime", [], extra_key="\n".join(texts), install_args=args)
 
 
 def site_packages(venv: Path) -> Path:
@@ -137,7 +111,4 @@ def prune_vllm_envs(max_age_days: float = STALE_DAYS) -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover - manual use: python -m vllm_overlay.testenv
-    from . import fetch, pin
-
-    the_pin = pin.load()
-    print(ensure_base(fetch.fetch(the_pin.sdist, the_pin.project)))
+    print(ensure_base())

@@ -37,7 +37,7 @@ def ensure_venv(name: str, requirements: list[str], extra_key: str = "",
     started = time.monotonic()
     try:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        if requirements:
+        if requirements or install_args:
             subprocess.run([str(python_of(venv)), "-m", "pip", "install",
                             "--progress-bar", "off", *install_args, *requirements], check=True)
     except subprocess.CalledProcessError as exc:

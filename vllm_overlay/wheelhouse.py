@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import apply, build, fetch, index, pin, series, verify
+from . import apply, build, constraints, fetch, index, pin, sbom, series, supply, verify
 from .errors import OverlayError
 from .paths import REPO
 from .zipraw import epoch_to_date_time
@@ -109,7 +109,8 @@ def update_sha256sums(wheelhouse: Path, filename: str, sha256: str) -> None:
 
 def build_into(wheelhouse: Path, mode: str, arch: str, key: str, the_pin: pin.Pin, epoch: int,
                series_sha: str, patches: list[series.Patch],
-               build_fn: Callable[[Path], tuple[Path, str | None, dict]]) -> Path:
+               build_fn: Callable[[Path], tuple[Path, str | None, dict]], repo: Path = REPO,
+               ) -> Path:
     """The one publish path of every mode: lock, no-op when up to date, build_fn(tmp dir)
     writes and verifies a wheel there and returns (wheel, its sha256 if known,
     mode-specific manifest fields);
@@ -150,6 +151,10 @@ def build_into(wheelhouse: Path, mode: str, arch: str, key: str, the_pin: pin.Pi
         }
         write_text(wheelhouse, f"manifest-{name}.json", json.dumps(manifest, indent=2) + "\n")
         update_sha256sums(wheelhouse, dest.name, sha256)
+        for extra, text in supply.beside_wheel(wheelhouse, dest, sha256, the_pin, arch, mode, epoch,
+                                               series_sha, patches, repo).items():
+            write_text(wheelhouse, extra, text)  # SBOM copy, provenance, constraints
+            update_sha256sums(wheelhouse, extra, hashlib.sha256(text.encode()).hexdigest())
         index.sync(wheelhouse)  # wheelhouse/simple/: PEP 503 index from SHA256SUMS
         write_text(wheelhouse, f".state-{name}.json",
                    json.dumps({"filename": dest.name, "build_key": key, "stat": _stat(dest)}))
@@ -166,7 +171,7 @@ def make_wheel(arch: str = "x86_64", wheelhouse: Path = WHEELHOUSE,
     patches = series.read_series(patches_dir)
     series_sha = series.series_digest(patches, patches_dir)
     epoch = source_date_epoch(patches, the_pin.released)
-    key = build_key(the_pin, arch, series_sha, epoch)
+    key = build_key(the_pin, arch, series_sha, epoch, extra=supply.inputs(arch, repo))
 
     def build_overlay(tmp_dir: Path) -> tuple[Path, str, dict]:
         upstream_art = the_pin.wheel(arch)
@@ -177,15 +182,21 @@ def make_wheel(arch: str = "x86_64", wheelhouse: Path = WHEELHOUSE,
               file=sys.stderr)
         apply.apply_series(sdist, patches, tree, the_pin.released, reuse=True)
         applied = time.monotonic()
+        shipped, _ = build.classify_changes(tree, patches)
+        document = sbom.render(sbom.facts(
+            the_pin, arch, the_pin.overlay_version, patches, series_sha, epoch, tree, shipped,
+            constraints.requires_dist(upstream, the_pin.upstream_version, upstream_art.filename),
+            repo))
         plan = build.plan_wheel(upstream, upstream_art.filename, the_pin.upstream_version,
-                                the_pin.overlay_version, tree, patches)
+                                the_pin.overlay_version, tree, patches, {sbom.MEMBER: document})
         tmp = tmp_dir / plan.filename
         sha256 = build.write_wheel(plan, tmp, epoch_to_date_time(epoch))
         verify.verify_wheel(plan, tmp, upstream_art.sha256,
                             f"vllm-{the_pin.upstream_version}.dist-info/")
+        sbom.check_wheel(tmp, the_pin.overlay_version, document)
         print(f"wheel: apply {applied - started:.1f} s, wheel {time.monotonic() - applied:.1f} s",
               file=sys.stderr)
         return tmp, sha256, {"changed_members": plan.changed, "not_shipped": plan.outside}
 
     return build_into(wheelhouse, "overlay", arch, key, the_pin, epoch, series_sha, patches,
-                      build_overlay)
+                      build_overlay, repo)
