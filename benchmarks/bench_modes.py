@@ -14,8 +14,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vllm_overlay import fetch, pin, series, setup_build, venvs, wheelhouse  # noqa: E402
-from vllm_overlay.paths import REPO  # noqa: E402
+from vllm_overlay.build import fetch  # noqa: E402
+from vllm_overlay.common import pin  # noqa: E402
+from vllm_overlay.common import series  # noqa: E402
+from vllm_overlay.build import setup_py as setup_build  # noqa: E402
+from vllm_overlay.common import venvs  # noqa: E402
+from vllm_overlay.build import wheelhouse  # noqa: E402
+from vllm_overlay.common.paths import REPO  # noqa: E402
 
 ARCH = "x86_64"
 

@@ -6,11 +6,20 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import (apply, docker, export, fetch, pin, publish, runtests, series, setup_build,
-               venvs, wheelhouse)
-from . import upstream_cli  # status, bisect
-from .errors import OverlayError
-from .paths import REPO
+from vllm_overlay.build import apply
+from vllm_overlay.dist import docker
+from vllm_overlay.build import export
+from vllm_overlay.build import fetch
+from vllm_overlay.common import pin
+from vllm_overlay.dist import publish
+from vllm_overlay.testing import harness as runtests
+from vllm_overlay.common import series
+from vllm_overlay.build import setup_py as setup_build
+from vllm_overlay.common import venvs
+from vllm_overlay.build import wheelhouse
+from vllm_overlay.commands import upstream as upstream_cli  # status, bisect
+from vllm_overlay.common.errors import OverlayError
+from vllm_overlay.common.paths import REPO
 
 DEV_TREE = REPO / "work" / "tree"
 TOOLS_REQUIREMENTS = REPO / "tests" / "requirements-tools.txt"
