@@ -31,7 +31,7 @@ from vllm_overlay.common import venvs  # noqa: E402
 
 # The build in a fresh process, which reports its own peak RSS (itself and git children).
 BUILD = ("import resource as R, sys; from pathlib import Path; from vllm_overlay.build "
-         "import wheelhouse; r = Path(sys.argv[1]); wheelhouse.make_wheel('x86_64', "
+         "import overlay_mode; r = Path(sys.argv[1]); overlay_mode.build_overlay_wheel('x86_64', "
          "r / 'wheelhouse', r / 'patches', r); print('peak_kb', max(R.getrusage(w).ru_maxrss "
          "for w in (R.RUSAGE_SELF, R.RUSAGE_CHILDREN)), file=sys.stderr)")
 

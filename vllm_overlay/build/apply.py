@@ -6,37 +6,22 @@ that needs fuzz or a 3-way merge, applies empty, or is already applied is an err
 names the patch, the file and the hunk; the work tree is left for inspection.
 """
 
-import os
 import re
 import shutil
-import subprocess
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from vllm_overlay.common.errors import OverlayError
+from vllm_overlay.common.git import git
 from vllm_overlay.common.series import Patch
 
 BASE_TAG = "upstream"
-_IDENTITY = {"GIT_AUTHOR_NAME": "upstream", "GIT_AUTHOR_EMAIL": "upstream@invalid",
-             "GIT_COMMITTER_NAME": "vllm-overlay", "GIT_COMMITTER_EMAIL": "overlay@invalid"}
 _FAILED_RE = re.compile(r"^error: patch failed: (.+):(\d+)$", re.M)
 _FILE_ERR_RE = re.compile(r"^error: (.+?): (does not exist in index|No such file or directory|"
                           r"already exists in (?:index|working directory)|patch does not apply)$",
                           re.M)
 _OFFSET_RE = re.compile(r"^Hunk #(\d+) succeeded at (\d+) \(((?:offset|fuzz) .*)\)\.$", re.M)
-
-
-def git(repo: Path, *args: str, check: bool = True, env: dict | None = None,
-        ) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, **_IDENTITY, "GIT_CONFIG_NOSYSTEM": "1",
-                "GIT_CONFIG_GLOBAL": os.devnull, **(env or {})}
-    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
-                          env=full_env)
-    if check and proc.returncode:
-        raise OverlayError(f"git {' '.join(args)} failed in {repo}:\n"
-                           f"{proc.stdout}{proc.stderr}".rstrip())
-    return proc
 
 
 def unpack_sdist(sdist: Path, dest: Path) -> Path:

@@ -8,7 +8,8 @@ import filecmp
 import tempfile
 from pathlib import Path
 
-from vllm_overlay.build.apply import BASE_TAG, git
+from vllm_overlay.build.apply import BASE_TAG
+from vllm_overlay.common.git import git
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.series import Patch
 

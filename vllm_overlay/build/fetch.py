@@ -6,34 +6,28 @@ HTML simple API. A cached file is trusted only after its size and sha256 were ch
 the check is remembered per (size, mtime, inode) so a warm cache is not re-hashed.
 """
 
-import hashlib
-import html.parser
 import json
 import os
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from vllm_overlay.common import log
 from vllm_overlay.common.errors import OverlayError
+from vllm_overlay.common.fs import sha256_file
+from vllm_overlay.common.http import Progress, download, page_links
 from vllm_overlay.common.paths import cache_dir
 from vllm_overlay.common.pin import Artifact
 
-_CHUNK = 1 << 20
+# pip's own default index (pip._internal.models.index.PyPI.simple_url, not a public API)
+PYPI_SIMPLE = "https://pypi.org/simple"
+_log = log.stage("fetch")
 
 
 def blob_path(sha256: str) -> Path:
     return cache_dir() / "sha256" / sha256
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _stat_key(path: Path) -> str:
@@ -88,21 +82,8 @@ def pip_index_urls() -> list[str]:
         return os.environ.get("PIP_" + name.upper().replace("-", "_"))
 
     index = lookup("index-url")
-    if not index:
-        from pip._internal.models.index import PyPI  # pip's own default, not ours
-
-        index = PyPI.simple_url
+    index = index or PYPI_SIMPLE
     return [index, *(lookup("extra-index-url") or "").split()]
-
-
-class _LinkParser(html.parser.HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.links: list[str] = []
-
-    def handle_starttag(self, tag, attrs):
-        if tag == "a" and (href := dict(attrs).get("href")):
-            self.links.append(href)
 
 
 def index_files(index_url: str, project: str) -> dict[str, str]:
@@ -122,13 +103,7 @@ def index_files(index_url: str, project: str) -> dict[str, str]:
     if "json" in ctype:
         files = json.loads(body)["files"]
         return {f["filename"]: urllib.parse.urljoin(page, f["url"]) for f in files}
-    parser = _LinkParser()
-    parser.feed(body.decode("utf-8", "replace"))
-    found = {}
-    for href in parser.links:
-        url = urllib.parse.urljoin(page, href)
-        found[urllib.parse.unquote(url.split("#")[0].rsplit("/", 1)[-1])] = url
-    return found
+    return page_links(body.decode("utf-8", "replace"), page)
 
 
 def find_url(art: Artifact, project: str) -> str:
@@ -142,45 +117,17 @@ def find_url(art: Artifact, project: str) -> str:
 # --- download ------------------------------------------------------------------------
 
 
-class Progress:
-    """One line of progress on stderr: in place on a terminal, every 10% otherwise."""
-
-    def __init__(self, label: str, total: int):
-        self.label, self.total, self.done = label, total, 0
-        self.tty = sys.stderr.isatty()
-        self.start, self.last_shown = time.monotonic(), -1
-
-    def advance(self, n: int) -> None:
-        self.done += n
-        pct = 100 * self.done // max(self.total, 1)
-        if self.tty or pct // 10 != self.last_shown // 10 or self.done == self.total:
-            if pct != self.last_shown:
-                self.last_shown = pct
-                rate = self.done / max(time.monotonic() - self.start, 1e-6) / 1e6
-                end = "\r" if self.tty and self.done < self.total else "\n"
-                print(f"  {self.label}: {self.done / 1e6:8.1f}/{self.total / 1e6:.1f} MB "
-                      f"{pct:3d}% {rate:6.1f} MB/s", end=end, file=sys.stderr, flush=True)
-
-
-def download(url: str, dest: Path, art: Artifact) -> None:
+def download_pinned(url: str, dest: Path, art: Artifact) -> None:
     """Stream `url` into dest (via a .part file), verifying size and sha256 before rename."""
     part = dest.with_name(dest.name + f".part{os.getpid()}")
-    digest, progress = hashlib.sha256(), Progress(art.filename, art.size)
     try:
-        with urllib.request.urlopen(url, timeout=120) as resp, open(part, "wb") as out:
-            while chunk := resp.read(_CHUNK):
-                out.write(chunk)
-                digest.update(chunk)
-                progress.advance(len(chunk))
-        size = part.stat().st_size
-        if size != art.size or digest.hexdigest() != art.sha256:
+        sha256, size = download(url, part, art.filename, Progress(art.filename, art.size).advance)
+        if size != art.size or sha256 != art.sha256:
             raise OverlayError(
                 f"{art.filename}: downloaded from {url} but got size {size}, sha256 "
-                f"{digest.hexdigest()}; pinned size {art.size}, sha256 {art.sha256}")
+                f"{sha256}; pinned size {art.size}, sha256 {art.sha256}")
         os.chmod(part, 0o444)
         os.replace(part, dest)
-    except OSError as exc:
-        raise OverlayError(f"{art.filename}: download from {url} failed: {exc}") from exc
     finally:
         part.unlink(missing_ok=True)
 
@@ -192,8 +139,8 @@ def fetch(art: Artifact, project: str = "vllm") -> Path:
     dest = blob_path(art.sha256)
     dest.parent.mkdir(parents=True, exist_ok=True)
     url = find_url(art, project)
-    print(f"fetch: {art.filename} ({art.size / 1e6:.1f} MB) from {url}", file=sys.stderr)
-    download(url, dest, art)
+    _log.info(f"{art.filename} ({art.size / 1e6:.1f} MB) from {url}")
+    download_pinned(url, dest, art)
     cached_path = cached(art)
     assert cached_path is not None
     return cached_path

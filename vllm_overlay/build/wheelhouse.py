@@ -2,85 +2,28 @@
 
 Every file appears by rename from wheelhouse/.tmp/ after it was written and verified, so
 an interrupted build leaves the visible wheelhouse as it was; a lock file serialises
-concurrent builds. A build whose inputs did not change is a no-op.
+concurrent builds. A build whose inputs did not change is a no-op. Each build mode's
+driver (build/overlay_mode.py, build/setup_py.py) hands its wheel to `store`.
 """
 
-import contextlib
 import datetime
-import email.utils
-import fcntl
-import hashlib
 import json
-import os
 import shutil
-import sys
-import time
 from pathlib import Path
 from typing import Callable
 
-from vllm_overlay.build import apply
-from vllm_overlay.build import overlay as build
-from vllm_overlay.build import fetch
-from vllm_overlay.dist import index
-from vllm_overlay.common import pin
-from vllm_overlay.common import series
-from vllm_overlay.build import verify
+from vllm_overlay.common import log, pin, series
 from vllm_overlay.common.errors import OverlayError
+from vllm_overlay.common.fs import atomic_write, file_lock, replace, sha256_file
 from vllm_overlay.common.paths import REPO
-from vllm_overlay.build.zipraw import epoch_to_date_time
+from vllm_overlay.dist import index
 
 WHEELHOUSE = REPO / "wheelhouse"
-BUILD_TREES = Path("work") / "build"  # relative to the repository
-
-
-@contextlib.contextmanager
-def locked(wheelhouse: Path):
-    wheelhouse.mkdir(parents=True, exist_ok=True)
-    with open(wheelhouse / ".lock", "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"wheel: waiting for another build holding {wheelhouse / '.lock'}",
-                  file=sys.stderr)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-
-
-def publish_file(tmp: Path, dest: Path) -> None:
-    """Rename a finished temp file into place (atomic on one file system)."""
-    if os.environ.get("VLLM_OVERLAY_FAULT") == f"before-rename:{dest.name}":
-        os._exit(137)  # fault injection for tests: die like a killed process
-    os.replace(tmp, dest)
+_log = log.stage("wheel")
 
 
 def write_text(wheelhouse: Path, name: str, text: str) -> None:
-    tmp = wheelhouse / ".tmp" / name
-    tmp.write_text(text)
-    publish_file(tmp, wheelhouse / name)
-
-
-def source_date_epoch(patches: list[series.Patch], released: str) -> int:
-    """SOURCE_DATE_EPOCH if set, else the newest patch date, else the upstream release date."""
-    if env := os.environ.get("SOURCE_DATE_EPOCH"):
-        return int(env)
-    dates = [email.utils.parsedate_to_datetime(p.date).timestamp() for p in patches if p.date]
-    release = datetime.datetime.fromisoformat(released.replace("Z", "+00:00")).timestamp()
-    return int(max(dates, default=release))
-
-
-def tooling_digest() -> str:
-    digest = hashlib.sha256()
-    package = REPO / "vllm_overlay"
-    for path in sorted(package.rglob("*.py")):
-        digest.update(str(path.relative_to(package)).encode() + path.read_bytes())
-    return digest.hexdigest()
-
-
-def build_key(the_pin: pin.Pin, arch: str, series_sha: str, epoch: int,
-              mode: str = "overlay", extra: list[str] = ()) -> str:
-    parts = [the_pin.overlay_version, arch, the_pin.sdist.sha256, the_pin.wheel(arch).sha256,
-             series_sha, str(epoch), tooling_digest(), f"mode={mode}", *extra]
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    atomic_write(wheelhouse / name, text, tmp_dir=wheelhouse / ".tmp")
 
 
 def label(mode: str, arch: str) -> str:
@@ -114,26 +57,26 @@ def update_sha256sums(wheelhouse: Path, filename: str, sha256: str) -> None:
     write_text(wheelhouse, "SHA256SUMS", "".join(f"{lines[n]}  {n}\n" for n in sorted(lines)))
 
 
-def build_into(wheelhouse: Path, mode: str, arch: str, key: str, the_pin: pin.Pin, epoch: int,
-               series_sha: str, patches: list[series.Patch],
-               build_fn: Callable[[Path], tuple[Path, str | None, dict]]) -> Path:
-    """The one publish path of every mode: lock, no-op when up to date, build_fn(tmp dir)
+def store(wheelhouse: Path, mode: str, arch: str, key: str, the_pin: pin.Pin, epoch: int,
+          series_sha: str, patches: list[series.Patch],
+          build_fn: Callable[[Path], tuple[Path, str | None, dict]]) -> Path:
+    """The one way into the wheelhouse for every mode: lock, no-op when up to date, build_fn(tmp dir)
     writes and verifies a wheel there and returns (wheel, its sha256 if known,
     mode-specific manifest fields);
     then rename into place, manifest-<label>.json, SHA256SUMS, state."""
     name = label(mode, arch)
-    with locked(wheelhouse):
+    with file_lock(wheelhouse / ".lock", _log):
         if existing := up_to_date(wheelhouse, name, key):
-            print(f"wheel: {existing.name} is up to date (nothing changed)", file=sys.stderr)
+            _log.info(f"{existing.name} is up to date (nothing changed)")
             index.sync(wheelhouse)  # the PEP 503 simple index, if missing or stale
             return existing
         tmp_dir = wheelhouse / ".tmp"
         shutil.rmtree(tmp_dir, ignore_errors=True)  # leftovers of an interrupted build
         tmp_dir.mkdir()
         tmp, sha256, fields = build_fn(tmp_dir)
-        sha256 = sha256 or fetch.sha256_file(tmp)
+        sha256 = sha256 or sha256_file(tmp)
         dest = wheelhouse / tmp.name
-        publish_file(tmp, dest)
+        replace(tmp, dest)
         size = dest.stat().st_size
         upstream_art = the_pin.wheel(arch)
         manifest = {
@@ -161,38 +104,16 @@ def build_into(wheelhouse: Path, mode: str, arch: str, key: str, the_pin: pin.Pi
         write_text(wheelhouse, f".state-{name}.json",
                    json.dumps({"filename": dest.name, "build_key": key, "stat": _stat(dest)}))
         shutil.rmtree(tmp_dir, ignore_errors=True)
-        print(f"wheel: {dest} ({size / 1e6:.1f} MB, sha256 {sha256}) verified", file=sys.stderr)
+        _log.info(f"{dest} ({size / 1e6:.1f} MB, sha256 {sha256}) verified")
         return dest
 
 
-def make_wheel(arch: str = "x86_64", wheelhouse: Path = WHEELHOUSE,
-               patches_dir: Path = series.PATCHES, repo: Path = REPO) -> Path:
-    """MODE=overlay: the upstream wheel with the series' files swapped in."""
-    started = time.monotonic()
-    the_pin = pin.load(repo)
-    patches = series.read_series(patches_dir)
-    series_sha = series.series_digest(patches, patches_dir)
-    epoch = source_date_epoch(patches, the_pin.released)
-    key = build_key(the_pin, arch, series_sha, epoch)
+def last_built(mode: str, arch: str, wheelhouse_dir: Path = WHEELHOUSE) -> Path:
+    """The wheel a mode last stored (from its state file)."""
+    state = wheelhouse_dir / f".state-{label(mode, arch)}.json"
+    try:
+        return wheelhouse_dir / json.loads(state.read_text())["filename"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise OverlayError(f"no MODE={mode} wheel in {wheelhouse_dir} ({state.name}: {exc}); "
+                           f"run `make wheel MODE={mode}` first") from exc
 
-    def build_overlay(tmp_dir: Path) -> tuple[Path, str, dict]:
-        upstream_art = the_pin.wheel(arch)
-        sdist = fetch.fetch(the_pin.sdist, the_pin.project)
-        upstream = fetch.fetch(upstream_art, the_pin.project)
-        tree = repo / BUILD_TREES / arch / f"vllm-{the_pin.upstream_version}"
-        print(f"apply: {len(patches)} patch(es) onto {the_pin.sdist.filename} in {tree}",
-              file=sys.stderr)
-        apply.apply_series(sdist, patches, tree, the_pin.released, reuse=True)
-        applied = time.monotonic()
-        plan = build.plan_wheel(upstream, upstream_art.filename, the_pin.upstream_version,
-                                the_pin.overlay_version, tree, patches)
-        tmp = tmp_dir / plan.filename
-        sha256 = build.write_wheel(plan, tmp, epoch_to_date_time(epoch))
-        verify.verify_wheel(plan, tmp, upstream_art.sha256,
-                            f"vllm-{the_pin.upstream_version}.dist-info/")
-        print(f"wheel: apply {applied - started:.1f} s, wheel {time.monotonic() - applied:.1f} s",
-              file=sys.stderr)
-        return tmp, sha256, {"changed_members": plan.changed, "not_shipped": plan.outside}
-
-    return build_into(wheelhouse, "overlay", arch, key, the_pin, epoch, series_sha, patches,
-                      build_overlay)

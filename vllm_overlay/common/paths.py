@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+BUILD_TREES = Path("work") / "build"  # where make wheel applies the series, relative to REPO
 
 
 def cache_dir() -> Path:

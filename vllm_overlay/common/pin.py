@@ -21,12 +21,34 @@ class Artifact:
 
 
 @dataclass(frozen=True)
+class SourceBuild:
+    """What the pinned release's setup.py needs for MODE=source (lock: "source_build")."""
+    torch: str  # the torch pin of the release's requirements/build.txt
+    torch_cuda_versions: tuple[str, ...]  # CUDA builds torch is published for
+    torch_index: str  # index of one such build, "{tag}" = "cu130" without "cu"
+    cuda_archs: dict[str, str]  # nvcc version -> archs the release's CMakeLists builds
+    release_arch_list: str  # upstream's own release wheels' TORCH_CUDA_ARCH_LIST
+
+
+@dataclass(frozen=True)
 class Pin:
     project: str
     upstream_version: str
     released: str
     overlay_version: str
     artifacts: dict[str, Artifact]
+    source_build_data: dict | None = None
+
+    @property
+    def source_build(self) -> SourceBuild:
+        data = self.source_build_data
+        try:
+            return SourceBuild(data["torch"], tuple(data["torch_cuda_versions"]),
+                               data["torch_index"], dict(data["cuda_archs"]),
+                               data["release_arch_list"])
+        except (TypeError, KeyError) as exc:
+            raise OverlayError(f"upstream.lock.json: no complete \"source_build\" section "
+                               f"(MODE=source needs it): missing {exc}") from exc
 
     def wheel(self, arch: str) -> Artifact:
         key = f"wheel-{arch}"
@@ -51,7 +73,8 @@ def load(repo: Path = REPO) -> Pin:
         lock = json.loads(lock_file.read_text())
         artifacts = {k: Artifact(k, a["filename"], int(a["size"]), a["sha256"].lower())
                      for k, a in lock["artifacts"].items()}
-        pin = Pin(lock["project"], lock["version"], lock["released"], version, artifacts)
+        pin = Pin(lock["project"], lock["version"], lock["released"], version, artifacts,
+                  lock.get("source_build"))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise OverlayError(f"{lock_file}: unreadable lock file: {exc!r}") from exc
     if match["public"] != pin.upstream_version:

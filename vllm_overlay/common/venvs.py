@@ -12,8 +12,11 @@ import sys
 import time
 from pathlib import Path
 
+from vllm_overlay.common import log
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.paths import cache_dir
+
+_log = log.stage("venv")
 
 
 def venv_key(requirements: list[str], extra: str = "") -> str:
@@ -32,8 +35,7 @@ def ensure_venv(name: str, requirements: list[str], extra_key: str = "",
     if (venv / ".complete").exists():
         return venv
     shutil.rmtree(venv, ignore_errors=True)
-    print(f"venv: creating {name} environment in {venv} ({len(requirements)} requirement(s))",
-          file=sys.stderr, flush=True)
+    _log.info(f"creating {name} environment in {venv} ({len(requirements)} requirement(s))")
     started = time.monotonic()
     try:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -44,5 +46,5 @@ def ensure_venv(name: str, requirements: list[str], extra_key: str = "",
         raise OverlayError(f"venv {name}: `{' '.join(map(str, exc.cmd[:4]))} ...` failed "
                            f"(exit {exc.returncode}); see pip's output above") from exc
     (venv / ".complete").write_text(f"{time.monotonic() - started:.0f} s\n")
-    print(f"venv: {name} ready in {time.monotonic() - started:.0f} s", file=sys.stderr)
+    _log.info(f"{name} ready in {time.monotonic() - started:.0f} s")
     return venv

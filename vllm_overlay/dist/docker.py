@@ -13,13 +13,14 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 from vllm_overlay.dist import index
 from vllm_overlay.common import pin
 from vllm_overlay.common import series
+from vllm_overlay.common import log
 from vllm_overlay.common.errors import OverlayError
+from vllm_overlay.common.git import git_value
 from vllm_overlay.common.paths import REPO
 
 DOCKERFILES = {"overlay": Path("Dockerfile"), "source": Path("docker") / "source.Dockerfile"}
@@ -63,19 +64,14 @@ def declared_args(dockerfile: Path) -> dict[str, str | None]:
     return found
 
 
-def _git(repo: Path, *args: str) -> str:
-    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
-    return proc.stdout.strip() if proc.returncode == 0 else ""
-
-
 def build_args(mode: str = "overlay", arch: str = "x86_64", repo: Path = REPO,
                wheelhouse: Path | None = None) -> dict[str, str]:
     the_pin = pin.load(repo)
     args = {"VLLM_BASE_IMAGE": base_image(the_pin.upstream_version),
             "UPSTREAM_VERSION": the_pin.upstream_version,
             "OVERLAY_VERSION": the_pin.overlay_version,
-            "SOURCE_URL": _git(repo, "config", "--get", "remote.origin.url"),
-            "VCS_REF": _git(repo, "rev-parse", "HEAD")}
+            "SOURCE_URL": git_value(repo, "config", "--get", "remote.origin.url"),
+            "VCS_REF": git_value(repo, "rev-parse", "HEAD")}
     patches_dir = repo / "patches"
     series_sha = series.series_digest(series.read_series(patches_dir), patches_dir)
     args["SERIES_SHA256"] = series_sha
@@ -151,7 +147,7 @@ def build_image(mode: str, arch: str, image: str | None, extra: dict[str, str],
     if problem := engine_problem():
         raise OverlayError(f"cannot build the image: {problem}; nothing was built. With an "
                            f"engine, `make docker` runs (in {REPO}):\n  {shown}")
-    print(f"docker: {shown}", file=sys.stderr, flush=True)
+    log.stage("docker").info(shown)
     env = {**os.environ, "DOCKER_BUILDKIT": "1"}  # RUN --mount needs BuildKit
     if subprocess.run(command, cwd=REPO, env=env).returncode:
         raise OverlayError(f"docker build of {DOCKERFILES[mode]} failed (see its output above)")

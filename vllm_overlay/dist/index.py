@@ -8,15 +8,13 @@ Each page is written to a temp file and renamed into place, and only when it cha
 """
 
 import html
-import os
 import re
-import sys
-import tempfile
 import urllib.parse
 from pathlib import Path
 
-from vllm_overlay.build import wheelhouse as _wheelhouse
+from vllm_overlay.common import log
 from vllm_overlay.common.errors import OverlayError
+from vllm_overlay.common.fs import atomic_write
 
 SIMPLE = "simple"
 _DIST_RE = re.compile(r"^(?P<name>[A-Za-z0-9._]+?)-\d")  # wheel and sdist names: name-version...
@@ -63,7 +61,7 @@ def render(sums: dict[str, str]) -> dict[str, str]:
 def sync(wheelhouse: Path) -> bool:
     """Bring wheelhouse/simple/ in line with SHA256SUMS; True if a page was (re)written.
 
-    Called by wheelhouse.make_wheel (under its lock) on every build, no-op builds included.
+    Called by wheelhouse.store (under its lock) on every build, no-op builds included.
     Project pages are written before the root page, so a link never points to a page that
     is missing; files listed in SHA256SUMS but absent from the wheelhouse are left out.
     """
@@ -78,13 +76,9 @@ def sync(wheelhouse: Path) -> bool:
         if dest.is_file() and dest.read_text() == pages[rel]:
             continue
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-")
-        with os.fdopen(fd, "w") as out:
-            out.write(pages[rel])
-        os.chmod(tmp, 0o644)
-        _wheelhouse.publish_file(Path(tmp), dest)
+        atomic_write(dest, pages[rel], mode=0o644)
         changed = True
     if changed:
-        print(f"index: {simple} lists {len(sums)} file(s) "
-              f"(pip install --index-url {simple.resolve().as_uri()} ...)", file=sys.stderr)
+        log.stage("index").info(f"{simple} lists {len(sums)} file(s) "
+                                f"(pip install --index-url {simple.resolve().as_uri()} ...)")
     return changed

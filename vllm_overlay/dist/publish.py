@@ -22,12 +22,14 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from vllm_overlay.build import fetch
-from vllm_overlay.dist import index
-from vllm_overlay.common import venvs
+from vllm_overlay.common import log, venvs
 from vllm_overlay.common.errors import OverlayError
+from vllm_overlay.common.fs import sha256_file
+from vllm_overlay.common.http import page_links
+from vllm_overlay.dist import index
 
 TWINE_REQUIREMENTS = ["twine==6.2.0"]
+_log = log.stage("publish")
 
 
 def simple_url_for(index_url: str) -> str:
@@ -70,13 +72,9 @@ def remote_files(simple_url: str, project: str) -> dict[str, str]:
     except (OSError, ValueError) as exc:
         raise OverlayError(f"index page {page}: cannot read it: {exc} "
                            f"(is INDEX_URL / SIMPLE_URL right?)") from exc
-    parser = fetch._LinkParser()
-    parser.feed(body)
     found = {}
-    for href in parser.links:
-        url = urllib.parse.urljoin(page, href)
+    for name, url in page_links(body, page).items():
         location, _, fragment = url.partition("#")
-        name = urllib.parse.unquote(location.rsplit("/", 1)[-1])
         algo, _, value = fragment.partition("=")
         found[name] = value.lower() if algo == "sha256" else _sha256_of_url(location)
     return found
@@ -90,7 +88,7 @@ def local_wheels(wheelhouse: Path) -> dict[Path, str]:
         path = wheelhouse / name
         if not name.endswith(".whl") or not path.is_file():
             continue
-        got = fetch.sha256_file(path)
+        got = sha256_file(path)
         if got != digest:
             raise OverlayError(f"{path}: sha256 {got} != {digest} in {wheelhouse / 'SHA256SUMS'}"
                                f" (changed after the build? run `make wheel`)")
@@ -123,8 +121,7 @@ def publish(index_url: str, wheelhouse: Path, simple_url: str | None = None) -> 
             upload.append(path)
         elif remote[path.name] == digest:
             result[path.name] = "already there"
-            print(f"publish: {path.name} already on {simple_url} with sha256 {digest}: "
-                  f"nothing to do", file=sys.stderr)
+            _log.info(f"{path.name} already on {simple_url} with sha256 {digest}: nothing to do")
         else:
             raise OverlayError(
                 f"{path.name}: {simple_url} already serves a different file under this name "
@@ -142,6 +139,6 @@ def publish(index_url: str, wheelhouse: Path, simple_url: str | None = None) -> 
                                    f"sha256 {remote.get(path.name, '(nothing)')}, "
                                    f"not ours {wheels[path]}")
             result[path.name] = "uploaded"
-            print(f"publish: {path.name} uploaded to {index_url} (sha256 {wheels[path]} "
-                  f"confirmed on {simple_url})", file=sys.stderr)
+            _log.info(f"{path.name} uploaded to {index_url} (sha256 {wheels[path]} "
+                      f"confirmed on {simple_url})")
     return result

@@ -23,7 +23,8 @@ from vllm_overlay.common import series
 from vllm_overlay.testing import subset
 from vllm_overlay.testing import testenv
 from vllm_overlay.common import venvs
-from vllm_overlay.build import wheelhouse
+from vllm_overlay.build.overlay_mode import build_overlay_wheel
+from vllm_overlay.common import log
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.paths import REPO
 
@@ -60,7 +61,7 @@ def pytest_cmd(python: Path, junit: Path, *args: str) -> list[str]:
             f"--junitxml={junit}", *args]
 
 
-def run_logged(cmd: list[str], cwd: Path, env: dict, log: Path | None) -> int:
+def run_to_log(cmd: list[str], cwd: Path, env: dict, log: Path | None) -> int:
     """Run; output to the terminal (log=None) or to a log file."""
     if log is None:
         return subprocess.run(cmd, cwd=cwd, env=env).returncode
@@ -112,9 +113,9 @@ def run_subset(side: str, python: Path, root: Path, the_subset: subset.Subset, o
         junit.unlink(missing_ok=True)
         cmd = pytest_cmd(python, junit, f"--timeout={TIMEOUT_PER_TEST}",
                          "--continue-on-collection-errors", *run.pytest_args())
-        print(f"subset[{side}] {number}/{len(the_subset.runs)}: pytest "
-              f"{' '.join(run.pytest_args())}", file=sys.stderr, flush=True)
-        rc = run_logged(cmd, root, env, log and log.with_name(f"{log.stem}-{number}.log"))
+        log.stage(f"subset[{side}]").info(f"{number}/{len(the_subset.runs)}: pytest "
+                                          f"{' '.join(run.pytest_args())}")
+        rc = run_to_log(cmd, root, env, log and log.with_name(f"{log.stem}-{number}.log"))
         if not junit.exists():
             raise OverlayError(f"subset[{side}] run {number} ({' '.join(run.args)}, line "
                                f"{run.line} of {SUBSET_FILE.name}) wrote no junit XML "
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         the_pin = pin.load()
         patches = series.read_series()
         report["patches"] = [p.name for p in patches]
-        wheel = stages.run("wheel", wheelhouse.make_wheel, args.arch)
+        wheel = stages.run("wheel", build_overlay_wheel, args.arch)
         sdist = fetch.fetch(the_pin.sdist, the_pin.project)
         upstream_wheel = fetch.fetch(the_pin.wheel(args.arch), the_pin.project)
 
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                             VLLM_OVERLAY_WHEEL=str(wheel),
                             VLLM_OVERLAY_VERSION=the_pin.overlay_version,
                             VLLM_CACHE_ROOT=str(WORK / "vllm-cache" / "behaviour"))
-            rc = run_logged(pytest_cmd(venvs.python_of(overlay_env), junit, "."), dest, env,
+            rc = run_to_log(pytest_cmd(venvs.python_of(overlay_env), junit, "."), dest, env,
                             None)
             if not junit.exists():
                 raise OverlayError(f"behaviour tests wrote no junit XML (pytest exit {rc})")
@@ -251,8 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             (REPORTS / "logs").mkdir(exist_ok=True)
             thread = threading.Thread(target=pristine_side)
             thread.start()
-            print(f"subset: pristine runs in the background (logs: {REPORTS / 'logs'})",
-                  file=sys.stderr)
+            log.stage("subset").info(f"pristine runs in the background (logs: {REPORTS / 'logs'})")
             try:
                 overlay_junits = run_subset("overlay", venvs.python_of(overlay_env),
                                             overlay_root, overlay_subset, junit_dir, None)

@@ -13,24 +13,15 @@ import sys
 import tarfile
 from pathlib import Path
 
-from vllm_overlay.common import venvs
+from vllm_overlay.common import log, venvs
 from vllm_overlay.common.errors import OverlayError
-from vllm_overlay.build.fetch import sha256_file
+from vllm_overlay.common.fs import sha256_file
+from vllm_overlay.common.requirements import requirement_lines
 from vllm_overlay.common.paths import REPO, cache_dir
 
 TEST_REQUIREMENTS = REPO / "tests" / "upstream" / "requirements-test.txt"
 RUNTIME_REQUIREMENTS = "requirements/cuda.txt"  # inside the sdist; it includes common.txt
-
-
-def requirement_lines(text: str) -> list[str]:
-    """Requirement lines without comments and blanks ('-r x' lines kept as they are)."""
-    lines = []
-    for raw in text.splitlines():
-        line = raw.split(" #", 1)[0].split("\t#", 1)[0]
-        line = "" if line.lstrip().startswith("#") else line.strip()
-        if line:
-            lines.append(line)
-    return lines
+_log = log.stage("venv")
 
 
 def sdist_requirements(sdist: Path, top: str = RUNTIME_REQUIREMENTS) -> list[str]:
@@ -97,7 +88,7 @@ def ensure_vllm_env(base: Path, wheel: Path, sha256: str | None = None,
 
     shutil.rmtree(venv, ignore_errors=True)
     started = time.monotonic()
-    print(f"venv: installing {filename or wheel.name} (--no-deps) into {venv}", file=sys.stderr, flush=True)
+    _log.info(f"installing {filename or wheel.name} (--no-deps) into {venv}")
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     # A .pth line starting with "import" runs at start-up: addsitedir also processes the
     # base's own .pth files, which a plain path line would not.
@@ -113,8 +104,7 @@ def ensure_vllm_env(base: Path, wheel: Path, sha256: str | None = None,
         raise OverlayError(f"{filename or wheel.name}: pip install --no-deps into {venv} failed "
                            f"(exit {proc.returncode}); see pip's output above")
     (venv / ".complete").write_text(f"{filename or wheel.name} {sha256}\n")
-    print(f"venv: {filename or wheel.name} installed in {time.monotonic() - started:.0f} s",
-          file=sys.stderr)
+    _log.info(f"{filename or wheel.name} installed in {time.monotonic() - started:.0f} s")
     return venv
 
 
@@ -131,8 +121,7 @@ def prune_vllm_envs(max_age_days: float = STALE_DAYS) -> None:
 
     for marker in (cache_dir() / "venvs").glob("vllm-*-over-*/.complete"):
         if time.time() - marker.stat().st_mtime > max_age_days * 86400:
-            print(f"venv: removing {marker.parent.name} (unused for {max_age_days} days)",
-                  file=sys.stderr)
+            _log.info(f"removing {marker.parent.name} (unused for {max_age_days} days)")
             shutil.rmtree(marker.parent, ignore_errors=True)
 
 

@@ -19,6 +19,7 @@ from typing import Callable
 from vllm_overlay.upstream import status
 from vllm_overlay.upstream import releases as upstream
 from vllm_overlay.common.errors import OverlayError
+from vllm_overlay.common.http import BatchProgress
 from vllm_overlay.common.pin import Pin
 from vllm_overlay.common.series import Patch
 
@@ -97,14 +98,14 @@ class Checks:
                  log: Callable[[str], None]):
         self.pin, self.patches, self.urls, self.log = pin, patches, urls, log
         self.parsed = status.parse_all(patches)
-        self.progress = upstream.Downloads()
+        self.progress = BatchProgress()
         _, self.pin_tree = upstream.release_tree(pin, pin.upstream_version, urls, self.progress)
-        status.evaluate(self.pin_tree, patches, self.parsed, None)
+        status.evaluate_release(self.pin_tree, patches, self.parsed, None)
 
-    def _evaluate(self, version: str, inside=None):
+    def _cells_of(self, version: str, inside=None):
         _, tree = upstream.release_tree(self.pin, version, self.urls, self.progress)
         pin_tree = None if tree == self.pin_tree else self.pin_tree
-        return status.evaluate(tree, self.patches, self.parsed, pin_tree, inside)
+        return status.evaluate_release(tree, self.patches, self.parsed, pin_tree, inside)
 
     @staticmethod
     def _conflicts(cells: dict[str, status.Cell], upstreamed_too: bool = True) -> str:
@@ -115,7 +116,7 @@ class Checks:
                          and (upstreamed_too or cell.status != "upstream"))
 
     def apply(self, version: str) -> tuple[str, str]:
-        cells, _ = self._evaluate(version)
+        cells, _ = self._cells_of(version)
         conflicts = self._conflicts(cells)
         how = ", ".join(f"{name[:4]} {cell.apply}" for name, cell in cells.items())
         self.log(f"  {version}: {how or 'empty series'}")
@@ -134,7 +135,7 @@ class Checks:
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
                 return proc.returncode, proc.stdout, time.monotonic() - started
 
-            cells, result = self._evaluate(version, run_command)
+            cells, result = self._cells_of(version, run_command)
             if result is None:
                 return SKIP, f"series does not apply: {self._conflicts(cells, False)}"
             code, output, seconds = result

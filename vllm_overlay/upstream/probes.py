@@ -175,7 +175,7 @@ def _imported_modules(module: ast.Module) -> set[str]:
     return {n for n in names if n == "vllm" or n.startswith("vllm.")}
 
 
-def evaluate(probe: Probe, tree: Path) -> Result:
+def check(probe: Probe, tree: Path) -> Result:
     module = _module(tree, probe.path)
     if isinstance(module, str):
         return Result(False, module)

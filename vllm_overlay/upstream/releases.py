@@ -6,8 +6,6 @@ sha256 is recorded the first time we download it (trust on first use, `upstream-
 in the cache) and every later use re-hashes the cached file against that record.
 """
 
-import fcntl
-import hashlib
 import json
 import os
 import re
@@ -15,14 +13,17 @@ import shutil
 import sys
 import threading
 import time
-import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from vllm_overlay.build import apply
 from vllm_overlay.build import fetch
+from vllm_overlay.common import log
 from vllm_overlay.common.errors import OverlayError
+from vllm_overlay.common.fs import atomic_write, file_lock, sha256_file
+from vllm_overlay.common.git import git
+from vllm_overlay.common.http import BatchProgress, download
 from vllm_overlay.common.paths import cache_dir
 from vllm_overlay.common.pin import Artifact, Pin
 
@@ -120,27 +121,6 @@ def tofu_file() -> Path:
     return cache_dir() / "upstream-tofu.json"
 
 
-@contextmanager
-def file_lock(path: Path):
-    """Exclusive lock across processes (and, via a per-path mutex, across our threads)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _thread_lock(path), open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-_MUTEXES: dict[str, threading.Lock] = {}
-_MUTEXES_GUARD = threading.Lock()
-
-
-def _thread_lock(path: Path) -> threading.Lock:
-    with _MUTEXES_GUARD:
-        return _MUTEXES.setdefault(str(path), threading.Lock())
-
-
 def _read_tofu() -> dict:
     try:
         return json.loads(tofu_file().read_text())
@@ -159,57 +139,23 @@ def _record_tofu(filename: str, entry: dict) -> None:
                                f"recorded on first download {records[filename]['sha256']} "
                                f"({path})")
         records[filename] = entry
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}.{threading.get_ident()}")
-        tmp.write_text(json.dumps(dict(sorted(records.items())), indent=1) + "\n")
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(dict(sorted(records.items())), indent=1) + "\n")
 
 
-class Downloads:
-    """Aggregate progress of parallel downloads: one line on stderr at most every 2 s."""
-
-    def __init__(self):
-        self.lock, self.bytes, self.files, self.done = threading.Lock(), 0, 0, 0
-        self.start, self.shown = time.monotonic(), 0.0
-
-    def started(self) -> None:
-        with self.lock:
-            self.files += 1
-
-    def advance(self, n: int, finished: bool = False) -> None:
-        with self.lock:
-            self.bytes += n
-            self.done += finished
-            now = time.monotonic()
-            if finished or now - self.shown >= 2:
-                self.shown = now
-                rate = self.bytes / max(now - self.start, 1e-6) / 1e6
-                print(f"  download: {self.done}/{self.files} sdist(s) done, "
-                      f"{self.bytes / 1e6:.1f} MB, {rate:.1f} MB/s", file=sys.stderr, flush=True)
-
-
-def _download(url: str, filename: str, progress: Downloads) -> tuple[Path, str, int]:
+def _download(url: str, filename: str, progress: BatchProgress) -> tuple[Path, str, int]:
     """Stream url into the blob cache; returns (path, sha256, size)."""
     blobs = cache_dir() / "sha256"
     blobs.mkdir(parents=True, exist_ok=True)
     part = blobs / f"{filename}.part{os.getpid()}.{threading.get_ident()}"
-    digest, size = hashlib.sha256(), 0
     progress.started()
     try:
-        with urllib.request.urlopen(url, timeout=120) as resp, open(part, "wb") as out:
-            while chunk := resp.read(1 << 20):
-                out.write(chunk)
-                digest.update(chunk)
-                size += len(chunk)
-                progress.advance(len(chunk))
-        sha = digest.hexdigest()
+        sha, size = download(url, part, filename, progress.advance)
         if "#sha256=" in url and url.rsplit("#sha256=", 1)[1].lower() != sha:
             raise OverlayError(f"{filename}: downloaded sha256 {sha} != the index's "
                                f"{url.rsplit('#sha256=', 1)[1]} ({url})")
         os.chmod(part, 0o444)
         dest = fetch.blob_path(sha)
         os.replace(part, dest)
-    except OSError as exc:
-        raise OverlayError(f"{filename}: download from {url} failed: {exc}") from exc
     finally:
         part.unlink(missing_ok=True)
     progress.advance(0, finished=True)
@@ -225,7 +171,7 @@ class Sdist:
 
 
 def fetch_sdist(project: str, pin: Pin, version: str, urls: dict[str, str] | None,
-                progress: Downloads) -> Sdist:
+                progress: BatchProgress) -> Sdist:
     """The verified cached sdist of `version` (downloaded and recorded on first sight)."""
     filename = f"{project}-{version}.tar.gz"
     if version == pin.upstream_version:
@@ -236,7 +182,7 @@ def fetch_sdist(project: str, pin: Pin, version: str, urls: dict[str, str] | Non
         art = Artifact("sdist", filename, int(record["size"]), record["sha256"])
         path = fetch.blob_path(art.sha256)
         if path.exists():
-            got = fetch.sha256_file(path)  # every reuse: a full re-hash
+            got = sha256_file(path)  # every reuse: a full re-hash
             if got != art.sha256:
                 raise OverlayError(f"{filename}: cached file {path} has sha256 {got}, but "
                                    f"{art.sha256} was recorded on first download "
@@ -244,7 +190,7 @@ def fetch_sdist(project: str, pin: Pin, version: str, urls: dict[str, str] | Non
             return Sdist(version, filename, path, art.sha256)
     if urls is None or version not in urls:
         raise OverlayError(f"{filename}: not cached and not on any pip index")
-    print(f"fetch: {filename} from {urls[version]}", file=sys.stderr, flush=True)
+    log.stage("fetch").info(f"{filename} from {urls[version]}")
     path, sha, size = _download(urls[version], filename, progress)
     if record and record["sha256"] != sha:
         raise OverlayError(f"{filename}: downloaded sha256 {sha} != {record['sha256']} recorded "
@@ -280,7 +226,7 @@ def base_tree(sdist: Sdist, date: str) -> Path:
         started = time.monotonic()
         apply.unpack_sdist(sdist.path, staging / "tree")
         apply.init_base(staging / "tree", date)
-        apply.git(staging / "tree", "config", "gc.auto", "0")  # keep the objects 3-way needs
+        git(staging / "tree", "config", "gc.auto", "0")  # keep the objects 3-way needs
         (staging / ".complete").write_text(f"{sdist.filename}\n")
         os.replace(staging, entry)
         print(f"  tree: {sdist.filename} unpacked and committed in "
@@ -301,13 +247,13 @@ def using(tree: Path):
 
 def reset(tree: Path) -> None:
     if (tree / ".git" / "rebase-apply").exists():
-        apply.git(tree, "am", "--abort", check=False)
-    apply.git(tree, "reset", "-q", "--hard", apply.BASE_TAG)
-    apply.git(tree, "clean", "-fdxq")
+        git(tree, "am", "--abort", check=False)
+    git(tree, "reset", "-q", "--hard", apply.BASE_TAG)
+    git(tree, "clean", "-fdxq")
 
 
 def release_tree(pin: Pin, version: str, urls: dict[str, str] | None,
-                 progress: Downloads) -> tuple[Sdist, Path]:
+                 progress: BatchProgress) -> tuple[Sdist, Path]:
     """Fetch (or re-verify) the release's sdist and return it with its cached base tree."""
     sdist = fetch_sdist(pin.project, pin, version, urls, progress)
     return sdist, base_tree(sdist, pin.released)

@@ -12,7 +12,6 @@ Conflicts are results, not errors: only failures of the tool itself raise Overla
 
 import json
 import os
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,10 +22,14 @@ from typing import Callable
 from vllm_overlay.build import apply
 from vllm_overlay.upstream import probes
 from vllm_overlay.upstream import releases as upstream
+from vllm_overlay.common import log
 from vllm_overlay.common.errors import OverlayError
+from vllm_overlay.common.http import BatchProgress
+from vllm_overlay.common.git import git
 from vllm_overlay.common.pin import Pin
 from vllm_overlay.common.series import Patch
 
+_log = log.stage("status")
 LEGEND = {
     "clean": "applies as is",
     "offset": "applies at shifted lines (git apply offset; no fuzz is ever used)",
@@ -69,7 +72,7 @@ def run_probes(tree: Path, patches: list[Patch], parsed: dict[str, list]) -> dic
     for patch in patches:
         results = []
         for probe in parsed[patch.name]:
-            result = probes.evaluate(probe, tree)
+            result = probes.check(probe, tree)
             results.append({"probe": probe.line, "holds": result.holds, "why": result.why})
         out[patch.name] = results
     return out
@@ -77,24 +80,24 @@ def run_probes(tree: Path, patches: list[Patch], parsed: dict[str, list]) -> dic
 
 def _three_way(tree: Path, patch: Patch) -> tuple[bool, str]:
     """git am --3way; (applied, output). Leaves the tree clean when it fails."""
-    before = apply.git(tree, "rev-parse", "HEAD").stdout.strip()
-    proc = apply.git(tree, "am", "-q", "--3way", "--keep-cr", str(patch.path), check=False)
+    before = git(tree, "rev-parse", "HEAD").stdout.strip()
+    proc = git(tree, "am", "-q", "--3way", "--keep-cr", str(patch.path), check=False)
     output = (proc.stdout + proc.stderr).strip()
     if proc.returncode:
-        apply.git(tree, "am", "--abort", check=False)
+        git(tree, "am", "--abort", check=False)
         return False, output
-    moved = apply.git(tree, "rev-parse", "HEAD").stdout.strip() != before
+    moved = git(tree, "rev-parse", "HEAD").stdout.strip() != before
     return moved, output or "no change"
 
 
-def apply_series(tree: Path, patches: list[Patch]) -> dict[str, tuple[str, str, list[str]]]:
+def apply_three_way(tree: Path, patches: list[Patch]) -> dict[str, tuple[str, str, list[str]]]:
     """Apply in series order; patch name -> (apply status, detail, files). See module doc."""
     out = {}
     for patch in patches:
         check = apply.check_patch(tree, patch)
         if check.status in ("clean", "offset"):
             apply.am(tree, patch)
-            if not apply.git(tree, "diff", "--name-only", "HEAD~1", "HEAD").stdout.strip():
+            if not git(tree, "diff", "--name-only", "HEAD~1", "HEAD").stdout.strip():
                 out[patch.name] = ("present", "applies empty (no change)", [])
             else:
                 out[patch.name] = (check.status, check.detail, [])
@@ -118,7 +121,7 @@ def apply_series(tree: Path, patches: list[Patch]) -> dict[str, tuple[str, str, 
     return out
 
 
-def evaluate(tree: Path, patches: list[Patch], parsed: dict[str, list],
+def evaluate_release(tree: Path, patches: list[Patch], parsed: dict[str, list],
              pin_tree: Path | None, inside: Callable | None = None):
     """All cells of one release, and what inside(tree, cells) returned, called while the
     series is still applied (the tree is held for the duration, reset afterwards)."""
@@ -127,7 +130,7 @@ def evaluate(tree: Path, patches: list[Patch], parsed: dict[str, list],
         if pin_tree is not None and pin_tree != tree:
             alternates.write_text(f"{pin_tree / '.git' / 'objects'}\n")
         probe_results = run_probes(tree, patches, parsed)
-        applied = apply_series(tree, patches)
+        applied = apply_three_way(tree, patches)
         cells = _cells(patches, probe_results, applied)
         return cells, (inside(tree, cells) if inside else None)
 
@@ -168,7 +171,7 @@ def compute(pin: Pin, patches: list[Patch], versions: list[str], urls: dict[str,
             patches_dir: Path, jobs: int = 4) -> Matrix:
     parsed = parse_all(patches)  # malformed probes fail before any download
     started = time.monotonic()
-    progress = upstream.Downloads()
+    progress = BatchProgress()
 
     def prepare(version: str) -> tuple[upstream.Sdist, Path]:
         return upstream.release_tree(pin, version, urls, progress)
@@ -177,7 +180,7 @@ def compute(pin: Pin, patches: list[Patch], versions: list[str], urls: dict[str,
     # the blobs that 3-way merges on the other releases use as their base.
     t0 = time.monotonic()
     pin_sdist, pin_tree = prepare(pin.upstream_version)
-    pin_cells, _ = evaluate(pin_tree, patches, parsed, None)
+    pin_cells, _ = evaluate_release(pin_tree, patches, parsed, None)
     pin_seconds = time.monotonic() - t0
     done, done_lock = [0], threading.Lock()
 
@@ -187,13 +190,13 @@ def compute(pin: Pin, patches: list[Patch], versions: list[str], urls: dict[str,
             sdist, cells, seconds = pin_sdist, pin_cells, pin_seconds
         else:
             sdist, tree = prepare(version)
-            cells, _ = evaluate(tree, patches, parsed, pin_tree)
+            cells, _ = evaluate_release(tree, patches, parsed, pin_tree)
             seconds = time.monotonic() - t
         with done_lock:
             done[0] += 1
         summary = ", ".join(f"{name[:4]} {cell.short()}" for name, cell in cells.items())
-        print(f"status: [{done[0]}/{len(versions)}] {version}: {summary or 'no patches'} "
-              f"({seconds:.1f} s)", file=sys.stderr, flush=True)
+        _log.info(f"[{done[0]}/{len(versions)}] {version}: {summary or 'no patches'} "
+                  f"({seconds:.1f} s)")
         return Release(version, sdist.filename, sdist.sha256, cells, seconds)
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from vllm_overlay.build import setup_py as setup_build
-from vllm_overlay.build import wheelhouse
+from vllm_overlay.build import cross_check, preflight, setup_py
+from vllm_overlay.build import overlay_mode, wheelhouse
 from vllm_overlay.build.overlay import record_hash
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.paths import REPO
@@ -39,12 +39,12 @@ def env_for(cuda_home: Path, **extra: str) -> dict:
 
 
 def test_preflight_accepts_a_supported_cuda_with_defaults(tmp_path):
-    config = setup_build.source_preflight(env_for(fake_cuda(tmp_path / "cuda", "13.0")))
+    config = preflight.source_preflight(env_for(fake_cuda(tmp_path / "cuda", "13.0")))
     assert config.cuda == "13.0"
     assert config.arch_list == "7.5 8.0 8.9 9.0 10.0 12.0"  # upstream's list minus 7.0
     assert "cannot build 7.0" in config.notes[0]
     assert config.max_jobs == (os.cpu_count() or 1) and config.nvcc_threads == 1
-    config = setup_build.source_preflight(env_for(
+    config = preflight.source_preflight(env_for(
         fake_cuda(tmp_path / "c128", "12.8"), TORCH_CUDA_ARCH_LIST="7.0;9.0a;12.0+PTX",
         MAX_JOBS="3", NVCC_THREADS="2"))
     assert (config.arch_list, config.max_jobs, config.nvcc_threads) == ("7.0;9.0a;12.0+PTX", 3, 2)
@@ -77,7 +77,7 @@ def test_preflight_says_what_is_missing(tmp_path, case, expected):
                  "arch-typo": {"TORCH_CUDA_ARCH_LIST": "sm90"},
                  "jobs": {"MAX_JOBS": "0"}}[case]
     with pytest.raises(OverlayError, match=expected):
-        setup_build.source_preflight(env_for(root, **extra))
+        preflight.source_preflight(env_for(root, **extra))
 
 
 def cli(*args: str, env: dict) -> subprocess.CompletedProcess:
@@ -117,8 +117,8 @@ def test_dry_run_fails_cleanly_without_nvcc_and_is_source_only(tmp_path):
 @pytest.mark.skipif(not Path("/usr/local/cuda/bin/nvcc").exists(), reason="no local CUDA")
 def test_preflight_on_this_machines_cuda():
     env = {k: v for k, v in os.environ.items() if k not in ("CUDA_HOME", "CUDA_PATH")}
-    config = setup_build.source_preflight(env)
-    assert config.cuda in setup_build.TORCH_CUDA_VERSIONS
+    config = preflight.source_preflight(env)
+    assert config.cuda in config.release.torch_cuda_versions
 
 
 # ------------------------------------------------------------- verify_setup_wheel
@@ -166,7 +166,7 @@ def test_verify_setup_wheel_accepts_a_faithful_wheel_and_names_each_fault(tmp_pa
     up = (upstream, UPSTREAM_INFO)
     name = f"vllm-{VERSION}-cp38-abi3-linux_x86_64.whl"
     good = setup_like_wheel(tmp_path / name, {"vllm/a.py": b"A = 1\n", "vllm/_C.so": so})
-    setup_build.verify_setup_wheel(good, VERSION, tree, up)
+    setup_py.verify_setup_wheel(good, VERSION, tree, up)
 
     cases = {
         "tree-edit": ({"vllm/a.py": b"A = 2\n", "vllm/_C.so": so}, {}, "a.py differs from the patched tree"),
@@ -178,11 +178,11 @@ def test_verify_setup_wheel_accepts_a_faithful_wheel_and_names_each_fault(tmp_pa
         (tmp_path / case).mkdir()
         bad = setup_like_wheel(tmp_path / case / name, members, **kwargs)
         with pytest.raises(OverlayError, match=re.escape(message)):
-            setup_build.verify_setup_wheel(bad, VERSION, tree, up)
+            setup_py.verify_setup_wheel(bad, VERSION, tree, up)
     stale = setup_like_wheel(tmp_path / name.replace(".whl", ".stale"), {"vllm/a.py": b"A = 1\n"},
                              after={"vllm/a.py": b"A = 3\n"})
     with pytest.raises(OverlayError, match="RECORD: wrong hash or size for vllm/a.py"):
-        setup_build.verify_setup_wheel(stale, VERSION, tree, up)
+        setup_py.verify_setup_wheel(stale, VERSION, tree, up)
 
 
 # ------------------------------------------------------------- one publish path
@@ -192,7 +192,7 @@ def test_modes_publish_side_by_side_through_one_path(synth):
 
     synth.seed_cache()
     the_pin = pin.load(synth.repo)
-    overlay = wheelhouse.make_wheel("x86_64", synth.wheelhouse, synth.patches, synth.repo)
+    overlay = overlay_mode.build_overlay_wheel("x86_64", synth.wheelhouse, synth.patches, synth.repo)
     calls = []
 
     def fake_mode_build(tmp_dir: Path):
@@ -202,7 +202,7 @@ def test_modes_publish_side_by_side_through_one_path(synth):
         return wheel, None, {"setup_py": {"seconds": 0}}
 
     for _ in range(2):  # the second call is a no-op: same key, file unchanged
-        other = wheelhouse.build_into(synth.wheelhouse, "precompiled", "x86_64", "k1", the_pin,
+        other = wheelhouse.store(synth.wheelhouse, "precompiled", "x86_64", "k1", the_pin,
                                       0, "s", [], fake_mode_build)
     assert len(calls) == 1 and other.name != overlay.name
     sums = dict(reversed(line.split("  ")) for line in
@@ -211,7 +211,7 @@ def test_modes_publish_side_by_side_through_one_path(synth):
     assert sums[overlay.name] == hashlib.sha256(overlay.read_bytes()).hexdigest()
     assert '"mode": "precompiled"' in (synth.wheelhouse / "manifest-precompiled-x86_64.json").read_text()
     assert '"mode": "overlay"' in (synth.wheelhouse / "manifest-x86_64.json").read_text()
-    assert setup_build.published("precompiled", "x86_64", synth.wheelhouse) == other
+    assert wheelhouse.last_built("precompiled", "x86_64", synth.wheelhouse) == other
     assert not (synth.wheelhouse / ".tmp").exists()
 
 
@@ -236,9 +236,9 @@ EXPECTED_DIFFERENCES = {
 @pytest.mark.network
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="precompiled builds for the host")
 def test_cross_check_overlay_vs_precompiled_installed_trees(tmp_path):
-    overlay = wheelhouse.make_wheel("x86_64")  # no-ops when wheelhouse/ is up to date
-    precompiled = setup_build.make_wheel("precompiled", "x86_64")
-    diff = setup_build.compare_installed(overlay, precompiled, tmp_path)
+    overlay = overlay_mode.build_overlay_wheel("x86_64")  # no-ops when wheelhouse/ is up to date
+    precompiled = setup_py.build_setup_py_wheel("precompiled", "x86_64")
+    diff = cross_check.compare_installed(overlay, precompiled, tmp_path)
     info = f"vllm-{(REPO / 'VERSION').read_text().strip()}.dist-info/"
     expected = {k.format(info=info): v for k, v in EXPECTED_DIFFERENCES.items()}
     assert diff == expected  # pytest shows each file dropped, added or changed

@@ -17,7 +17,7 @@ from vllm_overlay.build import fetch
 from vllm_overlay.common import pin
 from vllm_overlay.common import series
 from vllm_overlay.build import verify
-from vllm_overlay.build import wheelhouse
+from vllm_overlay.build import overlay_mode, wheelhouse
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.paths import REPO
 
@@ -26,8 +26,8 @@ CHANGE_A = "".join(f"A_{i} = {i * (2 if i == 20 else 1)}\n" for i in range(40))
 
 
 def build(s):
-    return wheelhouse.make_wheel("x86_64", wheelhouse=s.wheelhouse, patches_dir=s.patches,
-                                 repo=s.repo)
+    return overlay_mode.build_overlay_wheel("x86_64", wheelhouse=s.wheelhouse,
+                                            patches_dir=s.patches, repo=s.repo)
 
 
 def visible(wheelhouse_dir: Path) -> dict[str, bytes]:
@@ -265,8 +265,8 @@ def test_interrupted_build_leaves_the_wheelhouse_as_it_was(built):
     s, wheel = built
     before = visible(s.wheelhouse)
     s.write_series({"Change A": {"vllm/a.py": CHANGE_A.replace("A_3 = 3", "A_3 = 33")}})
-    code = (f"from vllm_overlay.build import wheelhouse; from pathlib import Path; "
-            f"wheelhouse.make_wheel('x86_64', Path({str(s.wheelhouse)!r}), "
+    code = (f"from vllm_overlay.build import overlay_mode; from pathlib import Path; "
+            f"overlay_mode.build_overlay_wheel('x86_64', Path({str(s.wheelhouse)!r}), "
             f"Path({str(s.patches)!r}), Path({str(s.repo)!r}))")
     env = {**os.environ, "VLLM_OVERLAY_FAULT": f"before-rename:{OUT_NAME}"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True)
@@ -282,8 +282,8 @@ def test_interrupted_build_leaves_the_wheelhouse_as_it_was(built):
 def test_concurrent_builds_are_serialised(synth):
     synth.seed_cache()
     synth.write_series({"Change A": {"vllm/a.py": CHANGE_A}})
-    code = (f"from vllm_overlay.build import wheelhouse; from pathlib import Path; "
-            f"wheelhouse.make_wheel('x86_64', Path({str(synth.wheelhouse)!r}), "
+    code = (f"from vllm_overlay.build import overlay_mode; from pathlib import Path; "
+            f"overlay_mode.build_overlay_wheel('x86_64', Path({str(synth.wheelhouse)!r}), "
             f"Path({str(synth.patches)!r}), Path({str(synth.repo)!r}))")
     procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ),
                               stderr=subprocess.PIPE) for _ in range(2)]

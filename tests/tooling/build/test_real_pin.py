@@ -9,7 +9,7 @@ from vllm_overlay.build import apply
 from vllm_overlay.build import export
 from vllm_overlay.build import fetch
 from vllm_overlay.common import pin
-from vllm_overlay.build import wheelhouse
+from vllm_overlay.build import overlay_mode
 from vllm_overlay.common.paths import REPO
 
 pytestmark = pytest.mark.network
@@ -33,7 +33,7 @@ def test_real_overlay_build_with_a_trivial_patch(tmp_path):
               "Trivial\n\nOrigin: vendor\nRisk: none\nProbe: defines vllm/a.py::X\n")
     export.export(tree, repo / "patches")
 
-    wheel = wheelhouse.make_wheel("x86_64", repo / "wheelhouse", repo / "patches", repo)
+    wheel = overlay_mode.build_overlay_wheel("x86_64", repo / "wheelhouse", repo / "patches", repo)
 
     assert wheel.name == f"vllm-{the_pin.overlay_version}-cp38-abi3-manylinux_2_31_x86_64.whl"
     upstream = fetch.fetch(the_pin.wheel("x86_64"))

@@ -13,7 +13,7 @@ import pytest
 from tests.tooling.dist.deploy_helpers import (build_wheel, make_venv, pip, sha256, site_packages,
                                           write_sums)
 from vllm_overlay.dist import index
-from vllm_overlay.build import wheelhouse
+from vllm_overlay.build import overlay_mode, wheelhouse
 from vllm_overlay.dist.in_image.image_check import installed_problems
 from vllm_overlay.common.paths import REPO
 
@@ -85,7 +85,7 @@ def test_bad_sha256sums_line_is_named(house):
         index.sync(house)
 
 
-# --- the hook in wheelhouse.make_wheel, on a small synthetic upstream --------------------
+# --- the hook in wheelhouse.store, on a small synthetic upstream --------------------
 
 def synthetic_upstream(root: Path, cache: Path) -> None:
     """VERSION + lock naming a tiny sdist and wheel, placed in the sha256 cache."""
@@ -121,14 +121,14 @@ def test_make_wheel_writes_and_restores_the_index(tmp_path, monkeypatch):
     monkeypatch.setenv("VLLM_OVERLAY_CACHE", str(cache))
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1776470400")
     house = root / "wheelhouse"
-    built = wheelhouse.make_wheel("x86_64", house, root / "patches", root)
+    built = overlay_mode.build_overlay_wheel("x86_64", house, root / "patches", root)
     page = house / "simple" / "vllm" / "index.html"
     assert f"{index.read_sums(house)[built.name]}" in page.read_text()
     assert built.name.replace("+", "%2B") in page.read_text()
     # the no-op path (nothing changed) puts a missing index back
     (house / "simple" / "index.html").unlink()
     page.unlink()
-    assert wheelhouse.make_wheel("x86_64", house, root / "patches", root) == built
+    assert overlay_mode.build_overlay_wheel("x86_64", house, root / "patches", root) == built
     assert page.is_file() and (house / "simple" / "index.html").is_file()
     python = make_venv(tmp_path / "venv")
     proc = pip(python, "install", "--no-deps", "--index-url", (house / "simple").as_uri(),

@@ -44,7 +44,7 @@ def tree(tmp_path):
 
 
 def check(text, tree):
-    return probes.evaluate(probes._parse_one(text), tree)
+    return probes.check(probes._parse_one(text), tree)
 
 
 @pytest.mark.parametrize("name, holds", [

@@ -11,7 +11,7 @@ from vllm_overlay import cli
 from vllm_overlay.common import series
 from vllm_overlay.upstream import status
 from vllm_overlay.upstream import releases as upstream
-from vllm_overlay.commands import upstream as upstream_cli
+from vllm_overlay.commands import bisect as upstream_cli
 from vllm_overlay.common.errors import OverlayError
 
 from .conftest import (CONFLICT_FROM, OFFSET_FROM, PRE, THREE_WAY_FROM, UPSTREAM_FROM,

@@ -43,7 +43,7 @@ def record_hash_of(path: Path) -> str:
     return "sha256=" + base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode()
 
 
-def read_record(text: str) -> list[list[str]]:
+def parse_record(text: str) -> list[list[str]]:
     return [row for row in csv.reader(io.StringIO(text)) if row]
 
 
@@ -68,11 +68,11 @@ def install(wheel: Path, site: Path | None = None, sha256: str | None = None) ->
         raise InstallError(f"{site}: expected one installed {project}-*.dist-info, found "
                            f"{[p.name for p in old_infos] or 'none'}")
     old_info = old_infos[0]
-    old_record = read_record((old_info / "RECORD").read_text())
+    old_record = parse_record((old_info / "RECORD").read_text())
     new_info_name = f"{project}-{version}.dist-info"
     counts = {"written": 0, "kept": 0, "removed": 0}
     with zipfile.ZipFile(wheel) as zf:
-        record = {row[0]: row for row in read_record(zf.read(f"{new_info_name}/RECORD").decode())}
+        record = {row[0]: row for row in parse_record(zf.read(f"{new_info_name}/RECORD").decode())}
         members = [i for i in zf.infolist() if not i.is_dir()]
         if any(i.filename.split("/", 1)[0].endswith(".data") for i in members):
             raise InstallError(f"{wheel.name}: .data/ members are not supported here")
