@@ -6,8 +6,8 @@ PYTHON ?= python3
 
 .PHONY: wheel wheel-dry-run test-slow cross-check fetch apply export-patches check-patches test test-fast bench help publish docker
 
-help:
-	@$(OVERLAY) --help
+help:             ## this list (each target's ## text); ./build.sh --help lists the commands
+	@awk -F':[^#]*## ' '/^[a-z][a-z-]*:[^=]*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 wheel:            ## fetch (sha256-checked), apply the series, build + verify the wheel (MODE=overlay|precompiled|source)
 	$(OVERLAY) wheel --arch $(ARCH) --mode $(MODE)
