@@ -7,10 +7,8 @@ fixed to match the file name, vllm/_version.py, RECORD). verify.py checks the re
 against the same plan.
 """
 
-import base64
 import csv
 import fnmatch
-import hashlib
 import io
 import os
 import re
@@ -21,6 +19,7 @@ from pathlib import Path
 from vllm_overlay.build.apply import changed_files
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.series import Patch
+from vllm_overlay.common.wheelfile import name_tags, read_record, record_hash
 from vllm_overlay.build.zipraw import RawZipWriter
 
 # Changes that only a compiled (source / precompiled setup.py) build can carry.
@@ -51,14 +50,7 @@ class WheelPlan:
     @property
     def tags(self) -> list[str]:
         """The wheel tags the file name states, e.g. ['cp38-abi3-manylinux_2_31_x86_64']."""
-        pythons, abis, platforms = self.filename[:-4].split("-")[-3:]
-        return [f"{py}-{abi}-{plat}" for py in pythons.split(".") for abi in abis.split(".")
-                for plat in platforms.split(".")]
-
-
-def record_hash(data: bytes) -> str:
-    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-    return f"sha256={digest}"
+        return name_tags(self.filename)
 
 
 def version_file(version: str) -> bytes:
@@ -92,11 +84,6 @@ def classify_changes(tree: Path, patches: list[Patch]) -> tuple[dict[str, str], 
         else:
             outside.append(path)
     return shipped, outside
-
-
-def upstream_record(zf: zipfile.ZipFile, dist_info: str) -> dict[str, str]:
-    rows = csv.reader(io.StringIO(zf.read(dist_info + "RECORD").decode()))
-    return {row[0]: ",".join(row[1:]) for row in rows if row}
 
 
 def plan_wheel(upstream: Path, upstream_name: str, upstream_version: str, version: str,
@@ -145,17 +132,17 @@ def plan_wheel(upstream: Path, upstream_name: str, upstream_version: str, versio
                 plan.members.append(Member(new_name, data=("\n".join(lines) + "\n\n").encode()))
             else:
                 plan.members.append(Member(new_name, source=name))
-        record = upstream_record(zf, old_info)
+        record = read_record(zf, old_info + "RECORD")
     plan.members.append(Member(new_info + "RECORD", data=render_record(plan, record)))
     return plan
 
 
-def render_record(plan: WheelPlan, upstream_lines: dict[str, str]) -> bytes:
+def render_record(plan: WheelPlan, upstream_rows: dict[str, tuple[str, str]]) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     for member in plan.members:
         if member.source is not None:
-            writer.writerow([member.name, *upstream_lines[member.source].split(",")])
+            writer.writerow([member.name, *upstream_rows[member.source]])
         else:
             writer.writerow([member.name, record_hash(member.data), len(member.data)])
     writer.writerow([f"vllm-{plan.version}.dist-info/RECORD", "", ""])

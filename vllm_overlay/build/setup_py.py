@@ -27,7 +27,7 @@ from pathlib import Path
 
 from vllm_overlay.build import apply, fetch, key, verify
 from vllm_overlay.build import wheelhouse as wheelhouse_store
-from vllm_overlay.build.overlay import VERSION_FILE, record_hash
+from vllm_overlay.build.overlay import VERSION_FILE
 from vllm_overlay.build.preflight import SourceConfig, cuda_tag, source_preflight
 from vllm_overlay.common import log as log_module
 from vllm_overlay.common import pin, series, venvs
@@ -35,6 +35,7 @@ from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.git import git
 from vllm_overlay.common.paths import BUILD_TREES, REPO
 from vllm_overlay.common.requirements import requirement_names
+from vllm_overlay.common.wheelfile import check_version_and_tags, read_record, record_hash
 
 BUILD_REQUIREMENTS = "requirements/build.txt"
 PY_LIMITED_API = "cp38"  # as upstream's Dockerfile: one wheel for every CPython >= 3.8
@@ -103,16 +104,8 @@ def verify_setup_wheel(built: Path, version: str, tree: Path,
         if dist_info + "RECORD" not in names:
             raise OverlayError(f"{built.name}: no {dist_info}RECORD (version mismatch?)")
         verify.check_record_against_content(zf, dist_info + "RECORD")
-        record = verify.read_record(zf, dist_info + "RECORD")
-        metadata = zf.read(dist_info + "METADATA").decode()
-        if not re.search(rf"^Version: {re.escape(version)}$", metadata, re.M):
-            raise OverlayError(f"{built.name}: METADATA Version is not {version}")
-        name_tags = built.name[:-4].split("-")[-3:]
-        want = sorted(f"{py}-{abi}-{plat}" for py in name_tags[0].split(".")
-                      for abi in name_tags[1].split(".") for plat in name_tags[2].split("."))
-        tags = re.findall(r"^Tag: (\S+)$", zf.read(dist_info + "WHEEL").decode(), re.M)
-        if sorted(tags) != want:
-            raise OverlayError(f"{built.name}: WHEEL tags {tags} do not match the name's {want}")
+        record = read_record(zf, dist_info + "RECORD")
+        check_version_and_tags(zf, built.name, dist_info, version)
         if _version_of(zf.read(VERSION_FILE).decode()) != version:
             raise OverlayError(f"{built.name}: {VERSION_FILE} does not say {version}")
         tracked = set(git(tree, "ls-files", "-z").stdout.split("\0"))
@@ -131,7 +124,7 @@ def verify_setup_wheel(built: Path, version: str, tree: Path,
             return
         up_path, up_info = upstream
         with zipfile.ZipFile(up_path) as up:
-            up_record = verify.read_record(up, up_info + "RECORD")
+            up_record = read_record(up, up_info + "RECORD")
         for name in generated:
             if name not in up_record:
                 raise OverlayError(f"{built.name}: {name} is neither in the tree nor upstream's")

@@ -7,16 +7,14 @@ vllm/_version.py and the WHEEL tags agree with the file name and VERSION. Upstre
 RECORD is checked once per upstream sha256 (remembered in the cache).
 """
 
-import csv
-import io
-import re
 import zipfile
 from pathlib import Path
 
-from vllm_overlay.build.overlay import VERSION_FILE, WheelPlan, record_hash
+from vllm_overlay.build.overlay import VERSION_FILE, WheelPlan
+from vllm_overlay.build.zipraw import data_span
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.paths import cache_dir
-from vllm_overlay.build.zipraw import data_span
+from vllm_overlay.common.wheelfile import check_version_and_tags, read_record, record_hash
 
 _CHUNK = 4 << 20
 
@@ -33,18 +31,6 @@ def _raw_equal(fp_a, span_a, fp_b, span_b) -> bool:
             return False
         len_a -= n
     return True
-
-
-def read_record(zf: zipfile.ZipFile, name: str) -> dict[str, tuple[str, str]]:
-    rows = list(csv.reader(io.StringIO(zf.read(name).decode())))
-    record: dict[str, tuple[str, str]] = {}
-    for row in rows:
-        if not row:
-            continue
-        if len(row) != 3 or row[0] in record:
-            raise OverlayError(f"{name}: malformed or duplicate row {row!r}")
-        record[row[0]] = (row[1], row[2])
-    return record
 
 
 def check_record_against_content(zf: zipfile.ZipFile, record_name: str,
@@ -115,13 +101,7 @@ def verify_wheel(plan: WheelPlan, built: Path, upstream_sha256: str, upstream_di
         for member in plan.members:
             if member.source is not None and new_record[member.name] != old_record[member.source]:
                 raise OverlayError(f"{record}: row for {member.name} differs from upstream's")
-        metadata = zf_new.read(dist_info + "METADATA").decode()
-        if not re.search(rf"^Version: {re.escape(plan.version)}$", metadata, re.M):
-            raise OverlayError(f"{built.name}: METADATA Version is not {plan.version}")
-        wheel_tags = re.findall(r"^Tag: (\S+)$", zf_new.read(dist_info + "WHEEL").decode(), re.M)
-        if sorted(wheel_tags) != sorted(plan.tags):
-            raise OverlayError(f"{built.name}: WHEEL tags {wheel_tags} do not match the file "
-                               f"name's {plan.tags}")
+        check_version_and_tags(zf_new, built.name, dist_info, plan.version)
         scope: dict = {}
         exec(zf_new.read(VERSION_FILE).decode(), scope)  # our own generated two-liner
         if scope.get("__version__") != plan.version:
