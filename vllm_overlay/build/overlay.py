@@ -19,7 +19,7 @@ from pathlib import Path
 from vllm_overlay.build.apply import changed_files
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.series import Patch
-from vllm_overlay.common.wheelfile import name_tags, read_record, record_hash
+from vllm_overlay.common.wheelfile import name_tags, open_wheel, read_record, record_hash
 from vllm_overlay.build.zipraw import RawZipWriter
 
 # Changes that only a compiled (source / precompiled setup.py) build can carry.
@@ -93,11 +93,7 @@ def plan_wheel(upstream: Path, upstream_name: str, upstream_version: str, versio
     plan = WheelPlan(upstream, f"vllm-{version}-{tags}.whl", version, changed=shipped,
                      outside=outside)
     old_info, new_info = f"vllm-{upstream_version}.dist-info/", f"vllm-{version}.dist-info/"
-    try:
-        zf = zipfile.ZipFile(upstream)
-    except zipfile.BadZipFile as exc:
-        raise OverlayError(f"{upstream_name} ({upstream}): not a valid wheel: {exc}") from exc
-    with zf:
+    with open_wheel(upstream, f"{upstream_name} ({upstream})") as zf:
         names = zf.namelist()
         missing = [p for p, s in shipped.items() if s in "MD" and p not in names]
         if missing:

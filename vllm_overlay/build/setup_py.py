@@ -35,7 +35,8 @@ from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.git import git
 from vllm_overlay.common.paths import BUILD_TREES, REPO
 from vllm_overlay.common.requirements import requirement_names
-from vllm_overlay.common.wheelfile import check_version_and_tags, read_record, record_hash
+from vllm_overlay.common.wheelfile import (check_version_and_tags, open_wheel, read_record,
+                                           record_hash)
 
 BUILD_REQUIREMENTS = "requirements/build.txt"
 PY_LIMITED_API = "cp38"  # as upstream's Dockerfile: one wheel for every CPython >= 3.8
@@ -95,11 +96,7 @@ def verify_setup_wheel(built: Path, version: str, tree: Path,
     dist_info = f"vllm-{version}.dist-info/"
     if not built.name.startswith(f"vllm-{version}-"):
         raise OverlayError(f"{built.name}: not a wheel of version {version}")
-    try:
-        zf = zipfile.ZipFile(built)
-    except zipfile.BadZipFile as exc:
-        raise OverlayError(f"{built}: not a valid zip: {exc}") from exc
-    with zf:
+    with open_wheel(built) as zf:
         names = zf.namelist()
         if dist_info + "RECORD" not in names:
             raise OverlayError(f"{built.name}: no {dist_info}RECORD (version mismatch?)")

@@ -14,7 +14,8 @@ from vllm_overlay.build.overlay import VERSION_FILE, WheelPlan
 from vllm_overlay.build.zipraw import data_span
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.paths import cache_dir
-from vllm_overlay.common.wheelfile import check_version_and_tags, read_record, record_hash
+from vllm_overlay.common.wheelfile import (check_version_and_tags, open_wheel, read_record,
+                                           record_hash)
 
 _CHUNK = 4 << 20
 
@@ -66,10 +67,7 @@ def check_upstream_record(upstream: Path, sha256: str, dist_info: str) -> None:
 def verify_wheel(plan: WheelPlan, built: Path, upstream_sha256: str, upstream_dist_info: str,
                  ) -> None:
     check_upstream_record(plan.upstream, upstream_sha256, upstream_dist_info)
-    try:
-        zf_new, zf_old = zipfile.ZipFile(built), zipfile.ZipFile(plan.upstream)
-    except zipfile.BadZipFile as exc:
-        raise OverlayError(f"{built}: not a valid zip: {exc}") from exc
+    zf_new, zf_old = open_wheel(built), open_wheel(plan.upstream)
     with zf_new, zf_old, open(built, "rb") as fp_new, open(plan.upstream, "rb") as fp_old:
         names = zf_new.namelist()
         expected = [m.name for m in plan.members]

@@ -46,3 +46,11 @@ def check_version_and_tags(zf: zipfile.ZipFile, filename: str, dist_info: str,
     if sorted(tags) != sorted(name_tags(filename)):
         raise OverlayError(f"{filename}: WHEEL tags {tags} do not match the file "
                            f"name's {name_tags(filename)}")
+
+
+def open_wheel(path, label: str | None = None) -> zipfile.ZipFile:
+    """The wheel as a zip; a file that is no zip is an error naming it (`label`, else path)."""
+    try:
+        return zipfile.ZipFile(path)
+    except zipfile.BadZipFile as exc:
+        raise OverlayError(f"{label or path}: not a valid wheel (zip): {exc}") from exc

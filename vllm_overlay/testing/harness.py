@@ -26,6 +26,7 @@ from vllm_overlay.common import venvs
 from vllm_overlay.build.overlay_mode import build_overlay_wheel
 from vllm_overlay.common import log
 from vllm_overlay.common.errors import OverlayError
+from vllm_overlay.common.fs import atomic_write
 from vllm_overlay.common.paths import REPO
 
 SUBSET_FILE = REPO / "tests" / "upstream" / "subset.txt"
@@ -307,9 +308,8 @@ def _counts_row(name: str, c: dict | None) -> str:
 
 def write_report(report: dict) -> None:
     REPORTS.mkdir(parents=True, exist_ok=True)
-    tmp = REPORTS / "test-report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, REPORTS / "test-report.json")
+    atomic_write(REPORTS / "test-report.json", json.dumps(report, indent=2) + "\n")
+    upstream = pin.load().upstream_version
     md = ["# make test report", "", f"**{report['summary']}**", "", "## Stage times", "",
           "| stage | seconds |", "| --- | ---: |"]
     md += [f"| {k} | {v:.1f} |" for k, v in report["stages"].items()]
@@ -319,14 +319,14 @@ def write_report(report: dict) -> None:
            _counts_row("behaviour tests (overlay wheel)", report.get("behaviour"))]
     sub = report.get("subset")
     if sub:
-        md += [_counts_row("upstream subset, pristine 0.19.1", sub["pristine"]),
+        md += [_counts_row(f"upstream subset, pristine {upstream}", sub["pristine"]),
                _counts_row("upstream subset, overlay", sub["overlay"])]
         cmp = sub["comparison"]
         md += ["", "## Pristine vs overlay", "",
                f"- passed on both: {len(cmp['passed_both'])}",
                f"- fixed by the overlay: {len(cmp['fixed'])}",
                f"- regressions: {len(cmp['regressions'])}",
-               f"- failing on both (upstream 0.19.1's own failures here): "
+               f"- failing on both (upstream {upstream}'s own failures here): "
                f"{len(cmp['failed_both'])}",
                f"- skipped on both: {len(cmp['skipped_both'])}",
                f"- new tests from the series: {len(cmp['new'])}",
@@ -352,6 +352,4 @@ def write_report(report: dict) -> None:
                                         for e in sub["excluded"]]
     if report["problems"]:
         md += ["", "## Problems", ""] + [f"- {p}" for p in report["problems"]]
-    tmp = REPORTS / "test-report.md.tmp"
-    tmp.write_text("\n".join(md) + "\n")
-    os.replace(tmp, REPORTS / "test-report.md")
+    atomic_write(REPORTS / "test-report.md", "\n".join(md) + "\n")

@@ -11,7 +11,6 @@ Conflicts are results, not errors: only failures of the tool itself raise Overla
 """
 
 import json
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +23,7 @@ from vllm_overlay.upstream import probes
 from vllm_overlay.upstream import releases as upstream
 from vllm_overlay.common import log
 from vllm_overlay.common.errors import OverlayError
+from vllm_overlay.common.fs import atomic_write
 from vllm_overlay.common.http import BatchProgress
 from vllm_overlay.common.git import git
 from vllm_overlay.common.pin import Pin
@@ -310,11 +310,8 @@ def write_reports(matrix: Matrix, out_dir: Path) -> tuple[Path, Path]:
     written = []
     for name, text in (("status.md", to_markdown(matrix)),
                        ("status.json", json.dumps(to_json(matrix), indent=1) + "\n")):
-        path = out_dir / name
-        tmp = path.with_name(f".{name}.tmp{os.getpid()}")
-        tmp.write_text(text)
-        os.replace(tmp, path)
-        written.append(path)
+        atomic_write(out_dir / name, text)
+        written.append(out_dir / name)
     return written[0], written[1]
 
 
