@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from vllm_overlay.build import fetch  # noqa: E402
 from vllm_overlay.common import pin  # noqa: E402
 from vllm_overlay.common import series  # noqa: E402
-from vllm_overlay.build import cross_check, preflight, setup_py  # noqa: E402
+from vllm_overlay.build import setup_py  # noqa: E402
 from vllm_overlay.common import venvs  # noqa: E402
 from vllm_overlay.build import overlay_mode  # noqa: E402
 from vllm_overlay.common.requirements import requirement_names  # noqa: E402
