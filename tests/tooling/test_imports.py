@@ -13,8 +13,8 @@ PACKAGE = REPO / "vllm_overlay"
 ALLOWED = {
     "common": {"common"},
     "build": {"common", "build", "dist"},  # the wheelhouse keeps the simple index in step
-    "dist": {"common", "dist", "build"},
-    "upstream": {"common", "build", "upstream"},
+    "dist": {"common", "dist"},
+    "upstream": {"common", "build", "upstream"},  # apply and fetch of the release trees
     "testing": {"common", "build", "testing"},
     "commands": {"common", "build", "dist", "upstream", "testing", "commands"},
 }
