@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from vllm_overlay import apply, export
+from vllm_overlay.build import apply
+from vllm_overlay.build import export
 
 UPSTREAM = "9.9.9"
 VERSION = "9.9.9+test.1"
@@ -132,7 +133,7 @@ class Synth:
 @pytest.fixture(scope="session")
 def supply_venv() -> Path:
     """The real cache's supply venv (the SBOM library; created once), for test caches."""
-    from vllm_overlay import supplyenv
+    from vllm_overlay.build import supplyenv
 
     return supplyenv.bin_dir().parent
 
