@@ -254,3 +254,23 @@ def test_tools_venv_pins_the_supply_tools_alike():
 
     tools = requirement_lines((REPO / "tests" / "requirements-tools.txt").read_text())
     assert set(requirement_lines(supplyenv.REQUIREMENTS.read_text())) <= set(tools)
+
+
+def test_embed_adds_the_sbom_to_a_setup_py_wheel(built, tmp_path):
+    """The setup.py modes: the SBOM member and its RECORD row added, the rest copied raw."""
+    from vllm_overlay.build import verify
+
+    _, wheel = built
+    member, document = sbom.member_name(VERSION), embedded(wheel)
+    plain = rewrite(wheel, tmp_path / "plain.whl", drop={member},
+                    replace={f"vllm-{VERSION}.dist-info/RECORD": record_with(wheel, member, None)})
+    out = tmp_path / "with-sbom.whl"
+    sbom.embed(plain, out, VERSION, document, (2024, 1, 2, 3, 4, 6))
+    sbom.check_wheel(out, VERSION, document)
+    with zipfile.ZipFile(plain) as a, zipfile.ZipFile(out) as b:
+        assert [n for n in b.namelist() if n != member] == a.namelist()
+        assert all(a.getinfo(n).CRC == b.getinfo(n).CRC for n in a.namelist()
+                   if not n.endswith("RECORD"))
+        verify.check_record_against_content(b, f"vllm-{VERSION}.dist-info/RECORD")
+    with pytest.raises(OverlayError, match="already has"):
+        sbom.embed(out, tmp_path / "twice.whl", VERSION, document, (2024, 1, 2, 3, 4, 6))
