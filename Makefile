@@ -4,7 +4,7 @@ MODE ?= overlay
 OVERLAY := ./build.sh
 PYTHON ?= python3
 
-.PHONY: lock wheel wheel-dry-run test-slow cross-check fetch apply export-patches check-patches test test-fast bench help publish docker
+.PHONY: lock changelog wheel wheel-dry-run test-slow cross-check fetch apply export-patches check-patches test test-fast bench help publish docker
 
 help:             ## this list (each target's ## text); ./build.sh --help lists the commands
 	@awk -F':[^#]*## ' '/^[a-z][a-z-]*:[^=]*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -14,6 +14,9 @@ wheel:            ## fetch (sha256-checked), apply the series, build + verify th
 
 lock:             ## resolve locks/runtime-<arch>.txt + locks/test-<arch>.txt with hashes (uv; network)
 	$(OVERLAY) lock --arch $(ARCH)
+
+changelog:        ## release notes since the previous version -> wheelhouse/CHANGES-<VERSION>.md, README [PREVIOUS=]
+	$(OVERLAY) changelog --arch $(ARCH) $(if $(PREVIOUS),--previous '$(PREVIOUS)')
 
 wheel-dry-run:    ## MODE=source preflight + the setup.py command it would run
 	$(OVERLAY) wheel --arch $(ARCH) --mode source --dry-run
