@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 from vllm_overlay.build import constraints, provenance, sbom, supplyenv
+from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.pin import Pin
 from vllm_overlay.common.series import Patch
 from vllm_overlay.dist import index
@@ -29,6 +30,9 @@ def beside_wheel(wheelhouse: Path, wheel: Path, sha256: str, the_pin: Pin, arch:
     """file name -> text of the files to publish beside `wheel` (already in SHA256SUMS)."""
     version = wheel.name.split("-")[1]
     with zipfile.ZipFile(wheel) as zf:
+        if sbom.member_name(version) not in zf.namelist():
+            raise OverlayError(f"{wheel.name}: no SBOM member {sbom.member_name(version)} "
+                               "(every build mode embeds one: build/sbom.py)")
         document = zf.read(sbom.member_name(version)).decode()
     sbom_name = sbom.beside_name(wheel.name)
     lock = constraints.runtime_lock(arch, repo)
