@@ -22,6 +22,7 @@ def test_real_overlay_build_with_a_trivial_patch(tmp_path):
     (repo / "patches").mkdir(parents=True)
     for name in ("VERSION", "upstream.lock.json"):
         shutil.copy(REPO / name, repo / name)
+    shutil.copytree(REPO / "locks", repo / "locks")  # the SBOM and constraints read the lock
     the_pin = pin.load(repo)
     sdist = fetch.fetch(the_pin.sdist)
     tree = tmp_path / "dev" / "vllm"
