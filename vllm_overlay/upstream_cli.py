@@ -5,7 +5,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import bisection, pin, series, status, upstream
+from . import bisection, drift, pin, series, status, upstream
 from .errors import OverlayError
 from .paths import REPO
 
@@ -38,10 +38,13 @@ def cmd_status(args) -> None:
           f"({versions[0]} .. {versions[-1]}), {args.jobs} in parallel", file=sys.stderr)
     matrix = status.compute(the_pin, patches, versions, urls, args.patches,
                             status.check_jobs(args.jobs))
-    md, js = status.write_reports(matrix, args.out)
+    found = None if args.no_drift else drift.for_matrix(the_pin, patches, matrix)
+    md, js = status.write_reports(matrix, args.out, found)
     print(status.to_markdown(matrix))
     print(status.timing_table(matrix), file=sys.stderr)
     print(f"status: wrote {md} and {js}", file=sys.stderr)
+    if found is not None:
+        print(drift.summary(found.data, md))
 
 
 def cmd_bisect(args) -> None:
@@ -98,6 +101,8 @@ def add_commands(sub) -> None:
     p.add_argument("--patches", type=Path, default=series.PATCHES, help="patches dir")
     p.add_argument("--jobs", type=int, default=4, help="releases handled in parallel")
     p.add_argument("--out", type=Path, default=REPORTS, help="where status.md/.json go")
+    p.add_argument("--no-drift", action="store_true",
+                   help="leave out the drift of the code each patch touches")
     p.add_argument("--list-releases", action="store_true",
                    help="only print the selected releases as a JSON list (CI matrix)")
     p.set_defaults(func=cmd_status)
