@@ -420,19 +420,22 @@ def compute(pin_tree: Path, patches: list[Patch], releases: list[tuple[str, Path
     drift = Drift({"pin": pin_version, "releases": [v for v, _ in later], "patches": [],
                    "notes": [f"{where}: {why}; its definitions count as missing there"
                              for where, why in sorted(index.errors.items())]})
-    for patch in patches:
-        drift.data["patches"].append(_patch_report(patch, targets[patch.name], chains, starts,
-                                                   later, pin, sources, drift.diffs))
+    short = [p.name[:4] for p in patches]
+    for patch in patches:  # diffs under drift/<0002>/... (the full stem if not unique)
+        stem = _safe(patch.name[:4]) if short.count(patch.name[:4]) == 1 else \
+            _safe(patch.name.removesuffix(".patch"))
+        drift.data["patches"].append(_patch_report(patch, stem, targets[patch.name], chains,
+                                                   starts, later, pin, sources, drift.diffs))
     return drift
 
 
-def _patch_report(patch, pt: PatchTargets, chains, starts, later, pin, sources, diffs) -> dict:
+def _patch_report(patch, stem, pt: PatchTargets, chains, starts, later, pin, sources, diffs
+                  ) -> dict:
     header = (patch.trailers.get("Applied-Upstream") or [None])[0]
     try:
         landed = upstream.version_key(header) if header else None
     except OverlayError:  # not a release number: every change is shown
         landed = None
-    stem = _safe(patch.name.removesuffix(".patch"))
     definitions = []
     for t in pt.targets:
         key = (t.file, t.name)
