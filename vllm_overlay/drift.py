@@ -324,10 +324,6 @@ class Searcher:
             return _seen(where_file, defs[where_name], blob)
         if where_name == pydefs.MODULE:
             return None
-        if defs and last:
-            for d in defs.values():
-                if d.name != pydefs.MODULE and d.body == last.body:
-                    return _seen(where_file, d, blob)
         for path in self._query(source, before, ["name", where_name.split(".")[0]]):
             found = self.index.defs(source, path)
             if found and where_name in found:
@@ -492,7 +488,7 @@ def reported(patch: dict) -> list[tuple[dict, list[dict]]]:
 def _cell(change: dict) -> str:
     text = f"{change['release']} {change['kind']}"
     if "moved" in change["kind"] or "renamed" in change["kind"]:
-        text += f" to `{change['location']}`"
+        text += f": now `{change['location']}`"
     text += f", {change['changed_lines']} lines ([diff]({change['diff']})"
     if "step_diff" in change:
         text += f", [since {change['step_from']}]({change['step_diff']}): " \

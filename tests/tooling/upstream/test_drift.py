@@ -1,13 +1,14 @@
 """Drift of the code each patch touches, on synthetic releases 2.0.0 (the pin) .. 2.0.6.
 
-  P1 changes touched() and K.method        1.0.1 reformats touched (comment, docstring,
-                                           layout) and changes untouched(); 2.0.2 and
-                                           2.0.4 change touched(); K.method never changes
-  P2 adds helper(), changes to_rename(),   2.0.3: helper() appears upstream, to_rename is
-     to_delete(), n.py's to_move() and     renamed (same body), to_move moves to o.py,
-     to_move_rename()                      to_move_rename moves to o.py as moved_renamed;
-                                           2.0.4 deletes to_delete; 2.0.5 changes renamed_fn
-  P3 changes LIMIT (module code),          2.0.2 lands it; 2.0.5 adds an import: a follow-up
+  P1 changes touched() and K.method      2.0.1 reformats touched (comment, docstring, layout)
+                                         and changes untouched(); 2.0.2 and 2.0.4 change
+                                         touched(); K.method never changes
+  P2 adds helper(), changes to_rename(), 2.0.3: helper() appears upstream, to_rename is
+     to_delete(), n.py's to_move() and   renamed (same body), to_move moves to o.py and
+     to_move_rename()                    changes, to_move_rename moves to o.py as
+                                         moved_renamed; 2.0.4 deletes to_delete; 2.0.5
+                                         changes renamed_fn
+  P3 changes LIMIT (module code),        2.0.2 lands it; 2.0.5 adds an import: a follow-up
      Applied-Upstream: 2.0.2
   2.0.6 is 2.0.5 again: no change.
 """
@@ -78,7 +79,7 @@ def release_files(i: int) -> dict[str, str]:
     if i >= 3:
         m = m.replace("def to_rename(a, b):", "def renamed_fn(a, b):")
         m += "\n\ndef helper(y):\n    return y * 1\n"
-        o, n = n.replace("to_move_rename", "moved_renamed"), ""
+        o, n = n.replace("to_move_rename", "moved_renamed").replace("in values", "in list(values)"), ""
     if i >= 4:
         m = m.replace("return x + 10", "return x + 20")
         m = m.replace("\n\ndef to_delete():\n    return os.sep\n", "")
@@ -199,7 +200,7 @@ def test_changes_moves_renames_deletes_and_a_new_function(drift_upstream, tmp_pa
         ("2.0.5", "changed", "vllm/m.py::renamed_fn"),
         ("2.0.3", "renamed", "vllm/m.py::renamed_fn")]
     assert p2[("vllm/m.py", "to_delete")] == [("2.0.4", "deleted", "")]
-    assert p2[("vllm/n.py", "to_move")] == [("2.0.3", "moved", "vllm/o.py::to_move")]
+    assert p2[("vllm/n.py", "to_move")] == [("2.0.3", "moved and changed", "vllm/o.py::to_move")]
     assert p2[("vllm/n.py", "to_move_rename")] == [
         ("2.0.3", "moved and renamed", "vllm/o.py::moved_renamed")]
     assert got["0003"][("vllm/m.py", "<module>")] == [
@@ -225,7 +226,7 @@ def test_changes_moves_renames_deletes_and_a_new_function(drift_upstream, tmp_pa
     section = md.read_text().split("## Drift")[1]
     p3 = section.split("### 0003")[1]
     assert "2.0.5 changed" in p3 and "2.0.2" not in p3.split("|", 4)[-1]
-    assert "2.0.3 moved to `vllm/o.py::to_move`" in section
+    assert "2.0.3 moved and changed: now `vllm/o.py::to_move`" in section
     assert section.index("2.0.4 changed") < section.index("2.0.2 changed")
     assert not list((tmp_path / "out").glob(".*tmp*"))
 
