@@ -95,8 +95,10 @@ class Source:
             self._listing = {p: b for p, b in self._ls().items() if p.endswith(".py")}
         return self._listing
 
-    def texts(self, blobs) -> dict[str, str]:
-        wanted = sorted({b for b in blobs if b not in self._texts})
+    def texts(self, blobs, keep: bool = True) -> dict[str, str]:
+        """blob -> text; keep=False for one-off reads (not held in memory)."""
+        store = self._texts if keep else dict(self._texts)
+        wanted = sorted({b for b in blobs if b not in store})
         if wanted:
             proc = subprocess.run(["git", "-C", str(self.tree), "cat-file", "--batch"],
                                   input="\n".join(wanted).encode() + b"\n",
@@ -109,9 +111,9 @@ class Source:
                 head_end = data.index(b"\n", at)
                 size = int(data[at:head_end].split()[2])
                 start = head_end + 1
-                self._texts[blob] = data[start:start + size].decode("utf-8", "replace")
+                store[blob] = data[start:start + size].decode("utf-8", "replace")
                 at = start + size + 1
-        return {b: self._texts[b] for b in blobs}
+        return {b: store[b] for b in blobs}
 
     def text(self, blob: str) -> str:
         return self.texts([blob])[blob]
@@ -287,6 +289,7 @@ class Searcher:
         self.index = index
         self._results: dict[tuple[str, str], dict] = {}
         self._dirty: set[tuple[str, str]] = set()
+        self._changed: tuple = (None, {}, {})
 
     def _query(self, source: Source, before: Source, query: list[str]) -> list[str]:
         pair = (source.commit, before.commit)
@@ -295,9 +298,11 @@ class Searcher:
         results = self._results[pair]
         key = json.dumps(query)
         if key not in results:
-            old = before.listing()
-            changed = {p: b for p, b in source.listing().items() if old.get(p) != b}
-            texts = source.texts(changed.values())
+            if self._changed[0] != pair:  # the texts of one pair at a time are held
+                old = before.listing()
+                changed = {p: b for p, b in source.listing().items() if old.get(p) != b}
+                self._changed = (pair, changed, source.texts(changed.values(), keep=False))
+            _, changed, texts = self._changed
             if query[0] == "name":
                 pattern = re.compile(rf"^\s*(?:async\s+def|def|class)\s+{re.escape(query[1])}\b",
                                      re.M)
