@@ -3,8 +3,8 @@
 Target: under 60 s in total on a 2-core machine. Prints the time per release and in total,
 and, as a baseline measured in the same run, what one release costs without the tree cache
 (unpack the pinned sdist + commit it, as a fresh `git am` check would need).
-Drift (drift.py): `status` with and without drift, both measured here (alternating, best of
---repeat each, reports written to a temp dir); target: with drift within 1.5x of without.
+Drift (upstream/drift.py): `status` with and without drift, both measured here (alternating,
+best of --repeat each, reports written to a temp dir); target: with drift within 1.5x.
 Run: `make bench-status [PATCHES=dir]` (the first run on a cold cache downloads and builds
 the trees; it is reported, then the timed warm run follows).
 """
@@ -17,8 +17,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vllm_overlay import apply, drift, fetch, pin, series, status, upstream  # noqa: E402
-from vllm_overlay.errors import OverlayError  # noqa: E402
+from vllm_overlay.build import apply  # noqa: E402
+from vllm_overlay.build import fetch  # noqa: E402
+from vllm_overlay.common import pin  # noqa: E402
+from vllm_overlay.common import series  # noqa: E402
+from vllm_overlay.upstream import drift  # noqa: E402
+from vllm_overlay.upstream import status  # noqa: E402
+from vllm_overlay.upstream import releases as upstream  # noqa: E402
+from vllm_overlay.common.errors import OverlayError  # noqa: E402
 
 
 def main() -> int:

@@ -18,7 +18,11 @@ import json
 
 import pytest
 
-from vllm_overlay import cli, drift, pin, pydefs, series, status, upstream, upstream_cli
+from vllm_overlay import cli
+from vllm_overlay.commands import status as status_command
+from vllm_overlay.common import pin, series
+from vllm_overlay.upstream import drift, pydefs, status
+from vllm_overlay.upstream import releases as upstream
 
 from .conftest import make_sdist, write_patches
 
@@ -235,7 +239,7 @@ def test_make_status_prints_the_drift_summary(drift_upstream, monkeypatch, capsy
     the_pin, patches_dir, index = drift_upstream
     monkeypatch.setenv("PIP_INDEX_URL", index)
     monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "")
-    monkeypatch.setattr(upstream_cli.pin, "load", lambda: the_pin)
+    monkeypatch.setattr(status_command.pin, "load", lambda: the_pin)
     out = tmp_path / "reports"
     (out / "drift" / "stale").mkdir(parents=True)  # an earlier run's diffs are replaced
     assert cli.main(["status", "--patches", str(patches_dir), "--out", str(out)]) == 0

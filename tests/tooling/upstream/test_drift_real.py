@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from vllm_overlay.paths import REPO
+from vllm_overlay.common.paths import REPO
 
 pytestmark = pytest.mark.network
 

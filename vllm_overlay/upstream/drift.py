@@ -1,0 +1,584 @@
+"""Drift: upstream's later changes to the code each patch touches.
+
+1. Targets: the definitions (pydefs.py) each patch's hunks change or add, found by applying
+   the series to the pinned tree with `git am` and mapping the lines of `git diff -U0` of
+   each patch's commit to the innermost definition before and after it (blank and comment
+   lines do not count). A definition the pinned upstream lacks is one the series adds: its
+   reference is our version; otherwise the pinned upstream's.
+2. Tracking: per release after the pin, in order, the target is looked up where it was in
+   the release before; if it is not there: a definition with the same normalised body in the
+   same file (renamed), the same dotted name in a file that changed since the release
+   before (moved), the same body there (moved and renamed); else it is deleted.
+3. Changes: a release where the found version differs from the one before (normalised
+   AST), or the location differs, is a change; the diff against the reference and against
+   the release before is kept for the report.
+Everything is read from the cached release trees' git objects (never their work trees,
+which status runs change) and cached by content (blob, commit) under the cache's drift/.
+"""
+
+import difflib
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vllm_overlay.build import apply
+from vllm_overlay.common import log
+from vllm_overlay.common.errors import OverlayError
+from vllm_overlay.common.fs import atomic_write
+from vllm_overlay.common.git import git
+from vllm_overlay.common.paths import cache_dir
+from vllm_overlay.common.series import Patch
+from vllm_overlay.upstream import pydefs, releases
+
+_log = log.stage("drift")
+
+SCHEMA = 1
+SUMMARY_PER_PATCH = 8
+_HUNK_RE = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+
+
+def _cache(*parts: str) -> Path:
+    return cache_dir() / "drift" / f"v{SCHEMA}-py{sys.version_info[0]}{sys.version_info[1]}" \
+        / Path(*parts)
+
+
+def _load(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):  # a damaged entry is recomputed
+        return None
+
+
+def _save(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps(data))
+
+
+# --- reading a cached tree's committed files ----------------------------------------------
+
+
+class Source:
+    """The committed files of one cached tree (tag `upstream`, or another commit)."""
+
+    def __init__(self, tree: Path, label: str, rev: str = apply.BASE_TAG):
+        self.tree, self.label = tree, label
+        self.commit = git(tree, "rev-parse", f"{rev}^{{commit}}").stdout.strip()
+        self._blobs: dict[str, str | None] = {}
+        self._listing: dict[str, str] | None = None
+        self._texts: dict[str, str] = {}
+
+    def _ls(self, *paths: str) -> dict[str, str]:
+        out = git(self.tree, "ls-tree", "-r", "-z", self.commit, "--", *paths).stdout
+        found = {}
+        for entry in filter(None, out.split("\0")):
+            meta, path = entry.split("\t", 1)
+            if meta.split()[1] == "blob":
+                found[path] = meta.split()[2]
+        return found
+
+    def prefetch(self, paths) -> None:
+        wanted = sorted({p for p in paths if p not in self._blobs})
+        if wanted:
+            found = self._ls(*wanted)
+            self._blobs.update({p: found.get(p) for p in wanted})
+
+    def blob(self, path: str) -> str | None:
+        self.prefetch([path])
+        return self._blobs[path]
+
+    def listing(self) -> dict[str, str]:
+        """path -> blob of every .py file."""
+        if self._listing is None:
+            self._listing = {p: b for p, b in self._ls().items() if p.endswith(".py")}
+        return self._listing
+
+    def texts(self, blobs, keep: bool = True) -> dict[str, str]:
+        """blob -> text; keep=False for one-off reads (not held in memory)."""
+        store = self._texts if keep else dict(self._texts)
+        wanted = sorted({b for b in blobs if b not in store})
+        if wanted:
+            proc = subprocess.run(["git", "-C", str(self.tree), "cat-file", "--batch"],
+                                  input="\n".join(wanted).encode() + b"\n",
+                                  capture_output=True)
+            if proc.returncode:
+                raise OverlayError(f"git cat-file failed in {self.tree}: "
+                                   f"{proc.stderr.decode(errors='replace')}")
+            data, at = proc.stdout, 0
+            for blob in wanted:
+                head_end = data.index(b"\n", at)
+                size = int(data[at:head_end].split()[2])
+                start = head_end + 1
+                store[blob] = data[start:start + size].decode("utf-8", "replace")
+                at = start + size + 1
+        return {b: store[b] for b in blobs}
+
+    def text(self, blob: str) -> str:
+        return self.texts([blob])[blob]
+
+
+class Index:
+    """pydefs.index per blob, memoised here and on disk (content-addressed)."""
+
+    def __init__(self):
+        self._memo: dict[str, dict | None] = {}
+        self.errors: dict[str, str] = {}  # "label:path" -> why it was not read
+
+    def defs(self, source: Source, path: str, blob: str | None = None
+             ) -> dict[str, pydefs.Definition] | None:
+        """None when the file is absent (or does not parse: noted in errors)."""
+        blob = blob or source.blob(path)
+        if blob is None:
+            return None
+        if blob not in self._memo:
+            self._memo[blob] = self._read(source, path, blob)
+        if self._memo[blob] is None:
+            self.errors.setdefault(f"{source.label}:{path}", "does not parse")
+        return self._memo[blob]
+
+    def _read(self, source: Source, path: str, blob: str):
+        entry = _cache("defs", blob[:2], blob + ".json")
+        data = _load(entry)
+        if data is None:
+            try:
+                found = pydefs.index(source.text(blob))
+                data = {"defs": [[d.name, d.start, d.end, d.dump, d.body, list(d.idents),
+                                  [list(r) for r in d.skip]] for d in found.values()]}
+            except (SyntaxError, ValueError) as exc:
+                data = {"error": f"{type(exc).__name__}: {exc}"}
+            _save(entry, data)
+        if "error" in data:
+            self.errors[f"{source.label}:{path}"] = data["error"]
+            return None
+        return {row[0]: pydefs.Definition(row[0], row[1], row[2], row[3], row[4],
+                                          tuple(row[5]), tuple(tuple(r) for r in row[6]))
+                for row in data["defs"]}
+
+
+# --- 1. the definitions each patch touches -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    file: str
+    name: str
+    new: bool  # the pinned upstream lacks it: the series adds it
+
+
+@dataclass
+class PatchTargets:
+    targets: list[Target] = field(default_factory=list)
+    ours: dict[str, dict] = field(default_factory=dict)  # "file::name" of new ones -> version
+    not_python: list[str] = field(default_factory=list)
+    skipped: str = ""  # why the patch has no targets (it does not apply on the pin)
+
+
+def _code_lines(diff: str) -> dict[str, tuple[set[int], set[int]]]:
+    """path -> (old line numbers removed, new line numbers added), code lines only."""
+    out: dict[str, tuple[set[int], set[int]]] = {}
+    old_path = new_path = None
+    old_no = new_no = 0
+    for line in diff.splitlines():
+        if line.startswith("--- "):
+            old_path = None if line == "--- /dev/null" else line[6:]
+        elif line.startswith("+++ "):
+            new_path = None if line == "+++ /dev/null" else line[6:]
+            out.setdefault(new_path or old_path, (set(), set()))
+        elif m := _HUNK_RE.match(line):
+            old_no, new_no = int(m[1]), int(m[3])
+        elif line[:1] in "+-" and (new_path or old_path):
+            code = line[1:].strip() and not line[1:].strip().startswith("#")
+            removed, added = out[new_path or old_path]
+            if line[0] == "-":
+                removed.add(old_no) if code else None
+                old_no += 1
+            else:
+                added.add(new_no) if code else None
+                new_no += 1
+    return out
+
+
+def _ours(defs: dict, name: str, lines: list[str]) -> dict:
+    d = defs[name]
+    return {"dump": d.dump, "body": d.body, "lines": d.source(lines)}
+
+
+def find_targets(pin_tree: Path, patches: list[Patch], index: Index) -> dict[str, PatchTargets]:
+    """patch name -> its targets (cached by the pin tree and the patches' bytes)."""
+    pin = Source(pin_tree, "pin")
+    key = hashlib.sha256("\0".join([pin.commit] + [p.name + p.sha256() for p in patches])
+                         .encode()).hexdigest()
+    entry = _cache("targets", key + ".json")
+    if (data := _load(entry)) is not None:
+        return {name: PatchTargets([Target(**t) for t in v["targets"]], v["ours"],
+                                   v["not_python"], v["skipped"]) for name, v in data.items()}
+    out: dict[str, PatchTargets] = {}
+    with releases.using(pin_tree):
+        for patch in patches:
+            before = git(pin_tree, "rev-parse", "HEAD").stdout.strip()
+            try:
+                apply.am(pin_tree, patch)
+            except OverlayError as exc:
+                out[patch.name] = PatchTargets(skipped="does not apply on the pin: "
+                                               + str(exc).splitlines()[0])
+                continue
+            after = Source(pin_tree, patch.name, "HEAD")
+            prior = Source(pin_tree, "before", before)
+            out[patch.name] = _patch_targets(pin, prior, after, index)
+    _save(entry, {name: {"targets": [t.__dict__ for t in v.targets], "ours": v.ours,
+                         "not_python": v.not_python, "skipped": v.skipped}
+                  for name, v in out.items()})
+    return out
+
+
+def _patch_targets(pin: Source, prior: Source, after: Source, index: Index) -> PatchTargets:
+    diff = git(after.tree, "diff", "-U0", "--no-renames", "--no-color", "--no-ext-diff",
+                     prior.commit, after.commit).stdout
+    result = PatchTargets()
+    for path, (removed, added) in _code_lines(diff).items():
+        if not path.endswith(".py"):
+            result.not_python.append(path)
+            continue
+        old, new = index.defs(prior, path) or {}, index.defs(after, path) or {}
+        names = {pydefs.innermost(old, n) for n in removed} | \
+            {pydefs.innermost(new, n) for n in added}
+        pristine = index.defs(pin, path) or {}
+        for name in sorted(names):
+            target = Target(path, name, name not in pristine)
+            if target.new and name not in new:
+                continue  # added and removed again by the same patch: nothing to compare
+            result.targets.append(target)
+            if target.new:
+                lines = after.text(after.blob(path)).splitlines()
+                result.ours[f"{path}::{name}"] = _ours(new, name, lines)
+    return result
+
+
+# --- 2. tracking a definition through the releases ----------------------------------------
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One version of a definition, where it was found."""
+    file: str
+    name: str
+    dump: str
+    body: str
+    blob: str
+    start: int = 0
+    end: int = 0
+    skip: tuple = ()
+    idents: tuple = ()
+
+    def lines(self, source: Source) -> list[str]:
+        d = pydefs.Definition(self.name, self.start, self.end, "", "", (), self.skip)
+        return d.source(source.text(self.blob).splitlines())
+
+
+def _seen(path: str, d: pydefs.Definition, blob: str) -> Seen:
+    return Seen(path, d.name, d.dump, d.body, blob, d.start, d.end, d.skip, d.idents)
+
+
+class Searcher:
+    """Definitions in the files that changed between two releases, by name or by body;
+    which files match a query is cached per pair of commits."""
+
+    def __init__(self, index: Index):
+        self.index = index
+        self._results: dict[tuple[str, str], dict] = {}
+        self._dirty: set[tuple[str, str]] = set()
+        self._changed: tuple = (None, {}, {})
+
+    def _query(self, source: Source, before: Source, query: list[str]) -> list[str]:
+        pair = (source.commit, before.commit)
+        if pair not in self._results:
+            self._results[pair] = _load(_cache("search", f"{pair[0]}-{pair[1]}.json")) or {}
+        results = self._results[pair]
+        key = json.dumps(query)
+        if key not in results:
+            if self._changed[0] != pair:  # the texts of one pair at a time are held
+                old = before.listing()
+                changed = {p: b for p, b in source.listing().items() if old.get(p) != b}
+                self._changed = (pair, changed, source.texts(changed.values(), keep=False))
+            _, changed, texts = self._changed
+            if query[0] == "name":
+                pattern = re.compile(rf"^\s*(?:async\s+def|def|class)\s+{re.escape(query[1])}\b",
+                                     re.M)
+                results[key] = sorted(p for p, b in changed.items() if pattern.search(texts[b]))
+            else:
+                results[key] = sorted(p for p, b in changed.items()
+                                      if all(word in texts[b] for word in query[1:]))
+            self._dirty.add(pair)
+        return results[key]
+
+    def save(self) -> None:
+        for pair in self._dirty:
+            _save(_cache("search", f"{pair[0]}-{pair[1]}.json"), self._results[pair])
+        self._dirty.clear()
+
+    def find(self, source: Source, before: Source, file: str, name: str,
+             last: Seen | None) -> Seen | None:
+        """The definition `name` of `file` (or `last`, its version in an earlier release,
+        if it was found) in `source`; see the module doc for the order of the searches."""
+        where_file, where_name = (last.file, last.name) if last else (file, name)
+        defs = self.index.defs(source, where_file)
+        blob = source.blob(where_file)
+        if defs and where_name in defs:
+            return _seen(where_file, defs[where_name], blob)
+        if where_name == pydefs.MODULE:
+            return None
+        for path in self._query(source, before, ["name", where_name.split(".")[0]]):
+            found = self.index.defs(source, path)
+            if found and where_name in found:
+                return _seen(path, found[where_name], source.blob(path))
+        if last and last.idents:
+            for path in self._query(source, before, ["ids", *last.idents]):
+                for d in (self.index.defs(source, path) or {}).values():
+                    if d.name != pydefs.MODULE and d.body == last.body:
+                        return _seen(path, d, source.blob(path))
+        return None
+
+
+# --- 3. changes, the report ---------------------------------------------------------------
+
+
+def _kind(prev: Seen | None, cur: Seen | None, seen_before: bool) -> str | None:
+    if prev is None:
+        return None if cur is None else ("reappeared" if seen_before else "appeared")
+    if cur is None:
+        return "deleted"
+    moved, renamed = cur.file != prev.file, cur.name != prev.name
+    if moved or renamed:
+        kind = "moved and renamed" if moved and renamed else "moved" if moved else "renamed"
+        return kind + (" and changed" if cur.body != prev.body else "")
+    return "changed" if cur.dump != prev.dump else None
+
+
+def _diff(a: list[str], b: list[str], a_label: str, b_label: str) -> tuple[str, int]:
+    lines = list(difflib.unified_diff(a, b, a_label, b_label, lineterm=""))
+    count = sum(1 for line in lines[2:] if line[:1] in "+-")
+    return "\n".join(lines) + "\n" if lines else "", count
+
+
+def _safe(part: str) -> str:
+    return "_module_" if part == pydefs.MODULE else re.sub(r"[^\w.+-]", "_", part)
+
+
+@dataclass
+class Drift:
+    data: dict                                              # the JSON section
+    diffs: dict[str, str] = field(default_factory=dict)     # "drift/..." -> diff text
+
+    def to_json(self) -> dict:
+        return self.data
+
+    def markdown(self) -> str:
+        return to_markdown(self.data)
+
+    def write(self, out_dir: Path) -> None:
+        write_diffs(self, out_dir)
+
+
+def for_matrix(pin, patches: list[Patch], matrix) -> Drift:
+    """Drift over the releases of a status matrix (their trees are in the cache)."""
+    trees = [(r.version, releases.tree_entry(r.sha256) / "tree") for r in matrix.releases]
+    return compute(releases.tree_entry(pin.sdist.sha256) / "tree", patches, trees,
+                   pin.upstream_version)
+
+
+def compute(pin_tree: Path, patches: list[Patch], trees: list[tuple[str, Path]],
+            pin_version: str) -> Drift:
+    """trees: (version, cached tree) in order; those not newer than the pin are skipped."""
+    index = Index()
+    searcher = Searcher(index)
+    targets = find_targets(pin_tree, patches, index)
+    pin = Source(pin_tree, pin_version)
+    later = [(v, Source(tree, v)) for v, tree in trees
+             if releases.version_key(v) > releases.version_key(pin_version)]
+    files = {t.file for pt in targets.values() for t in pt.targets}
+    pin.prefetch(files)
+    chains: dict[tuple[str, str], list[Seen | None]] = {}
+    for pt in targets.values():
+        for t in pt.targets:
+            chains.setdefault((t.file, t.name), [])
+    starts = {}
+    for file, name in chains:
+        defs = index.defs(pin, file) or {}
+        starts[(file, name)] = _seen(file, defs[name], pin.blob(file)) if name in defs else None
+    before, started = pin, time.monotonic()
+    for number, (version, source) in enumerate(later, 1):
+        source.prefetch(files | {s.file for c in chains.values() for s in c[-1:] if s})
+        for key, chain in chains.items():
+            last = next((s for s in reversed(chain) if s), starts[key])
+            chain.append(searcher.find(source, before, key[0], key[1], last))
+        before = source
+        _log.info(f"[{number}/{len(later)}] {version}: {len(chains)} definition(s) looked up "
+                  f"({time.monotonic() - started:.1f} s)")
+    searcher.save()
+    sources = {v: s for v, s in later}
+    drift = Drift({"pin": pin_version, "releases": [v for v, _ in later], "patches": [],
+                   "notes": [f"{where}: {why}; its definitions count as missing there"
+                             for where, why in sorted(index.errors.items())]})
+    short = [p.name[:4] for p in patches]
+    for patch in patches:  # diffs under drift/<0002>/... (the full stem if not unique)
+        stem = _safe(patch.name[:4]) if short.count(patch.name[:4]) == 1 else \
+            _safe(patch.name.removesuffix(".patch"))
+        drift.data["patches"].append(_patch_report(patch, stem, targets[patch.name], chains,
+                                                   starts, later, pin, sources, drift.diffs))
+    return drift
+
+
+def _patch_report(patch, stem, pt: PatchTargets, chains, starts, later, pin, sources, diffs
+                  ) -> dict:
+    header = (patch.trailers.get("Applied-Upstream") or [None])[0]
+    try:
+        landed = releases.version_key(header) if header else None
+    except OverlayError:  # not a release number: every change is shown
+        landed = None
+    definitions = []
+    for t in pt.targets:
+        key = (t.file, t.name)
+        if t.new:
+            ours = pt.ours[f"{t.file}::{t.name}"]
+            ref_lines, prev, seen_before = ours["lines"], None, False
+        else:
+            ref = starts[key]
+            ref_lines, prev, seen_before = ref.lines(pin), ref, True
+        ref_label = f"{pin.label}{' + ' + patch.name[:4] if t.new else ''}/{t.file}::{t.name}"
+        changes, prev_version = [], None
+        for (version, source), cur in zip(later, chains[key]):
+            kind = _kind(prev, cur, seen_before)
+            if kind:
+                where = f"{cur.file}::{cur.name}" if cur else ""
+                base = f"drift/{stem}/{t.file}/{_safe(t.name)}/{version}"
+                cur_lines = cur.lines(source) if cur else []
+                text, count = _diff(ref_lines, cur_lines, ref_label,
+                                    f"{version}/{where or t.file + '::' + t.name}")
+                change = {"release": version, "kind": kind, "location": where,
+                          "follow_up": landed is None
+                          or releases.version_key(version) > landed,
+                          "changed_lines": count, "diff": f"{base}.diff"}
+                diffs[change["diff"]] = text
+                if prev is not None and prev_version is not None and cur is not None:
+                    step, step_count = _diff(prev.lines(sources[prev_version]), cur_lines,
+                                             f"{prev_version}/{prev.file}::{prev.name}",
+                                             f"{version}/{where}")
+                    change.update(step_from=prev_version, step_changed_lines=step_count,
+                                  step_diff=f"{base}.since-{prev_version}.diff")
+                    diffs[change["step_diff"]] = step
+                changes.append(change)
+            if cur is not None:
+                seen_before, prev, prev_version = True, cur, version
+            elif prev is not None:
+                prev, prev_version = None, None
+        definitions.append({"file": t.file, "name": t.name, "new": t.new,
+                            "changes": changes[::-1]})
+    return {"name": patch.name, "subject": patch.subject, "applied_upstream": header,
+            "skipped": pt.skipped, "not_python": pt.not_python, "definitions": definitions}
+
+
+def reported(patch: dict) -> list[tuple[dict, list[dict]]]:
+    """(definition, its changes to show): for a patch already upstream only those after
+    its Applied-Upstream release (the rest is the patch landing)."""
+    out = []
+    for d in patch["definitions"]:
+        shown = [c for c in d["changes"] if c["follow_up"]]
+        if shown:
+            out.append((d, shown))
+    return out
+
+
+def _cell(change: dict) -> str:
+    text = f"{change['release']} {change['kind']}"
+    if "moved" in change["kind"] or "renamed" in change["kind"]:
+        text += f": now `{change['location']}`"
+    text += f", {change['changed_lines']} lines ([diff]({change['diff']})"
+    if "step_diff" in change:
+        text += f", [since {change['step_from']}]({change['step_diff']}): " \
+                f"{change['step_changed_lines']} lines"
+    return text + ")"
+
+
+def to_markdown(data: dict) -> str:
+    releases = data["releases"]
+    lines = ["## Drift: upstream changes to the code each patch touches", ""]
+    if not releases:
+        return "\n".join(lines + ["No release after the pin in this range.", ""])
+    lines += [f"Releases after the pin {data['pin']}: {', '.join(releases)}. Per patch, the "
+              "definitions its hunks change or add on the pin (functions, methods, a class's "
+              "own code, `<module>` code), compared in each release with the release before "
+              "(normalised AST: formatting, comments, docstrings do not count). Newest first; "
+              "`diff`: the definition against the pinned upstream (ours, for a definition the "
+              "series adds), with its count of changed lines; `since`: against the release "
+              "before. For a patch with `Applied-Upstream: A` only changes after A are shown: "
+              "candidate follow-up fixes (the JSON has all).", ""]
+    lines += [f"- note: {n}" for n in data["notes"]] + ([""] if data["notes"] else [])
+    for patch in data["patches"]:
+        title = f"### {patch['name'][:4]} {patch['subject']}"
+        if patch["applied_upstream"]:
+            title += f" (Applied-Upstream {patch['applied_upstream']}: changes after it)"
+        lines += [title, ""]
+        if patch["skipped"]:
+            lines += [f"Not tracked: {patch['skipped']}", ""]
+            continue
+        shown = reported(patch)
+        if shown:
+            lines += ["| file | definition | changes, newest first |", "| --- | --- | --- |"]
+            for d, changes in shown:
+                new = " (added by the series)" if d["new"] else ""
+                lines.append(f"| `{d['file']}` | `{d['name']}`{new} | "
+                             + "<br>".join(_cell(c) for c in changes) + " |")
+            lines.append("")
+        quiet = [d for d in patch["definitions"] if d not in [s[0] for s in shown]]
+        if quiet:
+            lines += [f"No {'later ' if patch['applied_upstream'] else ''}change: "
+                      + ", ".join(f"`{d['file']}::{d['name']}`" for d in quiet), ""]
+        if patch["not_python"]:
+            lines += ["Not Python, not tracked: "
+                      + ", ".join(f"`{p}`" for p in patch["not_python"]), ""]
+    return "\n".join(lines)
+
+
+def summary(data: dict, report: Path) -> str:
+    """A few lines for the terminal: changed definitions by patch, the report's path."""
+    out, total = [], 0
+    for patch in data["patches"]:
+        shown = reported(patch)
+        total += len(shown)
+        since = f" after {patch['applied_upstream']}" if patch["applied_upstream"] else ""
+        out.append(f"  {patch['name'][:4]}: {len(shown)} changed{since}"
+                   + (f" ({patch['skipped']})" if patch["skipped"] else ""))
+        for d, changes in shown[:SUMMARY_PER_PATCH]:
+            out.append(f"    {d['file']}::{d['name']}: "
+                       + ", ".join(f"{c['release']}" + ("" if c["kind"] == "changed" else
+                                                         f" {c['kind']}") for c in changes))
+        if len(shown) > SUMMARY_PER_PATCH:
+            out.append(f"    ... and {len(shown) - SUMMARY_PER_PATCH} more")
+    head = (f"drift: {total} definition(s) the series touches changed upstream "
+            f"({data['releases'][0]} .. {data['releases'][-1]})" if data["releases"]
+            else "drift: no release after the pin")
+    return "\n".join([head, *out, f"drift: report in {report} (Drift section), "
+                                  f"diffs in {report.parent / 'drift'}"])
+
+
+def write_diffs(drift: Drift, out_dir: Path) -> None:
+    """out_dir/drift/..., replaced as a whole (written beside, then renamed)."""
+    final = out_dir / "drift"
+    staging = out_dir / f".drift.tmp{os.getpid()}"
+    for rel, text in drift.diffs.items():
+        path = staging / Path(rel).relative_to("drift")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    staging.mkdir(parents=True, exist_ok=True)
+    old = out_dir / f".drift.old{os.getpid()}"
+    if final.exists():
+        os.replace(final, old)
+    os.replace(staging, final)
+    if old.exists():
+        shutil.rmtree(old)
