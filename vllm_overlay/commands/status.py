@@ -7,7 +7,7 @@ from pathlib import Path
 from vllm_overlay.common import log, pin, series
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.paths import REPO
-from vllm_overlay.upstream import drift, releases, status
+from vllm_overlay.upstream import drift, drift_report, releases, status
 
 REPORTS = REPO / "reports"
 _log = log.stage("status")
@@ -45,7 +45,7 @@ def run(args) -> None:
     print(status.timing_table(matrix), file=sys.stderr)
     _log.info(f"wrote {md} and {js}")
     if found is not None:
-        print(drift.summary(found.data, md))
+        print(drift_report.summary(found.data, md))
 
 
 def add(sub) -> None:

@@ -19,9 +19,7 @@ which status runs change) and cached by content (blob, commit) under the cache's
 import difflib
 import hashlib
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -35,12 +33,11 @@ from vllm_overlay.common.fs import atomic_write
 from vllm_overlay.common.git import git
 from vllm_overlay.common.paths import cache_dir
 from vllm_overlay.common.series import Patch
-from vllm_overlay.upstream import pydefs, releases
+from vllm_overlay.upstream import drift_report, pydefs, releases
 
 _log = log.stage("drift")
 
 SCHEMA = 1
-SUMMARY_PER_PATCH = 8
 _HUNK_RE = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 
 
@@ -182,24 +179,25 @@ class PatchTargets:
 def _code_lines(diff: str) -> dict[str, tuple[set[int], set[int]]]:
     """path -> (old line numbers removed, new line numbers added), code lines only."""
     out: dict[str, tuple[set[int], set[int]]] = {}
-    old_path = new_path = None
-    old_no = new_no = 0
+    path, header, old_no, new_no = None, False, 0, 0
     for line in diff.splitlines():
-        if line.startswith("--- "):
-            old_path = None if line == "--- /dev/null" else line[6:]
-        elif line.startswith("+++ "):
-            new_path = None if line == "+++ /dev/null" else line[6:]
-            out.setdefault(new_path or old_path, (set(), set()))
+        if line.startswith("diff --git "):
+            path, header = None, True
+        elif header and line.startswith(("--- a/", "+++ b/")):
+            path = line[6:]  # the +++ line, unless the file is deleted
         elif m := _HUNK_RE.match(line):
-            old_no, new_no = int(m[1]), int(m[3])
-        elif line[:1] in "+-" and (new_path or old_path):
-            code = line[1:].strip() and not line[1:].strip().startswith("#")
-            removed, added = out[new_path or old_path]
+            header, old_no, new_no = False, int(m[1]), int(m[3])
+            removed_added = out.setdefault(path, (set(), set()))
+        elif not header and line[:1] in "+-":
+            text = line[1:].strip()
+            code = bool(text) and not text.startswith("#")
             if line[0] == "-":
-                removed.add(old_no) if code else None
+                if code:
+                    removed_added[0].add(old_no)
                 old_no += 1
             else:
-                added.add(new_no) if code else None
+                if code:
+                    removed_added[1].add(new_no)
                 new_no += 1
     return out
 
@@ -379,10 +377,10 @@ class Drift:
         return self.data
 
     def markdown(self) -> str:
-        return to_markdown(self.data)
+        return drift_report.to_markdown(self.data)
 
     def write(self, out_dir: Path) -> None:
-        write_diffs(self, out_dir)
+        drift_report.write_diffs(self.diffs, out_dir)
 
 
 def for_matrix(pin, patches: list[Patch], matrix) -> Drift:
@@ -481,104 +479,3 @@ def _patch_report(patch, stem, pt: PatchTargets, chains, starts, later, pin, sou
                             "changes": changes[::-1]})
     return {"name": patch.name, "subject": patch.subject, "applied_upstream": header,
             "skipped": pt.skipped, "not_python": pt.not_python, "definitions": definitions}
-
-
-def reported(patch: dict) -> list[tuple[dict, list[dict]]]:
-    """(definition, its changes to show): for a patch already upstream only those after
-    its Applied-Upstream release (the rest is the patch landing)."""
-    out = []
-    for d in patch["definitions"]:
-        shown = [c for c in d["changes"] if c["follow_up"]]
-        if shown:
-            out.append((d, shown))
-    return out
-
-
-def _cell(change: dict) -> str:
-    text = f"{change['release']} {change['kind']}"
-    if "moved" in change["kind"] or "renamed" in change["kind"]:
-        text += f": now `{change['location']}`"
-    text += f", {change['changed_lines']} lines ([diff]({change['diff']})"
-    if "step_diff" in change:
-        text += f", [since {change['step_from']}]({change['step_diff']}): " \
-                f"{change['step_changed_lines']} lines"
-    return text + ")"
-
-
-def to_markdown(data: dict) -> str:
-    releases = data["releases"]
-    lines = ["## Drift: upstream changes to the code each patch touches", ""]
-    if not releases:
-        return "\n".join(lines + ["No release after the pin in this range.", ""])
-    lines += [f"Releases after the pin {data['pin']}: {', '.join(releases)}. Per patch, the "
-              "definitions its hunks change or add on the pin (functions, methods, a class's "
-              "own code, `<module>` code), compared in each release with the release before "
-              "(normalised AST: formatting, comments, docstrings do not count). Newest first; "
-              "`diff`: the definition against the pinned upstream (ours, for a definition the "
-              "series adds), with its count of changed lines; `since`: against the release "
-              "before. For a patch with `Applied-Upstream: A` only changes after A are shown: "
-              "candidate follow-up fixes (the JSON has all).", ""]
-    lines += [f"- note: {n}" for n in data["notes"]] + ([""] if data["notes"] else [])
-    for patch in data["patches"]:
-        title = f"### {patch['name'][:4]} {patch['subject']}"
-        if patch["applied_upstream"]:
-            title += f" (Applied-Upstream {patch['applied_upstream']}: changes after it)"
-        lines += [title, ""]
-        if patch["skipped"]:
-            lines += [f"Not tracked: {patch['skipped']}", ""]
-            continue
-        shown = reported(patch)
-        if shown:
-            lines += ["| file | definition | changes, newest first |", "| --- | --- | --- |"]
-            for d, changes in shown:
-                new = " (added by the series)" if d["new"] else ""
-                lines.append(f"| `{d['file']}` | `{d['name']}`{new} | "
-                             + "<br>".join(_cell(c) for c in changes) + " |")
-            lines.append("")
-        quiet = [d for d in patch["definitions"] if d not in [s[0] for s in shown]]
-        if quiet:
-            lines += [f"No {'later ' if patch['applied_upstream'] else ''}change: "
-                      + ", ".join(f"`{d['file']}::{d['name']}`" for d in quiet), ""]
-        if patch["not_python"]:
-            lines += ["Not Python, not tracked: "
-                      + ", ".join(f"`{p}`" for p in patch["not_python"]), ""]
-    return "\n".join(lines)
-
-
-def summary(data: dict, report: Path) -> str:
-    """A few lines for the terminal: changed definitions by patch, the report's path."""
-    out, total = [], 0
-    for patch in data["patches"]:
-        shown = reported(patch)
-        total += len(shown)
-        since = f" after {patch['applied_upstream']}" if patch["applied_upstream"] else ""
-        out.append(f"  {patch['name'][:4]}: {len(shown)} changed{since}"
-                   + (f" ({patch['skipped']})" if patch["skipped"] else ""))
-        for d, changes in shown[:SUMMARY_PER_PATCH]:
-            out.append(f"    {d['file']}::{d['name']}: "
-                       + ", ".join(f"{c['release']}" + ("" if c["kind"] == "changed" else
-                                                         f" {c['kind']}") for c in changes))
-        if len(shown) > SUMMARY_PER_PATCH:
-            out.append(f"    ... and {len(shown) - SUMMARY_PER_PATCH} more")
-    head = (f"drift: {total} definition(s) the series touches changed upstream "
-            f"({data['releases'][0]} .. {data['releases'][-1]})" if data["releases"]
-            else "drift: no release after the pin")
-    return "\n".join([head, *out, f"drift: report in {report} (Drift section), "
-                                  f"diffs in {report.parent / 'drift'}"])
-
-
-def write_diffs(drift: Drift, out_dir: Path) -> None:
-    """out_dir/drift/..., replaced as a whole (written beside, then renamed)."""
-    final = out_dir / "drift"
-    staging = out_dir / f".drift.tmp{os.getpid()}"
-    for rel, text in drift.diffs.items():
-        path = staging / Path(rel).relative_to("drift")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    staging.mkdir(parents=True, exist_ok=True)
-    old = out_dir / f".drift.old{os.getpid()}"
-    if final.exists():
-        os.replace(final, old)
-    os.replace(staging, final)
-    if old.exists():
-        shutil.rmtree(old)
