@@ -6,9 +6,10 @@
    lines do not count). A definition the pinned upstream lacks is one the series adds: its
    reference is our version; otherwise the pinned upstream's.
 2. Tracking: per release after the pin, in order, the target is looked up where it was in
-   the release before; if it is not there: a definition with the same normalised body in the
-   same file (renamed), the same dotted name in a file that changed since the release
-   before (moved), the same body there (moved and renamed); else it is deleted.
+   the release before; if it is not there: the same dotted name in a file that changed since
+   the release before (moved; for one of ours not yet seen upstream, a public name only),
+   else a definition with the same normalised body in such a file (renamed, or moved and
+   renamed; a few identifiers of the definition pre-select the files); else it is deleted.
 3. Changes: a release where the found version differs from the one before (normalised
    AST), or the location differs, is a change; the diff against the reference and against
    the release before is kept for the report.
@@ -329,8 +330,8 @@ class Searcher:
         blob = source.blob(where_file)
         if defs and where_name in defs:
             return _seen(where_file, defs[where_name], blob)
-        if where_name == pydefs.MODULE:
-            return None
+        if where_name == pydefs.MODULE or (last is None and where_name.startswith("_")):
+            return None  # a private name of ours elsewhere upstream is no evidence
         for path in self._query(source, before, ["name", where_name.split(".")[0]]):
             found = self.index.defs(source, path)
             if found and where_name in found:

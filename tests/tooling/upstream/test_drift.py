@@ -3,11 +3,11 @@
   P1 changes touched() and K.method      2.0.1 reformats touched (comment, docstring, layout)
                                          and changes untouched(); 2.0.2 and 2.0.4 change
                                          touched(); K.method never changes
-  P2 adds helper(), changes to_rename(), 2.0.3: helper() appears upstream, to_rename is
-     to_delete(), n.py's to_move() and   renamed (same body), to_move moves to o.py and
-     to_move_rename()                    changes, to_move_rename moves to o.py as
-                                         moved_renamed; 2.0.4 deletes to_delete; 2.0.5
-                                         changes renamed_fn
+  P2 adds helper() and _private(),      2.0.3: helper() appears upstream (o.py gets a
+     changes to_rename(), to_delete(),   _private() of its own), to_rename is renamed
+     n.py's to_move() and                (same body), to_move moves to o.py and changes,
+     to_move_rename()                    to_move_rename moves to o.py as moved_renamed;
+                                         2.0.4 deletes to_delete; 2.0.5 changes renamed_fn
   P3 changes LIMIT (module code),        2.0.2 lands it; 2.0.5 adds an import: a follow-up
      Applied-Upstream: 2.0.2
   2.0.6 is 2.0.5 again: no change.
@@ -84,6 +84,7 @@ def release_files(i: int) -> dict[str, str]:
         m = m.replace("def to_rename(a, b):", "def renamed_fn(a, b):")
         m += "\n\ndef helper(y):\n    return y * 1\n"
         o, n = n.replace("to_move_rename", "moved_renamed").replace("in values", "in list(values)"), ""
+        o += "\n\ndef _private(z):\n    return z\n"  # not ours, though of the same name
     if i >= 4:
         m = m.replace("return x + 10", "return x + 20")
         m = m.replace("\n\ndef to_delete():\n    return os.sep\n", "")
@@ -105,7 +106,8 @@ PATCHES = {
                                   .replace("return self.field", "return self.field + 1")}, []),
     "P2: helper and friends": ({
         "vllm/m.py": lambda t: t.replace("return a - b + LIMIT", "return a - b + LIMIT + 1")
-        .replace("return os.sep", "return os.sep * 2") + "\n\ndef helper(y):\n    return y\n",
+        .replace("return os.sep", "return os.sep * 2")
+        + "\n\ndef helper(y):\n    return y\n\n\ndef _private(z):\n    return z\n",
         "vllm/n.py": lambda t: t.replace("v + offset", "v - offset")
         .replace("item * scale_factor", "item / scale_factor")}, []),
     "P3: raise LIMIT": ({"vllm/m.py": lambda t: t.replace("LIMIT = 3", "LIMIT = 4")}, []),
@@ -184,7 +186,8 @@ def test_targets_are_the_definitions_each_patch_touches(drift_upstream):
                for p in found.data["patches"]}
     assert targets == {
         "0001": [("vllm/m.py", "K.method", False), ("vllm/m.py", "touched", False)],
-        "0002": [("vllm/m.py", "helper", True), ("vllm/m.py", "to_delete", False),
+        "0002": [("vllm/m.py", "_private", True), ("vllm/m.py", "helper", True),
+                 ("vllm/m.py", "to_delete", False),
                  ("vllm/m.py", "to_rename", False), ("vllm/n.py", "to_move", False),
                  ("vllm/n.py", "to_move_rename", False)],
         "0003": [("vllm/m.py", "<module>", False)]}
@@ -200,6 +203,7 @@ def test_changes_moves_renames_deletes_and_a_new_function(drift_upstream, tmp_pa
     assert all(name != "untouched" for p in got.values() for _, name in p)
     p2 = got["0002"]
     assert p2[("vllm/m.py", "helper")] == [("2.0.3", "appeared", "vllm/m.py::helper")]
+    assert p2[("vllm/m.py", "_private")] == []  # o.py's _private is another one
     assert p2[("vllm/m.py", "to_rename")] == [
         ("2.0.5", "changed", "vllm/m.py::renamed_fn"),
         ("2.0.3", "renamed", "vllm/m.py::renamed_fn")]
