@@ -270,3 +270,14 @@ def test_a_range_that_starts_after_the_pin(drift_upstream):
     assert got["0001"][("vllm/m.py", "touched")] == [("2.0.3", "changed", "vllm/m.py::touched")]
     assert got["0002"][("vllm/m.py", "to_rename")] == [
         ("2.0.3", "renamed", "vllm/m.py::renamed_fn")]
+
+
+def test_diff_lines_skip_blanks_and_comments_and_read_headers_per_file():
+    diff = ("diff --git a/x.md b/x.md\n--- a/x.md\n+++ b/x.md\n@@ -3 +3,2 @@\n"
+            "--- a removed line that looks like a header\n+++ an added one\n+\n"
+            "diff --git a/gone.py b/gone.py\ndeleted file mode 100644\n--- a/gone.py\n"
+            "+++ /dev/null\n@@ -1,3 +0,0 @@\n-x = 1\n-# a comment\n-\n"
+            "diff --git a/new.py b/new.py\nnew file mode 100644\n--- /dev/null\n+++ b/new.py\n"
+            "@@ -0,0 +1,2 @@\n+\n+y = 2\n")
+    assert drift._code_lines(diff) == {"x.md": ({3}, {3}), "gone.py": ({1}, set()),
+                                       "new.py": (set(), {2})}
