@@ -68,34 +68,26 @@ class Source:
     def __init__(self, tree: Path, label: str, rev: str = apply.BASE_TAG):
         self.tree, self.label = tree, label
         self.commit = git(tree, "rev-parse", f"{rev}^{{commit}}").stdout.strip()
-        self._blobs: dict[str, str | None] = {}
         self._listing: dict[str, str] | None = None
         self._texts: dict[str, str] = {}
 
-    def _ls(self, *paths: str) -> dict[str, str]:
-        out = git(self.tree, "ls-tree", "-r", "-z", self.commit, "--", *paths).stdout
-        found = {}
-        for entry in filter(None, out.split("\0")):
-            meta, path = entry.split("\t", 1)
-            if meta.split()[1] == "blob":
-                found[path] = meta.split()[2]
-        return found
-
-    def prefetch(self, paths) -> None:
-        wanted = sorted({p for p in paths if p not in self._blobs})
-        if wanted:
-            found = self._ls(*wanted)
-            self._blobs.update({p: found.get(p) for p in wanted})
+    def listing(self) -> dict[str, str]:
+        """path -> blob of every .py file (one ls-tree per commit, kept in the cache)."""
+        if self._listing is None:
+            entry = _cache("trees", self.commit + ".json")
+            self._listing = _load(entry)
+            if self._listing is None:
+                out = git(self.tree, "ls-tree", "-r", "-z", self.commit).stdout
+                self._listing = {}
+                for item in filter(None, out.split("\0")):
+                    meta, path = item.split("\t", 1)
+                    if meta.split()[1] == "blob" and path.endswith(".py"):
+                        self._listing[path] = meta.split()[2]
+                _save(entry, self._listing)
+        return self._listing
 
     def blob(self, path: str) -> str | None:
-        self.prefetch([path])
-        return self._blobs[path]
-
-    def listing(self) -> dict[str, str]:
-        """path -> blob of every .py file."""
-        if self._listing is None:
-            self._listing = {p: b for p, b in self._ls().items() if p.endswith(".py")}
-        return self._listing
+        return self.listing().get(path)
 
     def texts(self, blobs, keep: bool = True) -> dict[str, str]:
         """blob -> text; keep=False for one-off reads (not held in memory)."""
@@ -401,7 +393,6 @@ def compute(pin_tree: Path, patches: list[Patch], trees: list[tuple[str, Path]],
     later = [(v, Source(tree, v)) for v, tree in trees
              if releases.version_key(v) > releases.version_key(pin_version)]
     files = {t.file for pt in targets.values() for t in pt.targets}
-    pin.prefetch(files)
     chains: dict[tuple[str, str], list[Seen | None]] = {}
     for pt in targets.values():
         for t in pt.targets:
@@ -412,7 +403,6 @@ def compute(pin_tree: Path, patches: list[Patch], trees: list[tuple[str, Path]],
         starts[(file, name)] = _seen(file, defs[name], pin.blob(file)) if name in defs else None
     before, started = pin, time.monotonic()
     for number, (version, source) in enumerate(later, 1):
-        source.prefetch(files | {s.file for c in chains.values() for s in c[-1:] if s})
         for key, chain in chains.items():
             last = next((s for s in reversed(chain) if s), starts[key])
             chain.append(searcher.find(source, before, key[0], key[1], last))
@@ -421,6 +411,9 @@ def compute(pin_tree: Path, patches: list[Patch], trees: list[tuple[str, Path]],
                   f"({time.monotonic() - started:.1f} s)")
     searcher.save()
     sources = {v: s for v, s in later}
+    pin.texts({seen.blob for seen in starts.values() if seen})  # one read per tree
+    for number, (_, source) in enumerate(later):
+        source.texts({c[number].blob for c in chains.values() if c[number]})
     drift = Drift({"pin": pin_version, "releases": [v for v, _ in later], "patches": [],
                    "notes": [f"{where}: {why}; its definitions count as missing there"
                              for where, why in sorted(index.errors.items())]})

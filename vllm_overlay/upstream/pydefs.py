@@ -31,11 +31,11 @@ class Definition:
 
     def source(self, lines: list[str]) -> list[str]:
         """Its own source lines (child definitions of a class or module left out)."""
-        out = []
-        for number in range(self.start, self.end + 1):
-            if not any(a <= number <= b for a, b in self.skip):
-                out.append(lines[number - 1])
-        return out
+        out, at = [], self.start
+        for a, b in sorted(self.skip):
+            out += lines[at - 1:a - 1]
+            at = max(at, b + 1)
+        return out + lines[at - 1:self.end]
 
 
 class _StripStrings(ast.NodeTransformer):
