@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import (apply, docker, export, fetch, pin, publish, runtests, series, setup_build,
                venvs, wheelhouse)
-from . import upstream_cli  # status, bisect
+from . import rebase, upstream_cli  # rebase; status, bisect
 from .errors import OverlayError
 from .paths import REPO
 
@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("pytest_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_pytest)
     upstream_cli.add_commands(sub)  # status, bisect
+    rebase.add_command(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args) or 0
