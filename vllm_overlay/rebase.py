@@ -123,12 +123,16 @@ def _unmerged(tree: Path) -> list[str]:
     return apply.git(tree, "diff", "--name-only", "--diff-filter=U").stdout.split()
 
 
+def _hold(probe_results: list[dict]) -> bool:
+    return bool(probe_results) and all(r["holds"] for r in probe_results)
+
+
 def place(tree: Path, patch: series.Patch, probe_results: list[dict]) -> dict:
     """Apply or drop one patch on the tree; its outcome. A conflict leaves `git am` running."""
-    upstreamed = bool(probe_results) and all(r["holds"] for r in probe_results)
+    upstreamed = _hold(probe_results)
     outcome = {"patch": patch.name, "subject": patch.subject, "probes": probe_results,
                "applied_upstream_header": (patch.trailers.get("Applied-Upstream") or [None])[0],
-               "files": [], "hunks": []}
+               "files": [], "hunks": [], "unmerged": []}
     check = apply.check_patch(tree, patch)
     if check.status in ("clean", "offset"):
         apply.am(tree, patch)
@@ -151,7 +155,7 @@ def place(tree: Path, patch: series.Patch, probe_results: list[dict]) -> dict:
                           "(continue without committing anything)"}
     if not check.files:
         raise OverlayError(f"{patch.name}: git apply failed in {tree}: {check.detail}")
-    hunks = check.detail.splitlines()
+    hunks = check.detail.splitlines()  # git apply names the first failing hunk per file
     proc = apply.git(tree, "am", "-q", "--3way", "--keep-cr", "--committer-date-is-author-date",
                      str(patch.path), check=False)
     if proc.returncode == 0:
@@ -164,7 +168,7 @@ def place(tree: Path, patch: series.Patch, probe_results: list[dict]) -> dict:
               f"3-way merge impossible ({output.splitlines()[-1] if output else 'no output'}): "
               "apply it by hand (e.g. `git apply --reject`), then `git add` the files")
     return {**outcome, "result": "conflict", "detail": detail, "hunks": hunks,
-            "files": sorted(set(check.files) | set(unmerged))}
+            "files": sorted(set(check.files) | set(unmerged)), "unmerged": unmerged}
 
 
 def first_releases(the_pin: pin.Pin, patches: list[series.Patch], parsed: dict,
@@ -179,8 +183,7 @@ def first_releases(the_pin: pin.Pin, patches: list[series.Patch], parsed: dict,
             _, tree = upstream.release_tree(the_pin, version, urls, progress)
             with upstream.using(tree):
                 results[version] = status.run_probes(tree, patches, parsed)
-        probe_results = results[version][name]
-        return bool(probe_results) and all(r["holds"] for r in probe_results)
+        return _hold(results[version][name])
 
     out = {}
     for patch in patches:
@@ -250,10 +253,13 @@ def start(repo: Path, to: str) -> dict | None:
     probe_results = status.run_probes(tree, patches, parsed)  # on the pristine target
     between = upstream.select(sdists, the_pin.upstream_version, f"..{to}",
                               pre=upstream.is_prerelease(to))[1:]
+    upstreamed = [p for p in patches if _hold(probe_results[p.name])]
+    firsts = first_releases(the_pin, upstreamed, parsed, between, {to: probe_results},
+                            {v: sdists[v] for v in between})
     state = {"from": the_pin.upstream_version, "to": to, "version_from": the_pin.overlay_version,
              "version": new_version(the_pin.overlay_version, to), "lock": lock,
              "series_sha256": series.series_digest(patches, repo / "patches"),
-             "probes": probe_results, "releases": {v: sdists[v] for v in between},
+             "probes": probe_results, "first_release": firsts,
              "todo": [p.name for p in patches], "done": [], "stopped": None}
     _write(work / STATE, json.dumps(state, indent=1))
     return state
@@ -302,6 +308,8 @@ def run(repo: Path, state: dict, build_wheel: bool = True, arch: str = "x86_64")
         name = state["todo"].pop(0)
         head = _head(tree)
         outcome = place(tree, patches[name], state["probes"][name])
+        if outcome["result"] in ("dropped-upstream", "flagged"):
+            outcome["release"] = state["first_release"][name]
         state["done"].append(outcome)
         print(f"rebase: [{len(state['done'])}/{total}] {name[:4]} {outcome['result']}: "
               f"{outcome['detail']}", file=sys.stderr, flush=True)
@@ -318,16 +326,6 @@ def run(repo: Path, state: dict, build_wheel: bool = True, arch: str = "x86_64")
 
 def finish(repo: Path, state: dict, tree: Path, the_pin: pin.Pin, build_wheel: bool,
            arch: str) -> None:
-    dropped = [o["patch"] for o in state["done"] if o["result"] == "dropped-upstream"]
-    if dropped:
-        patches = series.read_series(repo / "patches")
-        parsed = status.parse_all(patches)
-        firsts = first_releases(the_pin, [p for p in patches if p.name in dropped], parsed,
-                                list(state["releases"]), {state["to"]: state["probes"]},
-                                state["releases"])
-        for outcome in state["done"]:
-            if outcome["patch"] in firsts:
-                outcome["release"] = firsts[outcome["patch"]]
     export.export(tree, repo / "patches")
     _write(repo / "upstream.lock.json", json.dumps(state["lock"], indent=2) + "\n")
     _write(repo / "VERSION", state["version"] + "\n")
@@ -357,13 +355,13 @@ def stop_message(repo: Path, state: dict, tree: Path) -> str:
     outcome = state["done"][-1]
     lines = [f"rebase: stopped at {outcome['patch']} ({outcome['subject']}): conflict on "
              f"{state['to']}", f"  {outcome['detail']}",
-             *(f"  file: {f}" for f in outcome["files"]),
-             *(f"  hunk: {h}" for h in outcome["hunks"]),
+             *(f"  plain apply failed: {h}" for h in outcome["hunks"]),
+             *(f"  to resolve: {f}" for f in outcome["unmerged"]),
              f"the work tree keeps it for you: {tree}",
              "patches/, upstream.lock.json and VERSION are unchanged. To go on:",
              f"  cd {tree}",
              "  # edit the files, then",
-             f"  git add {' '.join(outcome['files']) or '<files>'} && git am --continue"
+             f"  git add {' '.join(outcome['unmerged']) or '<files>'} && git am --continue"
              "     # or: git am --skip (drops the patch)",
              f"  cd {repo} && make rebase CONTINUE=1     # = ./build.sh rebase --continue"]
     return "\n".join(lines)
@@ -389,14 +387,17 @@ def to_markdown(data: dict) -> str:
              f"{data['version_from']} -> {data['version']}: **{data['state']}**", "",
              "| patch | result | detail |", "| --- | --- | --- |"]
     for o in data["patches"]:
-        result = o["result"] + (f" (in {o['release']})" if o.get("release") else "")
+        result = o["result"]
+        if o.get("release"):
+            result += f" (in {o['release']})" if result == "dropped-upstream" else \
+                f" (probes hold from {o['release']})"
         detail = o.get("detail", "")
         if o.get("resolution"):
             detail += f"; {o['resolution']}"
-        if o.get("files") and o["result"] != "dropped-upstream":
-            detail += "; files: " + ", ".join(f"`{f}`" for f in o["files"])
         if o.get("hunks"):
-            detail += "; hunks: " + "; ".join(f"`{h}`" for h in o["hunks"])
+            detail += "; plain apply failed at: " + "; ".join(f"`{h}`" for h in o["hunks"])
+        if o.get("unmerged"):
+            detail += "; conflicts left in: " + ", ".join(f"`{f}`" for f in o["unmerged"])
         lines.append(f"| {o['patch']} | {result} | {detail.replace('|', '/')} |")
     lines += ["", f"## New lock ({'written' if data['state'] == 'complete' else 'not written yet'})",
               "", f"`{data['lock']['version']}`, released {data['lock']['released']}", "",

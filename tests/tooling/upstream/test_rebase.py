@@ -169,7 +169,7 @@ def test_rebase_stops_at_a_conflict_then_continue_completes(repo, tmp_path, caps
     tree = repo / "work" / "rebase" / f"vllm-{TARGET}"
     assert "<<<<<<<" in (tree / "vllm/b.py").read_text()
     assert (tree / ".git" / "rebase-apply").exists()
-    assert "vllm/b.py" in out and "git am --continue" in out and "make rebase CONTINUE=1" in out
+    assert "to resolve: vllm/b.py" in out and "git am --continue" in out and "make rebase CONTINUE=1" in out
     assert "hunk #1 of 1: @@ -8,7 +8,7 @@" in out
     log = json.loads((repo / "reports" / f"rebase-{PIN}-{TARGET}.json").read_text())
     assert log["state"] == "stopped"
@@ -201,7 +201,7 @@ def test_rebase_stops_at_a_conflict_then_continue_completes(repo, tmp_path, caps
     assert outcomes["B"]["resolution"] == "resolved by hand"
     assert "shifted lines" in outcomes["A"]["detail"]
     md = (repo / "reports" / f"rebase-{PIN}-{TARGET}.md").read_text()
-    assert "dropped-upstream (in 1.0.5)" in md and "| flagged |" in md
+    assert "dropped-upstream (in 1.0.5)" in md and f"| flagged (probes hold from {TARGET}) |" in md
 
     # the new pin: VERSION keeps the label, the lock names the target's verified artifacts
     assert (repo / "VERSION").read_text() == f"{TARGET}+test.1\n"
