@@ -36,7 +36,7 @@ def main() -> None:
     fetch.fetch(the_pin.wheel(ARCH), the_pin.project)
     with tarfile.open(sdist) as tar:
         text = tar.extractfile(f"vllm-{the_pin.upstream_version}/"
-                               f"{setup_build.BUILD_REQUIREMENTS}").read().decode()
+                               f"{setup_build.BUILD_REQUIREMENTS[0]}").read().decode()
     started = time.monotonic()
     venvs.ensure_venv("build", setup_build.parse_requirements(text))
     print(f"build venv ready in {time.monotonic() - started:.1f} s (not timed below)")

@@ -33,7 +33,10 @@ from .build import VERSION_FILE, record_hash
 from .errors import OverlayError
 from .paths import REPO
 
-BUILD_REQUIREMENTS = "requirements/build.txt"
+# vLLM's build requirements: requirements/build.txt to 0.19, requirements/build/cuda.txt from 0.20
+BUILD_REQUIREMENTS = ("requirements/build.txt", "requirements/build/cuda.txt")
+# The torch the pinned tree's build requirements pin is used (so a new pin needs no change
+# here); the CUDA table below is for this torch only, and MODE=source checks that.
 PINNED_TORCH = "2.10.0"
 # CUDA versions torch 2.10.0 is published for (download.pytorch.org cu126/cu128/cu130);
 # PyPI's torch==2.10.0 is the cu128 one. torch refuses extensions built with another
@@ -60,15 +63,15 @@ def parse_requirements(text: str) -> list[str]:
 
 
 def build_requirements(tree: Path) -> list[str]:
-    path = tree / BUILD_REQUIREMENTS
+    path = next((tree / p for p in BUILD_REQUIREMENTS if (tree / p).is_file()),
+                tree / BUILD_REQUIREMENTS[0])
     try:
         reqs = parse_requirements(path.read_text())
     except OSError as exc:
         raise OverlayError(f"{path}: cannot read vLLM's build requirements: {exc}") from exc
     torch = [r for r in reqs if re.match(r"^torch\s*[=<>~!]", r)]
-    if torch != [f"torch=={PINNED_TORCH}"]:
-        raise OverlayError(f"{path}: expected the pin torch=={PINNED_TORCH}, found {torch}; "
-                           f"update setup_build.PINNED_TORCH and TORCH_CUDA_VERSIONS together")
+    if len(torch) != 1 or not re.fullmatch(r"torch==\d[\w.]*", torch[0]):
+        raise OverlayError(f"{path}: expected one exact pin torch==<version>, found {torch}")
     return reqs
 
 
@@ -299,6 +302,11 @@ def make_wheel(mode: str, arch: str = "x86_64", wheelhouse_dir: Path = wheelhous
               file=sys.stderr)
         apply.apply_series(sdist, patches, tree, the_pin.released)
         reqs, install_args = build_requirements(tree), ()
+        if source and f"torch=={PINNED_TORCH}" not in reqs:
+            raise OverlayError(f"MODE=source knows the CUDA builds of torch {PINNED_TORCH} only "
+                               f"(setup_build.TORCH_CUDA_VERSIONS, CUDA_ARCHS), but {tree} pins "
+                               f"{[r for r in reqs if r.startswith('torch==')][0]}: update "
+                               f"PINNED_TORCH and those tables together")
         if source:
             torch_req, install_args = source.torch_requirement()
             reqs = [torch_req if r == f"torch=={PINNED_TORCH}" else r for r in reqs]
@@ -367,7 +375,7 @@ def dry_run(mode: str, arch: str, source: SourceConfig | None = None,
              f"supports {', '.join(TORCH_CUDA_VERSIONS)}): ok",
              *(f"preflight: {note}" for note in source.notes),
              f"tree: {tree} (fresh: upstream sdist + patches/series)",
-             f"build venv: {tree}/{BUILD_REQUIREMENTS} with torch=={PINNED_TORCH} replaced by "
+             f"build venv: {tree}/{BUILD_REQUIREMENTS[0]} with torch=={PINNED_TORCH} replaced by "
              f"{torch_req} ({' '.join(install_args)})",
              f"would run (cwd {tree}):",
              "  " + shlex.join(["env", *(f"{k}={v}" for k, v in sorted(env.items())), *cmd]),

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from vllm_overlay import apply, export, fetch, pin, rebase, series
+from vllm_overlay import apply, export, fetch, pin, rebase, series, setup_build, testenv
 from vllm_overlay.errors import OverlayError
 
 from .conftest import write_patches
@@ -42,8 +42,14 @@ def release_files(version: str) -> dict[str, str]:
              "vllm/c.py": "class Config:\n    old: int = 0\n"
                           + "".join(f"    x{k}: int = {k}\n" for k in range(8)),
              "vllm/d.py": "".join(f"D_{k} = {k}\n" for k in range(30)),
-             "setup.py": "raise SystemExit('synthetic')\n"}
-    if version == TARGET:
+             "setup.py": "raise SystemExit('synthetic')\n",
+             "requirements/common.txt": "numpy\n",
+             "requirements/cuda.txt": "-r common.txt\ntorch==2.10.0\n",
+             "requirements/build.txt": "ninja\ntorch==2.10.0\n"}
+    if version == TARGET:  # newer torch; build requirements moved, as in vLLM 0.20
+        files["requirements/cuda.txt"] = "-r common.txt\ntorch==2.11.0\n"
+        files["requirements/build/cuda.txt"] = files.pop("requirements/build.txt").replace(
+            "2.10.0", "2.11.0")
         files["vllm/a.py"] = "# upstream header 1\n# upstream header 2\n" + files["vllm/a.py"]
         files["vllm/b.py"] = files["vllm/b.py"].replace("B_10 = 10\n", "B_10 = 'upstream'\n")
         files["vllm/c.py"] += "    new_field: int | None = None  # upstream's own\n"
@@ -227,6 +233,10 @@ def test_rebase_stops_at_a_conflict_then_continue_completes(repo, tmp_path, caps
     assert export.compare_exports(repo / "patches", tmp_path / "fresh" / "patches") == []
     assert "B_OURS = 'ours'" in (fresh_tree / "vllm/b.py").read_text()
     assert "D_13 = 'upstream'" in (fresh_tree / "vllm/d.py").read_text()
+    # the runtime venv (make test) and the build venv (MODE=precompiled) follow the new pin
+    assert testenv.sdist_requirements(fetch.blob_path(the_pin.sdist.sha256)) == [
+        "numpy", "torch==2.11.0"]
+    assert setup_build.build_requirements(fresh_tree) == ["ninja", "torch==2.11.0"]
     # the wheel for the new pin was built, and the work tree is gone
     assert (repo / "wheelhouse" / f"vllm-{TARGET}+test.1-cp38-abi3-manylinux_2_31_x86_64.whl"
             ).is_file()
