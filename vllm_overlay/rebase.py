@@ -335,6 +335,9 @@ def finish(repo: Path, state: dict, tree: Path, the_pin: pin.Pin, build_wheel: b
     shutil.rmtree(repo / WORK)
     print(f"rebase: {state['from']} -> {state['to']} done; patches/, upstream.lock.json and "
           f"VERSION ({state['version']}) written; log {md}")
+    for o in state["done"]:
+        if o["result"] == "flagged":
+            print(f"flagged for a human: {o['patch']}: {o['detail']}")
     if build_wheel:
         print(wheelhouse.make_wheel(arch, repo / "wheelhouse", repo / "patches", repo))
     print("next: `make test` (its runtime venv follows the new pin's requirements)")
