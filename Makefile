@@ -6,8 +6,8 @@ PYTHON ?= python3
 
 .PHONY: wheel wheel-dry-run test-slow cross-check fetch apply export-patches check-patches test test-fast bench help publish docker
 
-help:
-	@$(OVERLAY) --help
+help:             ## this list (each target's ## text); ./build.sh --help lists the commands
+	@awk -F':[^#]*## ' '/^[a-z][a-z-]*:[^=]*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 wheel:            ## fetch (sha256-checked), apply the series, build + verify the wheel (MODE=overlay|precompiled|source)
 	$(OVERLAY) wheel --arch $(ARCH) --mode $(MODE)
@@ -43,7 +43,7 @@ bench:            ## printed figures: make wheel vs cp and a naive repack; overl
 test: check-patches  ## all CI runs: tooling, wheel, runtime venv, behaviour, upstream subset (reports/)
 	$(OVERLAY) test --arch $(ARCH)
 
-# --- distribution: internal index + Docker image (vllm_overlay/publish.py, docker.py) ---
+# --- distribution: internal index + Docker image (vllm_overlay/dist/) ---
 publish:          ## upload wheelhouse/ wheels: INDEX_URL=<upload URL> [SIMPLE_URL=] [WHEELHOUSE=]
 	@test -n "$(INDEX_URL)" || { echo "error: make publish needs INDEX_URL=<upload URL>" >&2; exit 2; }
 	$(OVERLAY) publish --index-url '$(INDEX_URL)' $(if $(SIMPLE_URL),--simple-url '$(SIMPLE_URL)') \
@@ -54,7 +54,7 @@ docker:           ## build the image: [ARCH=] [IMAGE=] [MODE=source TORCH_CUDA_A
 	  $(if $(TORCH_CUDA_ARCH_LIST),--build-arg 'TORCH_CUDA_ARCH_LIST=$(TORCH_CUDA_ARCH_LIST)') \
 	  $(if $(MAX_JOBS),--build-arg 'MAX_JOBS=$(MAX_JOBS)')
 
-# --- upstream releases: patch x release matrix and bisect (vllm_overlay/upstream_cli.py) ---
+# --- upstream releases: patch x release matrix and bisect (vllm_overlay/upstream/) ---
 # CMD goes to the recipe through the environment, unexpanded, so its quotes and $VARS survive.
 export BISECT_CMD := $(value CMD)
 PATCHES ?= patches
@@ -72,7 +72,7 @@ bisect:           ## first failing release: GOOD=<tag> BAD=<tag> [CHECK=apply|te
 bench-status:     ## time `status` per release, pin..newest, warm cache (prints figures)
 	$(PYTHON) benchmarks/bench_status.py --patches $(PATCHES)
 
-# --- moving the pin: the series onto a newer upstream release (vllm_overlay/rebase.py) ---
+# --- moving the pin: the series onto a newer upstream release (vllm_overlay/upstream/rebase.py) ---
 .PHONY: rebase
 rebase:           ## TO=<release>|latest: new lock + VERSION, patches dropped/rebased, wheel; CONTINUE=1 after a conflict, ABORT=1
 	$(OVERLAY) rebase $(if $(CONTINUE),--continue,$(if $(ABORT),--abort,$(if $(TO),--to $(TO)))) \

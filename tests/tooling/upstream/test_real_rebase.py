@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from vllm_overlay import apply, fetch, pin, series
-from vllm_overlay.paths import REPO
+from vllm_overlay.build import fetch
+from vllm_overlay.common import pin, series
+from vllm_overlay.common.git import git
+from vllm_overlay.common.paths import REPO
 
 pytestmark = pytest.mark.network
 
@@ -45,8 +47,8 @@ def keep_upstream_side(path: Path) -> None:
 
 
 def continue_am(tree: Path, files: list[str]) -> None:
-    apply.git(tree, "add", *files)
-    apply.git(tree, "am", "--continue")
+    git(tree, "add", *files)
+    git(tree, "am", "--continue")
 
 
 def test_make_rebase_to_0_20_0(tmp_path):

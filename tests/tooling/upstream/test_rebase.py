@@ -16,15 +16,19 @@ import base64
 import hashlib
 import io
 import json
-import subprocess
 import tarfile
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from vllm_overlay import apply, export, fetch, pin, rebase, series, setup_build, testenv
-from vllm_overlay.errors import OverlayError
+from vllm_overlay.build import apply, export, fetch, setup_py
+from vllm_overlay.commands import rebase as rebase_command
+from vllm_overlay.common import pin, series
+from vllm_overlay.common.errors import OverlayError
+from vllm_overlay.common.git import git
+from vllm_overlay.testing import testenv
+from vllm_overlay.upstream import rebase
 
 from .conftest import write_patches
 
@@ -50,6 +54,7 @@ def release_files(version: str) -> dict[str, str]:
         files["requirements/cuda.txt"] = "-r common.txt\ntorch==2.11.0\n"
         files["requirements/build/cuda.txt"] = files.pop("requirements/build.txt").replace(
             "2.10.0", "2.11.0")
+        files["docker/Dockerfile"] = "FROM scratch\nARG torch_cuda_arch_list='8.0 9.0'\n"
         files["vllm/a.py"] = "# upstream header 1\n# upstream header 2\n" + files["vllm/a.py"]
         files["vllm/b.py"] = files["vllm/b.py"].replace("B_10 = 10\n", "B_10 = 'upstream'\n")
         files["vllm/c.py"] += "    new_field: int | None = None  # upstream's own\n"
@@ -73,6 +78,10 @@ PATCHES = {  # subject -> (edits, probes)
                        ["defines vllm/b.py::B_OURS"]),
     "E: add e.py": ({"vllm/e.py": lambda t: "E = 1\n"}, ["defines vllm/e.py::E"]),
 }
+
+
+SOURCE_BUILD = {"torch": "2.10.0", "torch_cuda_versions": ["12.8"], "torch_index": "x/{tag}",
+                "cuda_archs": {"12.8": "8.0 9.0 10.0"}, "release_arch_list": "8.0 10.0"}
 
 
 def make_sdist(path: Path, version: str) -> None:
@@ -121,8 +130,8 @@ def write_index(root: Path, dist: Path, fragment=lambda path: lock_entry(path)["
 
 
 def git_commit_all(repo: Path, message: str) -> None:
-    apply.git(repo, "add", "-A")
-    apply.git(repo, "commit", "-q", "-m", message)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", message)
 
 
 @pytest.fixture
@@ -142,10 +151,11 @@ def repo(tmp_path, monkeypatch) -> Path:
     (repo / "upstream.lock.json").write_text(json.dumps({
         "project": "vllm", "version": PIN, "released": "2023-11-14T00:00:00Z",
         "artifacts": {"sdist": lock_entry(dist / f"vllm-{PIN}.tar.gz"),
-                      "wheel-x86_64": lock_entry(dist / wheel_name(PIN))}}, indent=2) + "\n")
+                      "wheel-x86_64": lock_entry(dist / wheel_name(PIN))},
+        "source_build": SOURCE_BUILD}, indent=2) + "\n")
     (repo / ".gitignore").write_text("/work/\n/reports/\n/wheelhouse/\n")
     write_patches(repo / "patches", dist / f"vllm-{PIN}.tar.gz", tmp_path, PATCHES)
-    apply.git(repo, "init", "-q")
+    git(repo, "init", "-q")
     git_commit_all(repo, "the pin")
     return repo
 
@@ -173,11 +183,11 @@ def message(patch: series.Patch) -> str:
 def test_rebase_stops_at_a_conflict_then_continue_completes(repo, tmp_path, capsys):
     before = pinned_bytes(repo)
     old_messages = {p.subject: message(p) for p in series.read_series(repo / "patches")}
-    assert rebase.cmd_rebase(Args(to=TARGET), repo) == 1
+    assert rebase_command.run(Args(to=TARGET), repo) == 1
     out = capsys.readouterr().out
     # stopped at B, the repository untouched, the merge left in the work tree for a human
     assert pinned_bytes(repo) == before
-    assert apply.git(repo, "status", "--porcelain").stdout == ""
+    assert git(repo, "status", "--porcelain").stdout == ""
     tree = repo / "work" / "rebase" / f"vllm-{TARGET}"
     assert "<<<<<<<" in (tree / "vllm/b.py").read_text()
     assert (tree / ".git" / "rebase-apply").exists()
@@ -193,14 +203,14 @@ def test_rebase_stops_at_a_conflict_then_continue_completes(repo, tmp_path, caps
         "vllm/b.py: hunk #1 of 1: @@ -8,7 +8,7 @@ B_6 = 6 does not match"]
 
     with pytest.raises(OverlayError, match="git am` is still in progress"):
-        rebase.cmd_rebase(Args(resume=True), repo)
+        rebase_command.run(Args(resume=True), repo)
     with pytest.raises(OverlayError, match="in progress"):
-        rebase.cmd_rebase(Args(to=TARGET), repo)
+        rebase_command.run(Args(to=TARGET), repo)
     # the human resolves: keep upstream's B_10 and ours as B_OURS
     (tree / "vllm/b.py").write_text(release_files(TARGET)["vllm/b.py"] + "B_OURS = 'ours'\n")
-    apply.git(tree, "add", "vllm/b.py")
-    apply.git(tree, "am", "--continue")
-    assert rebase.cmd_rebase(Args(resume=True), repo) == 0
+    git(tree, "add", "vllm/b.py")
+    git(tree, "am", "--continue")
+    assert rebase_command.run(Args(resume=True), repo) == 0
     out = capsys.readouterr().out
     assert "make test" in out and "flagged for a human: 0003" in out
 
@@ -243,7 +253,13 @@ def test_rebase_stops_at_a_conflict_then_continue_completes(repo, tmp_path, caps
     # the runtime venv (make test) and the build venv (MODE=precompiled) follow the new pin
     assert testenv.sdist_requirements(fetch.blob_path(the_pin.sdist.sha256)) == [
         "numpy", "torch==2.11.0"]
-    assert setup_build.build_requirements(fresh_tree) == ["ninja", "torch==2.11.0"]
+    assert the_pin.source_build.torch == "2.11.0"
+    assert setup_py.build_requirements(fresh_tree, the_pin.source_build.torch) == [
+        "ninja", "torch==2.11.0"]
+    assert the_pin.source_build.release_arch_list == "8.0 9.0"  # from its docker/Dockerfile
+    assert the_pin.source_build.cuda_archs == SOURCE_BUILD["cuda_archs"]  # carried over, and
+    assert any("torch 2.10.0 -> 2.11.0" in note for note in log["notes"])  # said so
+    assert "## For a human" in md
     # the wheel for the new pin was built, and the work tree is gone
     assert (repo / "wheelhouse" / f"vllm-{TARGET}+test.1-cp38-abi3-manylinux_2_31_x86_64.whl"
             ).is_file()
@@ -251,16 +267,16 @@ def test_rebase_stops_at_a_conflict_then_continue_completes(repo, tmp_path, caps
     # a second rebase to the same release is a no-op
     git_commit_all(repo, "rebased")
     after = pinned_bytes(repo)
-    assert rebase.cmd_rebase(Args(to=TARGET), repo) == 0
+    assert rebase_command.run(Args(to=TARGET), repo) == 0
     assert "nothing to do" in capsys.readouterr().out
     assert pinned_bytes(repo) == after
 
 
 def test_skipping_the_conflicting_patch_drops_it(repo, capsys):
-    assert rebase.cmd_rebase(Args(to=TARGET), repo) == 1
+    assert rebase_command.run(Args(to=TARGET), repo) == 1
     tree = repo / "work" / "rebase" / f"vllm-{TARGET}"
-    apply.git(tree, "am", "--skip")
-    assert rebase.cmd_rebase(Args(resume=True), repo) == 0
+    git(tree, "am", "--skip")
+    assert rebase_command.run(Args(resume=True), repo) == 0
     log = json.loads((repo / "reports" / f"rebase-{PIN}-{TARGET}.json").read_text())
     assert by_subject(log)["B"]["resolution"].startswith("dropped by hand")
     assert [p.subject[0] for p in series.read_series(repo / "patches")] == ["A", "C", "D", "E"]
@@ -268,29 +284,29 @@ def test_skipping_the_conflicting_patch_drops_it(repo, capsys):
 
 def test_abort_leaves_nothing(repo):
     before = pinned_bytes(repo)
-    assert rebase.cmd_rebase(Args(to=TARGET), repo) == 1
-    rebase.cmd_rebase(Args(abort=True), repo)
+    assert rebase_command.run(Args(to=TARGET), repo) == 1
+    rebase_command.run(Args(abort=True), repo)
     assert not (repo / "work" / "rebase").exists()
     assert pinned_bytes(repo) == before
     with pytest.raises(OverlayError, match="no rebase in progress"):
-        rebase.cmd_rebase(Args(resume=True), repo)
+        rebase_command.run(Args(resume=True), repo)
 
 
 def test_pin_is_a_noop_and_older_or_unknown_releases_are_errors(repo, capsys):
     before = pinned_bytes(repo)
-    assert rebase.cmd_rebase(Args(to=PIN), repo) == 0
+    assert rebase_command.run(Args(to=PIN), repo) == 0
     assert "nothing to do" in capsys.readouterr().out
     with pytest.raises(OverlayError, match=f"TO={OLD} is older than the pin {PIN}"):
-        rebase.cmd_rebase(Args(to=OLD), repo)
+        rebase_command.run(Args(to=OLD), repo)
     with pytest.raises(OverlayError, match=r"release\(s\) 7.0.0 not on the index"):
-        rebase.cmd_rebase(Args(to="7.0.0"), repo)
+        rebase_command.run(Args(to="7.0.0"), repo)
     assert pinned_bytes(repo) == before and not (repo / "work").exists()
 
 
 def test_uncommitted_pin_files_are_refused(repo):
     (repo / "VERSION").write_text(f"{PIN}+test.4\n")
     with pytest.raises(OverlayError, match="(?s)clean checkout.*M VERSION"):
-        rebase.cmd_rebase(Args(to=TARGET), repo)
+        rebase_command.run(Args(to=TARGET), repo)
 
 
 def test_an_artifact_that_does_not_match_the_index_hash_is_refused(repo, tmp_path):
@@ -299,7 +315,7 @@ def test_an_artifact_that_does_not_match_the_index_hash_is_refused(repo, tmp_pat
     write_index(tmp_path, dist, lambda p: wrong.get(p.name) or lock_entry(p)["sha256"])
     before = pinned_bytes(repo)
     with pytest.raises(OverlayError, match=f"{wheel_name(TARGET)}: downloaded .* sha256"):
-        rebase.cmd_rebase(Args(to=TARGET), repo)
+        rebase_command.run(Args(to=TARGET), repo)
     assert pinned_bytes(repo) == before
     assert not (tmp_path / "cache" / "sha256" / ("0" * 64)).exists()
 
