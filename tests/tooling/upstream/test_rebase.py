@@ -16,6 +16,7 @@ import base64
 import hashlib
 import io
 import json
+import shutil
 import tarfile
 import zipfile
 from pathlib import Path
@@ -56,7 +57,8 @@ def release_files(version: str) -> dict[str, str]:
             "2.10.0", "2.11.0")
         files["docker/Dockerfile"] = "FROM scratch\nARG torch_cuda_arch_list='8.0 9.0'\n"
         files["vllm/a.py"] = "# upstream header 1\n# upstream header 2\n" + files["vllm/a.py"]
-        files["vllm/b.py"] = files["vllm/b.py"].replace("B_10 = 10\n", "B_10 = 'upstream'\n")
+        files["vllm/b.py"] = files["vllm/b.py"].replace("B_10 = 10\n", "B_10 = 'upstream'\n") \
+            .replace("B_3 = 3\n", "B_3 = 'same'\n")
         files["vllm/c.py"] += "    new_field: int | None = None  # upstream's own\n"
         files["vllm/d.py"] = files["vllm/d.py"].replace("D_13 = 13\n", "D_13 = 'upstream'\n")
     return files
@@ -280,6 +282,22 @@ def test_skipping_the_conflicting_patch_drops_it(repo, capsys):
     log = json.loads((repo / "reports" / f"rebase-{PIN}-{TARGET}.json").read_text())
     assert by_subject(log)["B"]["resolution"].startswith("dropped by hand")
     assert [p.subject[0] for p in series.read_series(repo / "patches")] == ["A", "C", "D", "E"]
+
+
+def test_a_change_upstream_has_but_whose_probe_fails_stops_for_a_human(repo, tmp_path):
+    shutil.rmtree(repo / "patches")
+    write_patches(repo / "patches", tmp_path / "dist" / f"vllm-{PIN}.tar.gz", tmp_path / "g", {
+        "G: change B_3": ({"vllm/b.py": lambda t: t.replace("B_3 = 3", "B_3 = 'same'")},
+                          ["defines vllm/b.py::B_NEVER"])})
+    git_commit_all(repo, "series G")
+    assert rebase_command.run(Args(to=TARGET), repo) == 1
+    outcome = json.loads((repo / "reports" / f"rebase-{PIN}-{TARGET}.json").read_text())[
+        "patches"][0]
+    assert outcome["result"] == "conflict" and "already contains" in outcome["detail"]
+    assert rebase_command.run(Args(resume=True), repo) == 0  # nothing committed: dropped
+    log = json.loads((repo / "reports" / f"rebase-{PIN}-{TARGET}.json").read_text())
+    assert log["patches"][0]["resolution"].startswith("dropped by hand")
+    assert series.read_series(repo / "patches") == []
 
 
 def test_abort_leaves_nothing(repo):
