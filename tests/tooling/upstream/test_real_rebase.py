@@ -97,6 +97,10 @@ def test_make_rebase_to_0_20_0(tmp_path):
     assert the_pin.overlay_version == f"{TO}+mmcg.1"
     assert sorted(the_pin.artifacts) == ["sdist", "wheel-aarch64", "wheel-x86_64"]
     assert the_pin.wheel("x86_64").filename == f"vllm-{TO}-cp38-abi3-manylinux_2_35_x86_64.whl"
+    assert the_pin.source_build.torch == "2.11.0"  # 0.20.0's requirements/build/cuda.txt
+    assert any("torch 2.10.0 -> 2.11.0" in note
+               for note in json.loads((clone / "reports" / f"rebase-0.19.1-{TO}.json")
+                                      .read_text())["notes"])
     for art in the_pin.artifacts.values():
         fetch.verify_file(fetch.blob_path(art.sha256), art)
     subjects = [p.subject for p in series.read_series(clone / "patches")]  # renumbered
