@@ -62,14 +62,14 @@ STATUS_OUT ?= reports
 CHECK ?= apply
 .PHONY: status bisect bench-status
 
-status:           ## patch x release matrix -> reports/status.{md,json} [RELEASES=A..B|A,B PATCHES=dir]
+status:           ## patch x release matrix + drift -> reports/status.{md,json}, drift/ [RELEASES=A..B|A,B PATCHES=dir]
 	$(OVERLAY) status --patches $(PATCHES) --out $(STATUS_OUT) $(if $(RELEASES),--releases $(RELEASES))
 
 bisect:           ## first failing release: GOOD=<tag> BAD=<tag> [CHECK=apply|test CMD='...']
 	$(OVERLAY) bisect --patches $(PATCHES) --check $(CHECK) $(if $(GOOD),--good $(GOOD)) \
 	  $(if $(BAD),--bad $(BAD)) $(if $(CMD),--cmd "$$BISECT_CMD")
 
-bench-status:     ## time `status` per release, pin..newest, warm cache (prints figures)
+bench-status:     ## time `status` per release, pin..newest, warm cache, with/without drift (figures)
 	$(PYTHON) benchmarks/bench_status.py --patches $(PATCHES)
 
 # --- moving the pin: the series onto a newer upstream release (vllm_overlay/upstream/rebase.py) ---
