@@ -118,6 +118,11 @@ def reset_to_base(tree: Path, base_id: str) -> bool:
     marker = _base_marker(tree)
     if not marker.exists() or marker.read_text() != base_id:
         return False
+    # Only builds reuse a tree, and they hold the wheelhouse lock: a git lock file here is
+    # left by a killed run of ours (index.lock, HEAD.lock, a ref's lock), never a live one.
+    dot_git = tree / ".git"
+    for lock in [*dot_git.glob("*.lock"), *(dot_git / "refs").glob("**/*.lock")]:
+        lock.unlink(missing_ok=True)
     git(tree, "am", "--abort", check=False)
     git(tree, "checkout", "-q", "-f", "-B", "overlay", BASE_TAG)
     git(tree, "clean", "-q", "-f", "-d", "-x")

@@ -84,6 +84,11 @@ def sync(wheelhouse: Path) -> bool:
         os.chmod(tmp, 0o644)
         _wheelhouse.publish_file(Path(tmp), dest)
         changed = True
+    for stale in simple.glob("*/index.html"):  # a project with no file left (root page first)
+        if stale.relative_to(simple).as_posix() not in pages:
+            stale.unlink()
+            stale.parent.rmdir()
+            changed = True
     if changed:
         print(f"index: {simple} lists {len(sums)} file(s) "
               f"(pip install --index-url {simple.resolve().as_uri()} ...)", file=sys.stderr)

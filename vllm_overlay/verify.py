@@ -7,13 +7,15 @@ vllm/_version.py and the WHEEL tags agree with the file name and VERSION. Upstre
 RECORD is checked once per upstream sha256 (remembered in the cache).
 """
 
+import base64
 import csv
+import hashlib
 import io
 import re
 import zipfile
 from pathlib import Path
 
-from .build import VERSION_FILE, WheelPlan, record_hash
+from .build import VERSION_FILE, WheelPlan
 from .errors import OverlayError
 from .paths import cache_dir
 from .zipraw import data_span
@@ -61,8 +63,13 @@ def check_record_against_content(zf: zipfile.ZipFile, record_name: str,
     for name in names if names is not None else members:
         if name == record_name:
             continue
-        data = zf.read(name)  # also checks the CRC
-        if record[name] != (record_hash(data), str(len(data))):
+        digest, size = hashlib.sha256(), 0
+        with zf.open(name) as member:  # streamed (members reach hundreds of MB); checks CRC
+            while chunk := member.read(_CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+        hashed = "sha256=" + base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode()
+        if record[name] != (hashed, str(size)):
             raise OverlayError(f"{record_name}: wrong hash or size for {name}")
 
 
