@@ -150,9 +150,13 @@ def apply_series(sdist: Path, patches: list[Patch], tree: Path, base_date: str,
             what = {"offset": "applies only at shifted lines (re-export the series)",
                     "applied": "is already applied",
                     "conflict": "does not apply"}[result.status]
+            crlf = patch.path.read_bytes().split(b"\n", 1)[0].endswith(b"\r")
             raise OverlayError(
                 f"patch {patch.name} ({patch.subject}) {what}:\n  "
                 + result.detail.replace("\n", "\n  ")
+                + (f"\n  {patch.name} has CRLF (\\r\\n) line endings (an editor or git's "
+                   f"core.autocrlf?): convert it back to LF (sed -i 's/\\r$//' {patch.name})"
+                   if crlf else "")
                 + f"\nwork tree left for inspection at {tree} (patches before it are applied)")
         am(tree, patch)
         if not git(tree, "diff", "--name-only", "HEAD~1", "HEAD").stdout.strip():

@@ -65,7 +65,10 @@ def cached(art: Artifact) -> Path | None:
         verify_file(path, art)
     except OverlayError as exc:
         raise OverlayError(f"corrupt cache entry: {exc}; delete {path} to fetch again") from exc
-    marker.write_text(_stat_key(path))
+    try:
+        marker.write_text(_stat_key(path))
+    except OSError:
+        pass  # a read-only cache: verified now, and again next time
     return path
 
 
@@ -185,12 +188,30 @@ def download(url: str, dest: Path, art: Artifact) -> None:
         part.unlink(missing_ok=True)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
 def fetch(art: Artifact, project: str = "vllm") -> Path:
     """Return the verified cached path of `art`, downloading it on a cold cache."""
     if path := cached(art):
         return path
     dest = blob_path(art.sha256)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        for part in dest.parent.glob(dest.name + ".part*"):  # left by a killed download
+            pid = part.name.rpartition(".part")[2]
+            if not (pid.isdigit() and _alive(int(pid))):
+                part.unlink(missing_ok=True)
+    except OSError as exc:
+        raise OverlayError(f"{art.filename}: cannot write the cache {dest.parent}: {exc} "
+                           f"(set VLLM_OVERLAY_CACHE to a writable folder)") from exc
     url = find_url(art, project)
     print(f"fetch: {art.filename} ({art.size / 1e6:.1f} MB) from {url}", file=sys.stderr)
     download(url, dest, art)

@@ -5,6 +5,7 @@ change; it counts as ready only once its `.complete` marker is written, so an in
 install is never mistaken for a ready environment (it is wiped and redone).
 """
 
+import fcntl
 import hashlib
 import shutil
 import subprocess
@@ -31,6 +32,25 @@ def ensure_venv(name: str, requirements: list[str], extra_key: str = "",
     venv = cache_dir() / "venvs" / f"{name}-{venv_key(requirements, extra_key)}"
     if (venv / ".complete").exists():
         return venv
+    try:
+        venv.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(venv.parent / f".{venv.name}.lock", "w")
+    except OSError as exc:
+        raise OverlayError(f"venv {name}: cannot create {venv}: {exc}") from exc
+    with lock:  # two cold runs: one creates, the other waits and then uses it
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"venv: waiting for another process creating {venv}", file=sys.stderr,
+                  flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if (venv / ".complete").exists():
+            return venv
+        return _create(venv, name, requirements, install_args)
+
+
+def _create(venv: Path, name: str, requirements: list[str], install_args: tuple[str, ...],
+            ) -> Path:
     shutil.rmtree(venv, ignore_errors=True)
     print(f"venv: creating {name} environment in {venv} ({len(requirements)} requirement(s))",
           file=sys.stderr, flush=True)

@@ -68,7 +68,11 @@ def locked_inputs(wheelhouse: Path, patches_dir: Path, repo: Path):
             shutil.copytree(patches_dir, snapshot)
         except OSError as exc:
             raise OverlayError(f"{patches_dir}: cannot read the series: {exc}") from exc
-        yield pin.load(repo), series.read_series(snapshot), snapshot
+        try:
+            patches = series.read_series(snapshot)
+        except OverlayError as exc:  # name the user's files, not the snapshot's
+            raise OverlayError(str(exc).replace(str(snapshot), str(patches_dir))) from None
+        yield pin.load(repo), patches, snapshot
 
 
 def publish_file(tmp: Path, dest: Path) -> None:

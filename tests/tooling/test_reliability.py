@@ -230,3 +230,21 @@ def test_a_malformed_source_date_epoch_is_a_one_line_error():
     assert proc.stderr.splitlines() == [
         "error: SOURCE_DATE_EPOCH='2024-01-01' is not a whole number of seconds since "
         "1970-01-01 UTC (e.g. SOURCE_DATE_EPOCH=1700000000)"]
+
+
+def test_a_patch_converted_to_crlf_is_named_as_such(synth):
+    synth.seed_cache()
+    synth.write_series({"Change A": {"vllm/a.py": CHANGE_A}})
+    patch = next(synth.patches.glob("*.patch"))
+    patch.write_bytes(patch.read_bytes().replace(b"\n", b"\r\n"))
+    with pytest.raises(OverlayError, match=rf"(?s)patch {patch.name} .* does not apply:.*"
+                                           rf"{patch.name} has CRLF \(\\r\\n\) line endings"):
+        build(synth)
+
+
+def test_a_missing_patch_is_named_in_the_users_series_not_the_snapshot(synth):
+    (synth.patches / "series").write_text("0001-gone.patch\n")
+    with pytest.raises(OverlayError, match=rf"^{synth.patches / 'series'}:1: names "
+                                           rf"0001-gone.patch, which does not exist in "
+                                           rf"{synth.patches}$"):
+        build(synth)
