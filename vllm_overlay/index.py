@@ -7,6 +7,7 @@ overlay wheel: PEP 440 lets `==0.19.1` match the local version `0.19.1+<label>`.
 Each page is written to a temp file and renamed into place, and only when it changed.
 """
 
+import contextlib
 import html
 import os
 import re
@@ -87,7 +88,8 @@ def sync(wheelhouse: Path) -> bool:
     for stale in simple.glob("*/index.html"):  # a project with no file left (root page first)
         if stale.relative_to(simple).as_posix() not in pages:
             stale.unlink()
-            stale.parent.rmdir()
+            with contextlib.suppress(OSError):
+                stale.parent.rmdir()
             changed = True
     if changed:
         print(f"index: {simple} lists {len(sums)} file(s) "

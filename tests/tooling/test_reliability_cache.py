@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.tooling import test_reliability as reliability
 from tests.tooling.test_reliability import CHANGE_A
 from vllm_overlay import fetch, pin
 from vllm_overlay.paths import REPO
@@ -66,21 +67,8 @@ def in_namespace(script: str, **env: str) -> subprocess.CompletedProcess:
                           capture_output=True, env={**os.environ, **env}, timeout=300)
 
 
-# The overlay build with the CLI's error handling: an OverlayError is one line, exit 1.
-BUILD = """import sys
-from pathlib import Path
-from vllm_overlay import wheelhouse
-from vllm_overlay.errors import OverlayError
-repo = Path(sys.argv[1])
-try:
-    print(wheelhouse.make_wheel("x86_64", repo / "wheelhouse", repo / "patches", repo))
-except OverlayError as exc:
-    sys.exit(f"error: {exc}")
-"""
-
-
 def cli_build(s) -> str:
-    return shlex.join([sys.executable, "-c", BUILD, str(s.repo)])
+    return shlex.join(reliability.cli_build(s))
 
 
 def test_a_read_only_cache_still_builds_and_an_empty_one_is_one_line(synth, monkeypatch):
