@@ -33,9 +33,9 @@ LABEL org.opencontainers.image.title="vllm-overlay" \
 RUN --mount=type=bind,target=/mnt/overlay \
     test -n "${WHEEL_SHA256}" -a -n "${SERIES_SHA256}" \
     || { echo "error: build this image with 'make docker' (WHEEL_SHA256 / SERIES_SHA256 unset)" >&2; exit 1; } \
-    && python3 /mnt/overlay/vllm_overlay/overlay_install.py \
+    && python3 /mnt/overlay/vllm_overlay/dist/in_image/overlay_install.py \
         "/mnt/overlay/wheelhouse/${WHEEL}" --sha256 "${WHEEL_SHA256}" \
-    && python3 /mnt/overlay/vllm_overlay/image_check.py --version "${OVERLAY_VERSION}" --import
+    && python3 /mnt/overlay/vllm_overlay/dist/in_image/image_check.py --version "${OVERLAY_VERSION}" --import
 
 # Upstream's ENTRYPOINT (`vllm serve`) is kept. The server port is 8000 unless the
 # container is started with another --port: then set VLLM_OVERLAY_HEALTH_PORT too.

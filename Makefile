@@ -9,8 +9,8 @@ q = '$(subst ','\'',$(1))'
 
 .PHONY: wheel wheel-dry-run test-slow cross-check fetch apply export-patches check-patches test test-fast bench help publish docker
 
-help:
-	@$(OVERLAY) --help
+help:             ## this list (each target's ## text); ./build.sh --help lists the commands
+	@awk -F':[^#]*## ' '/^[a-z][a-z-]*:[^=]*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 wheel:            ## fetch (sha256-checked), apply the series, build + verify the wheel (MODE=overlay|precompiled|source)
 	$(OVERLAY) wheel --arch $(call q,$(ARCH)) --mode $(call q,$(MODE))
@@ -46,7 +46,7 @@ bench:            ## printed figures: make wheel vs cp and a naive repack; overl
 test: check-patches  ## all CI runs: tooling, wheel, runtime venv, behaviour, upstream subset (reports/)
 	$(OVERLAY) test --arch $(call q,$(ARCH))
 
-# --- distribution: internal index + Docker image (vllm_overlay/publish.py, docker.py) ---
+# --- distribution: internal index + Docker image (vllm_overlay/dist/) ---
 publish:          ## upload wheelhouse/ wheels: INDEX_URL=<upload URL> [SIMPLE_URL=] [WHEELHOUSE=]
 	@test -n $(call q,$(INDEX_URL)) || { echo "error: make publish needs INDEX_URL=<upload URL>" >&2; exit 2; }
 	$(OVERLAY) publish --index-url $(call q,$(INDEX_URL)) $(if $(SIMPLE_URL),--simple-url $(call q,$(SIMPLE_URL))) \
@@ -57,7 +57,7 @@ docker:           ## build the image: [ARCH=] [IMAGE=] [MODE=source TORCH_CUDA_A
 	  $(if $(TORCH_CUDA_ARCH_LIST),--build-arg $(call q,TORCH_CUDA_ARCH_LIST=$(TORCH_CUDA_ARCH_LIST))) \
 	  $(if $(MAX_JOBS),--build-arg $(call q,MAX_JOBS=$(MAX_JOBS)))
 
-# --- upstream releases: patch x release matrix and bisect (vllm_overlay/upstream_cli.py) ---
+# --- upstream releases: patch x release matrix and bisect (vllm_overlay/upstream/) ---
 # CMD goes to the recipe through the environment, unexpanded, so its quotes and $VARS survive.
 export BISECT_CMD := $(value CMD)
 PATCHES ?= patches

@@ -14,8 +14,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vllm_overlay import fetch, pin, series, setup_build, venvs, wheelhouse  # noqa: E402
-from vllm_overlay.paths import REPO  # noqa: E402
+from vllm_overlay.build import fetch  # noqa: E402
+from vllm_overlay.common import pin  # noqa: E402
+from vllm_overlay.common import series  # noqa: E402
+from vllm_overlay.build import setup_py  # noqa: E402
+from vllm_overlay.common import venvs  # noqa: E402
+from vllm_overlay.build import overlay_mode  # noqa: E402
+from vllm_overlay.common.requirements import requirement_names  # noqa: E402
+from vllm_overlay.common.paths import REPO  # noqa: E402
 
 ARCH = "x86_64"
 
@@ -36,9 +42,9 @@ def main() -> None:
     fetch.fetch(the_pin.wheel(ARCH), the_pin.project)
     with tarfile.open(sdist) as tar:
         text = tar.extractfile(f"vllm-{the_pin.upstream_version}/"
-                               f"{setup_build.BUILD_REQUIREMENTS}").read().decode()
+                               f"{setup_py.BUILD_REQUIREMENTS}").read().decode()
     started = time.monotonic()
-    venvs.ensure_venv("build", setup_build.parse_requirements(text))
+    venvs.ensure_venv("build", requirement_names(text))
     print(f"build venv ready in {time.monotonic() - started:.1f} s (not timed below)")
 
     repo = scratch_repo(REPO / "work" / "bench-modes" / "repo")
@@ -47,9 +53,9 @@ def main() -> None:
         wheelhouse_dir = repo / f"wheelhouse-{mode}"
         started = time.monotonic()
         if mode == "overlay":
-            wheel = wheelhouse.make_wheel(ARCH, wheelhouse_dir, repo / "patches", repo)
+            wheel = overlay_mode.build_overlay_wheel(ARCH, wheelhouse_dir, repo / "patches", repo)
         else:
-            wheel = setup_build.make_wheel(mode, ARCH, wheelhouse_dir, repo / "patches", repo)
+            wheel = setup_py.build_setup_py_wheel(mode, ARCH, wheelhouse_dir, repo / "patches", repo)
         timings[mode] = time.monotonic() - started
         print(f"MODE={mode:12} {timings[mode]:7.1f} s  {wheel.name}", flush=True)
     print(f"ratio precompiled / overlay: {timings['precompiled'] / timings['overlay']:.1f}x "

@@ -15,8 +15,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vllm_overlay import apply, fetch, pin, series, status, upstream  # noqa: E402
-from vllm_overlay.errors import OverlayError  # noqa: E402
+from vllm_overlay.build import apply  # noqa: E402
+from vllm_overlay.build import fetch  # noqa: E402
+from vllm_overlay.common import pin  # noqa: E402
+from vllm_overlay.common import series  # noqa: E402
+from vllm_overlay.upstream import status  # noqa: E402
+from vllm_overlay.upstream import releases as upstream  # noqa: E402
+from vllm_overlay.common.errors import OverlayError  # noqa: E402
 
 
 def main() -> int:

@@ -24,11 +24,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from vllm_overlay import apply, export, fetch, pin, series, venvs  # noqa: E402
+from vllm_overlay.build import apply  # noqa: E402
+from vllm_overlay.build import export  # noqa: E402
+from vllm_overlay.build import fetch  # noqa: E402
+from vllm_overlay.common import pin  # noqa: E402
+from vllm_overlay.common import series  # noqa: E402
+from vllm_overlay.common import venvs  # noqa: E402
 
 # The build in a fresh process, which reports its own peak RSS (itself and git children).
-BUILD = ("import resource as R, sys; from pathlib import Path; from vllm_overlay import "
-         "wheelhouse; r = Path(sys.argv[1]); wheelhouse.make_wheel('x86_64', "
+BUILD = ("import resource as R, sys; from pathlib import Path; from vllm_overlay.build "
+         "import overlay_mode; r = Path(sys.argv[1]); overlay_mode.build_overlay_wheel('x86_64', "
          "r / 'wheelhouse', r / 'patches', r); print('peak_kb', max(R.getrusage(w).ru_maxrss "
          "for w in (R.RUSAGE_SELF, R.RUSAGE_CHILDREN)), file=sys.stderr)")
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from vllm_overlay import apply, export
+from vllm_overlay.build import apply
+from vllm_overlay.build import export
 
 UPSTREAM = "9.9.9"
 VERSION = "9.9.9+test.1"

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from vllm_overlay.paths import REPO
+from vllm_overlay.common.paths import REPO
 
 EVIL = ["x86_64 --mode source", "it's; touch INJECTED", 'a"b `id` c']  # ($ is make's own syntax)
 CASES = [("wheel", "ARCH", "--arch"), ("wheel", "MODE", "--mode"), ("fetch", "ARCH", "--arch"),

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from vllm_overlay import apply, export, pin
+from vllm_overlay.build import apply
+from vllm_overlay.build import export
+from vllm_overlay.common import pin
 
 VERSIONS = [f"1.0.{i}" for i in range(11)]
 PRE = "1.1.0rc1"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vllm_overlay.paths import REPO
+from vllm_overlay.common.paths import REPO
 
 WORKFLOW = REPO / ".github" / "workflows" / "upstream-status.yml"
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from vllm_overlay import probes
-from vllm_overlay.errors import OverlayError
+from vllm_overlay.upstream import probes
+from vllm_overlay.common.errors import OverlayError
 
 CONFIG = '''
 from dataclasses import dataclass, field
@@ -44,7 +44,7 @@ def tree(tmp_path):
 
 
 def check(text, tree):
-    return probes.evaluate(probes._parse_one(text), tree)
+    return probes.check(probes._parse_one(text), tree)
 
 
 @pytest.mark.parametrize("name, holds", [
@@ -89,7 +89,7 @@ def test_malformed_probes(text, message):
 
 
 def test_parse_names_patch_and_line(tmp_path):
-    from vllm_overlay.series import parse_patch
+    from vllm_overlay.common.series import parse_patch
 
     path = tmp_path / "0001-x.patch"
     path.write_text("From 0 Mon Sep 17 00:00:00 2001\nSubject: [PATCH] x\n\nbody\n\n"

@@ -9,8 +9,11 @@ import subprocess
 
 import pytest
 
-from vllm_overlay import apply, export, fetch, pin
-from vllm_overlay.paths import REPO
+from vllm_overlay.build import apply
+from vllm_overlay.build import export
+from vllm_overlay.build import fetch
+from vllm_overlay.common import pin
+from vllm_overlay.common.paths import REPO
 
 pytestmark = pytest.mark.network
 

@@ -6,8 +6,13 @@ import os
 
 import pytest
 
-from vllm_overlay import bisection, cli, series, status, upstream, upstream_cli
-from vllm_overlay.errors import OverlayError
+from vllm_overlay.upstream import bisect as bisection
+from vllm_overlay import cli
+from vllm_overlay.common import series
+from vllm_overlay.upstream import status
+from vllm_overlay.upstream import releases as upstream
+from vllm_overlay.commands import bisect as upstream_cli
+from vllm_overlay.common.errors import OverlayError
 
 from .conftest import (CONFLICT_FROM, OFFSET_FROM, PRE, THREE_WAY_FROM, UPSTREAM_FROM,
                        VERSIONS)

@@ -1,0 +1,45 @@
+"""The real pinned 0.19.1 artifacts (downloaded on a cold cache) with a trivial patch."""
+
+import shutil
+import zipfile
+
+import pytest
+
+from vllm_overlay.build import apply
+from vllm_overlay.build import export
+from vllm_overlay.build import fetch
+from vllm_overlay.common import pin
+from vllm_overlay.build import overlay_mode
+from vllm_overlay.common.paths import REPO
+
+pytestmark = pytest.mark.network
+
+TARGET = "vllm/v1/worker/encoder_cudagraph.py"
+
+
+def test_real_overlay_build_with_a_trivial_patch(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "patches").mkdir(parents=True)
+    for name in ("VERSION", "upstream.lock.json"):
+        shutil.copy(REPO / name, repo / name)
+    the_pin = pin.load(repo)
+    sdist = fetch.fetch(the_pin.sdist)
+    tree = tmp_path / "dev" / "vllm"
+    apply.unpack_sdist(sdist, tree)
+    apply.init_base(tree, the_pin.released)
+    path = tree / TARGET
+    path.write_text(path.read_text() + "\n# overlay test marker\n")
+    apply.git(tree, "commit", "-q", "-am",
+              "Trivial\n\nOrigin: vendor\nRisk: none\nProbe: defines vllm/a.py::X\n")
+    export.export(tree, repo / "patches")
+
+    wheel = overlay_mode.build_overlay_wheel("x86_64", repo / "wheelhouse", repo / "patches", repo)
+
+    assert wheel.name == f"vllm-{the_pin.overlay_version}-cp38-abi3-manylinux_2_31_x86_64.whl"
+    upstream = fetch.fetch(the_pin.wheel("x86_64"))
+    with zipfile.ZipFile(wheel) as new, zipfile.ZipFile(upstream) as old:
+        assert len(new.namelist()) == len(old.namelist()) == 2116
+        assert new.read(TARGET).endswith(b"# overlay test marker\n")
+        assert new.getinfo("vllm/_C.abi3.so").CRC == old.getinfo("vllm/_C.abi3.so").CRC
+    manifest = (repo / "wheelhouse" / "manifest-x86_64.json").read_text()
+    assert f'"{TARGET}": "M"' in manifest

@@ -1,0 +1,1 @@
+"""make wheel: fetch -> apply -> overlay build -> verify -> wheelhouse (plus setup.py modes)."""

@@ -1,0 +1,167 @@
+"""Fetch: pinned upstream artifacts into a cache keyed by sha256, verified before any use.
+
+Files are found through the package indexes pip is configured with (pip's config and
+PIP_* environment; pip's own default index otherwise), using the PEP 691 JSON or PEP 503
+HTML simple API. A cached file is trusted only after its size and sha256 were checked;
+the check is remembered per (size, mtime, inode) so a warm cache is not re-hashed.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from vllm_overlay.common import log
+from vllm_overlay.common.errors import OverlayError
+from vllm_overlay.common.fs import sha256_file
+from vllm_overlay.common.http import Progress, download, page_links
+from vllm_overlay.common.paths import cache_dir
+from vllm_overlay.common.pin import Artifact
+
+# pip's own default index (pip._internal.models.index.PyPI.simple_url, not a public API)
+PYPI_SIMPLE = "https://pypi.org/simple"
+_log = log.stage("fetch")
+
+
+def blob_path(sha256: str) -> Path:
+    return cache_dir() / "sha256" / sha256
+
+
+def _stat_key(path: Path) -> str:
+    st = path.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+
+
+def verify_file(path: Path, art: Artifact) -> None:
+    """Raise unless `path` has the artifact's size and sha256."""
+    size = path.stat().st_size
+    if size != art.size:
+        raise OverlayError(
+            f"{art.filename}: size {size} != pinned {art.size} ({path})")
+    got = sha256_file(path)
+    if got != art.sha256:
+        raise OverlayError(
+            f"{art.filename}: sha256 {got} != pinned {art.sha256} ({path})")
+
+
+def cached(art: Artifact) -> Path | None:
+    """The verified cached file, or None if absent. A corrupt entry is an error."""
+    path = blob_path(art.sha256)
+    if not path.exists():
+        return None
+    marker = path.with_name(path.name + ".verified")
+    if marker.exists() and marker.read_text() == _stat_key(path):
+        return path
+    try:
+        verify_file(path, art)
+    except OverlayError as exc:
+        raise OverlayError(f"corrupt cache entry: {exc}; delete {path} to fetch again") from exc
+    try:
+        marker.write_text(_stat_key(path))
+    except OSError:
+        pass  # a read-only cache: verified now, and again next time
+    return path
+
+
+# --- index discovery -------------------------------------------------------------------
+
+
+def pip_index_urls() -> list[str]:
+    """The index URLs pip would use, in pip's order: index-url then extra-index-urls."""
+    out = subprocess.run([sys.executable, "-m", "pip", "config", "list"],
+                         capture_output=True, text=True).stdout
+    config: dict[str, str] = {}
+    for line in out.splitlines():
+        key, _, value = line.partition("=")
+        config[key.strip()] = value.strip().strip("'\"")
+
+    def lookup(name: str) -> str | None:
+        for scope in (":env:", "download", "install", "global"):
+            if f"{scope}.{name}" in config:
+                return config[f"{scope}.{name}"]
+        return os.environ.get("PIP_" + name.upper().replace("-", "_"))
+
+    index = lookup("index-url")
+    index = index or PYPI_SIMPLE
+    return [index, *(lookup("extra-index-url") or "").split()]
+
+
+def index_files(index_url: str, project: str) -> dict[str, str]:
+    """filename -> absolute URL for one project on one simple index (PEP 691 or 503)."""
+    page = index_url.rstrip("/") + f"/{project}/"
+    request = urllib.request.Request(page, headers={
+        "Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1"})
+    try:
+        if page.startswith("file:"):
+            path = Path(urllib.request.url2pathname(urllib.parse.urlparse(page).path))
+            body, ctype = (path / "index.html").read_bytes(), "text/html"
+        else:
+            with urllib.request.urlopen(request, timeout=60) as resp:
+                body, ctype = resp.read(), resp.headers.get("Content-Type", "")
+    except (OSError, ValueError):
+        return {}
+    if "json" in ctype:
+        files = json.loads(body)["files"]
+        return {f["filename"]: urllib.parse.urljoin(page, f["url"]) for f in files}
+    return page_links(body.decode("utf-8", "replace"), page)
+
+
+def find_url(art: Artifact, project: str) -> str:
+    indexes = pip_index_urls()
+    for index in indexes:
+        if url := index_files(index, project).get(art.filename):
+            return url
+    raise OverlayError(f"{art.filename}: not found on any pip index ({', '.join(indexes)})")
+
+
+# --- download ------------------------------------------------------------------------
+
+
+def download_pinned(url: str, dest: Path, art: Artifact) -> None:
+    """Stream `url` into dest (via a .part file), verifying size and sha256 before rename."""
+    part = dest.with_name(dest.name + f".part{os.getpid()}")
+    try:
+        sha256, size = download(url, part, art.filename, Progress(art.filename, art.size).advance)
+        if size != art.size or sha256 != art.sha256:
+            raise OverlayError(
+                f"{art.filename}: downloaded from {url} but got size {size}, sha256 "
+                f"{sha256}; pinned size {art.size}, sha256 {art.sha256}")
+        os.chmod(part, 0o444)
+        os.replace(part, dest)
+    finally:
+        part.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def fetch(art: Artifact, project: str = "vllm") -> Path:
+    """Return the verified cached path of `art`, downloading it on a cold cache."""
+    if path := cached(art):
+        return path
+    dest = blob_path(art.sha256)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        for part in dest.parent.glob(dest.name + ".part*"):  # left by a killed download
+            pid = part.name.rpartition(".part")[2]
+            if not (pid.isdigit() and _alive(int(pid))):
+                part.unlink(missing_ok=True)
+    except OSError as exc:
+        raise OverlayError(f"{art.filename}: cannot write the cache {dest.parent}: {exc} "
+                           f"(set VLLM_OVERLAY_CACHE to a writable folder)") from exc
+    url = find_url(art, project)
+    _log.info(f"{art.filename} ({art.size / 1e6:.1f} MB) from {url}")
+    download_pinned(url, dest, art)
+    cached_path = cached(art)
+    assert cached_path is not None
+    return cached_path

@@ -1,0 +1,1 @@
+"""One driver module per command of the CLI."""

@@ -1,0 +1,58 @@
+"""`status`: the patch x release matrix against upstream releases (reports/status.*)."""
+
+import json
+import sys
+from pathlib import Path
+
+from vllm_overlay.common import log, pin, series
+from vllm_overlay.common.errors import OverlayError
+from vllm_overlay.common.paths import REPO
+from vllm_overlay.upstream import releases, status
+
+REPORTS = REPO / "reports"
+_log = log.stage("status")
+
+
+def _releases(the_pin: pin.Pin, spec: str | None, pre: bool) -> tuple[list[str], dict | None]:
+    """The selected versions and the index's URLs (None when only the cache is used)."""
+    explicit = bool(spec) and ".." not in spec
+    try:
+        urls = releases.list_sdists(the_pin.project)
+    except OverlayError:
+        if not explicit:
+            raise
+        names = [n.strip() for n in spec.split(",") if n.strip()]
+        _log.info("no index reachable; using cached sdists only")
+        return releases.select(names, the_pin.upstream_version, spec, pre), None
+    return releases.select(urls, the_pin.upstream_version, spec, pre), urls
+
+
+def run(args) -> None:
+    the_pin = pin.load()
+    args.patches = args.patches.resolve()  # git runs inside the release trees
+    patches = series.read_series(args.patches)
+    versions, urls = _releases(the_pin, args.releases, args.pre)
+    if args.list_releases:
+        print(json.dumps(versions))
+        return
+    _log.info(f"{len(patches)} patch(es) from {args.patches} x {len(versions)} release(s) "
+              f"({versions[0]} .. {versions[-1]}), {args.jobs} in parallel")
+    matrix = status.compute(the_pin, patches, versions, urls, args.patches,
+                            status.check_jobs(args.jobs))
+    md, js = status.write_reports(matrix, args.out)
+    print(status.to_markdown(matrix))
+    print(status.timing_table(matrix), file=sys.stderr)
+    _log.info(f"wrote {md} and {js}")
+
+
+def add(sub) -> None:
+    p = sub.add_parser("status", help="patch x release matrix against upstream releases")
+    p.add_argument("--releases", help="'A..B' range (ends optional, 'latest' = newest) or "
+                                      "'A,B,C' list; default: the pin to the newest")
+    p.add_argument("--pre", action="store_true", help="include pre-releases")
+    p.add_argument("--patches", type=Path, default=series.PATCHES, help="patches dir")
+    p.add_argument("--jobs", type=int, default=4, help="releases handled in parallel")
+    p.add_argument("--out", type=Path, default=REPORTS, help="where status.md/.json go")
+    p.add_argument("--list-releases", action="store_true",
+                   help="only print the selected releases as a JSON list (CI matrix)")
+    p.set_defaults(func=run)

@@ -1,0 +1,15 @@
+"""`test`: everything `make test` runs after check-patches (testing/harness.py)."""
+
+from vllm_overlay.testing import harness
+
+
+def add(sub) -> None:
+    p = sub.add_parser("test", help="everything `make test` runs after check-patches: tooling "
+                       "tests, wheel, runtime venv, behaviour tests, upstream subset pristine "
+                       "vs overlay; report in reports/")
+    p.add_argument("--arch", default="x86_64", choices=["x86_64", "aarch64"])
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    return harness.main(["--arch", args.arch])

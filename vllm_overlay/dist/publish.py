@@ -1,0 +1,220 @@
+"""Publish: upload the wheelhouse's wheels to an internal package index with twine.
+
+`make publish INDEX_URL=<upload URL>`: every wheel listed in wheelhouse/SHA256SUMS is
+re-hashed against that list, passes `twine check --strict`, and is then compared with
+what the index already serves (its simple page, SIMPLE_URL): the same file with the same
+sha256 is skipped (a re-run is a no-op); the same file name with another sha256 is an
+error (an index must never serve two different files under one name). The rest goes up
+with `twine upload`, and the index is read again to confirm it serves our sha256.
+
+Credentials are twine's own: TWINE_USERNAME / TWINE_PASSWORD or keyring, never the repo.
+They are also sent (HTTP basic auth) when reading the simple page, for private indexes,
+but only to the host (and port) of INDEX_URL: never across a redirect to another host
+(pypiserver redirects a project it lacks to its fallback index). Before the upload, the
+simple index root must answer, and one empty authenticated POST to INDEX_URL checks the
+credentials (an index refusing them answers 401/403 before twine sends any wheel).
+twine runs from a venv the project creates (venvs.ensure_venv), pinned below.
+"""
+
+import base64
+import hashlib
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from vllm_overlay.common import log, venvs
+from vllm_overlay.common.errors import OverlayError
+from vllm_overlay.common.fs import sha256_file
+from vllm_overlay.common.http import page_links
+from vllm_overlay.dist import index
+
+TWINE_REQUIREMENTS = ["twine==6.2.0"]
+_log = log.stage("publish")
+
+
+def simple_url_for(index_url: str) -> str:
+    """Default read URL for an upload URL: .../legacy/ -> .../simple/, else <url>/simple/."""
+    base = index_url.rstrip("/")
+    if base.endswith("/legacy"):
+        base = base[: -len("/legacy")]
+    return base + "/simple/"
+
+
+def _auth_header() -> dict[str, str]:
+    user, password = os.environ.get("TWINE_USERNAME"), os.environ.get("TWINE_PASSWORD")
+    if not (user and password):
+        return {}
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+def _host(url: str) -> tuple:
+    parts = urllib.parse.urlsplit(url)
+    return parts.hostname, parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+
+
+class _CredentialsStayHome(urllib.request.HTTPRedirectHandler):
+    """Follows redirects, re-sending the credentials only to the host they were given for."""
+
+    def __init__(self, home: tuple, auth: dict[str, str]):
+        self.home, self.auth = home, auth
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and _host(newurl) == self.home:
+            for key, value in self.auth.items():
+                new.add_unredirected_header(key, value)
+        return new
+
+
+def _open(url: str, index_url: str, headers: dict[str, str] | None = None,
+          data: bytes | None = None, timeout: int = 60):
+    """urlopen with the credentials sent to INDEX_URL's host only (never redirected)."""
+    home, auth = _host(index_url), _auth_header()
+    request = urllib.request.Request(url, data=data, headers=headers or {})
+    if _host(url) == home:
+        for key, value in auth.items():
+            request.add_unredirected_header(key, value)  # urllib copies other headers
+    return urllib.request.build_opener(_CredentialsStayHome(home, auth)).open(request,
+                                                                              timeout=timeout)
+
+
+def _sha256_of_url(url: str, index_url: str) -> str:
+    digest = hashlib.sha256()
+    with _open(url, index_url, timeout=120) as resp:
+        while chunk := resp.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_simple_root(simple_url: str, index_url: str) -> None:
+    """The simple index root must answer from its own host: a wrong SIMPLE_URL would
+    otherwise read as "nothing published" and the upload could replace a wheel."""
+    try:
+        with _open(simple_url, index_url, {"Accept": "text/html"}) as resp:
+            final = resp.geturl()
+    except urllib.error.HTTPError as exc:
+        raise OverlayError(f"SIMPLE_URL {simple_url} does not answer as a simple index "
+                           f"(HTTP {exc.code} {exc.reason}); nothing uploaded (is INDEX_URL / "
+                           f"SIMPLE_URL right?)") from exc
+    except (OSError, ValueError) as exc:
+        raise OverlayError(f"SIMPLE_URL {simple_url} does not answer ({exc}); nothing uploaded "
+                           f"(is INDEX_URL / SIMPLE_URL right?)") from exc
+    if _host(final) != _host(simple_url):
+        raise OverlayError(f"SIMPLE_URL {simple_url} redirects to another host ({final}); "
+                           f"nothing uploaded: give the index's own simple URL")
+
+
+def check_credentials(index_url: str) -> None:
+    """One empty authenticated POST (no action, no file): an index that refuses the
+    credentials says so (401/403) before twine sends the wheel; any other answer (e.g.
+    pypiserver's 400 "Missing ':action' field") leaves the decision to twine."""
+    if not _auth_header():
+        return  # keyring or a prompt: twine's business
+    try:
+        with _open(index_url, index_url, {"Content-Type": "application/x-www-form-urlencoded"},
+                   data=b""):
+            pass
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise OverlayError(
+                f"{index_url} refuses the credentials of TWINE_USERNAME="
+                f"{os.environ.get('TWINE_USERNAME')!r} (HTTP {exc.code} {exc.reason}); "
+                f"nothing uploaded") from exc
+    except (OSError, ValueError):
+        pass  # unreachable now: twine reports it with its own words
+
+
+def remote_files(simple_url: str, project: str, index_url: str) -> dict[str, str]:
+    """filename -> sha256 of what the index serves for `project` (empty if unknown there;
+    a redirect to another host, such as pypiserver's fallback, means unknown there)."""
+    page = simple_url.rstrip("/") + f"/{index.normalize(project)}/"
+    try:
+        with _open(page, index_url, {"Accept": "text/html"}) as resp:
+            if _host(resp.geturl()) != _host(page):
+                return {}
+            body = resp.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return {}
+        hint = " (set TWINE_USERNAME / TWINE_PASSWORD)" if exc.code in (401, 403) else ""
+        raise OverlayError(f"index page {page}: HTTP {exc.code} {exc.reason}{hint}") from exc
+    except (OSError, ValueError) as exc:
+        raise OverlayError(f"index page {page}: cannot read it: {exc} "
+                           f"(is INDEX_URL / SIMPLE_URL right?)") from exc
+    found = {}
+    for name, url in page_links(body, page).items():
+        location, _, fragment = url.partition("#")
+        algo, _, value = fragment.partition("=")
+        found[name] = value.lower() if algo == "sha256" else _sha256_of_url(location, index_url)
+    return found
+
+
+def local_wheels(wheelhouse: Path) -> dict[Path, str]:
+    """Wheels listed in SHA256SUMS, each re-hashed: a mismatch is an error."""
+    sums = index.read_sums(wheelhouse)
+    wheels = {}
+    for name, digest in sorted(sums.items()):
+        path = wheelhouse / name
+        if not name.endswith(".whl") or not path.is_file():
+            continue
+        got = sha256_file(path)
+        if got != digest:
+            raise OverlayError(f"{path}: sha256 {got} != {digest} in {wheelhouse / 'SHA256SUMS'}"
+                               f" (changed after the build? run `make wheel`)")
+        wheels[path] = digest
+    if not wheels:
+        raise OverlayError(f"{wheelhouse}: no wheel listed in SHA256SUMS: run `make wheel` first")
+    return wheels
+
+
+def twine(*args: str) -> None:
+    venv = venvs.ensure_venv("publish", TWINE_REQUIREMENTS)
+    command = [str(venv / "bin" / "twine"), *args]
+    if subprocess.run(command).returncode:
+        files = ", ".join(Path(a).name for a in args if a.endswith(".whl"))
+        raise OverlayError(f"`twine {args[0]}` failed for {files} (see twine's output above)")
+
+
+def publish(index_url: str, wheelhouse: Path, simple_url: str | None = None) -> dict[str, str]:
+    """Upload what the index lacks; returns filename -> 'uploaded' / 'already there'."""
+    if not urllib.parse.urlparse(index_url).scheme.startswith("http"):
+        raise OverlayError(f"INDEX_URL={index_url!r} is not an http(s) upload URL")
+    simple_url = simple_url or simple_url_for(index_url)
+    wheels = local_wheels(wheelhouse)
+    twine("check", "--strict", *map(str, wheels))
+    project = next(iter(wheels)).name.split("-")[0]
+    check_simple_root(simple_url, index_url)
+    remote = remote_files(simple_url, project, index_url)
+    result, upload = {}, []
+    for path, digest in wheels.items():
+        if path.name not in remote:
+            upload.append(path)
+        elif remote[path.name] == digest:
+            result[path.name] = "already there"
+            _log.info(f"{path.name} already on {simple_url} with sha256 {digest}: nothing to do")
+        else:
+            raise OverlayError(
+                f"{path.name}: {simple_url} already serves a different file under this name "
+                f"(sha256 {remote[path.name]}, ours {digest}); bump VERSION instead of "
+                f"replacing a published wheel")
+    if upload:
+        check_credentials(index_url)
+        args = ["upload", "--repository-url", index_url, "--disable-progress-bar"]
+        if not sys.stdin.isatty():
+            args.append("--non-interactive")  # never hang on a password prompt in CI
+        twine(*args, *map(str, upload))
+        remote = remote_files(simple_url, project, index_url)
+        for path in upload:
+            if remote.get(path.name) != wheels[path]:
+                raise OverlayError(f"{path.name}: uploaded, but {simple_url} serves "
+                                   f"sha256 {remote.get(path.name, '(nothing)')}, "
+                                   f"not ours {wheels[path]}")
+            result[path.name] = "uploaded"
+            _log.info(f"{path.name} uploaded to {index_url} (sha256 {wheels[path]} "
+                      f"confirmed on {simple_url})")
+    return result

@@ -1,0 +1,1 @@
+"""make test: the harness, the runtime test venv, the upstream subset."""

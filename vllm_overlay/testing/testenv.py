@@ -1,0 +1,133 @@
+"""The runtime test environment: vLLM 0.19.1's real runtime + test packages + a vLLM wheel.
+
+One base venv (cached, keyed by the pinned sdist's runtime requirements, the test packages
+and the Python version) holds everything except vLLM itself: about 11 GB, created once.
+Each vLLM wheel (the overlay wheel, upstream's own wheel) gets a thin venv of its own,
+keyed by the wheel's sha256, whose site-packages holds only that wheel (installed with
+--no-deps) and a .pth line that adds the base venv's site-packages behind it. So
+`import vllm` resolves to the installed wheel in site-packages, the `vllm` entry point
+exists, and the 11 GB are installed once for both.
+"""
+
+import sys
+import tarfile
+from pathlib import Path
+
+from vllm_overlay.common import log, venvs
+from vllm_overlay.common.errors import OverlayError
+from vllm_overlay.common.fs import sha256_file
+from vllm_overlay.common.requirements import requirement_lines
+from vllm_overlay.common.paths import REPO, cache_dir
+
+TEST_REQUIREMENTS = REPO / "tests" / "upstream" / "requirements-test.txt"
+RUNTIME_REQUIREMENTS = "requirements/cuda.txt"  # inside the sdist; it includes common.txt
+_log = log.stage("venv")
+
+
+def sdist_requirements(sdist: Path, top: str = RUNTIME_REQUIREMENTS) -> list[str]:
+    """The runtime pins of the sdist: `top` with its `-r` includes expanded, in order."""
+    try:
+        with tarfile.open(sdist) as tar:
+            root = tar.getmembers()[0].name.split("/", 1)[0]
+
+            def read(name: str, seen: tuple[str, ...]) -> list[str]:
+                if name in seen:
+                    raise OverlayError(f"{sdist.name}: {name} includes itself via -r")
+                member = tar.extractfile(f"{root}/{name}")
+                if member is None:
+                    raise OverlayError(f"{sdist.name}: {name} is not a file")
+                out = []
+                for line in requirement_lines(member.read().decode()):
+                    if line.startswith(("-r ", "--requirement ")):
+                        include = str(Path(name).parent / line.split(None, 1)[1])
+                        out += read(include, (*seen, name))
+                    else:
+                        out.append(line)
+                return out
+
+            return read(top, ())
+    except KeyError as exc:
+        raise OverlayError(f"{sdist.name}: no {exc.args[0]} in the sdist") from exc
+    except (tarfile.TarError, OSError) as exc:
+        raise OverlayError(f"{sdist}: cannot read requirements: {exc}") from exc
+
+
+def test_requirements(path: Path = TEST_REQUIREMENTS) -> list[str]:
+    return requirement_lines(path.read_text())
+
+
+def ensure_base(sdist: Path) -> Path:
+    """The cached base venv: the sdist's runtime pins plus the test packages, no vLLM."""
+    reqs = sdist_requirements(sdist) + test_requirements()
+    return venvs.ensure_venv("runtime", reqs)
+
+
+def site_packages(venv: Path) -> Path:
+    found = sorted(venv.glob("lib/python*/site-packages"))
+    if not found:
+        raise OverlayError(f"{venv}: no lib/python*/site-packages")
+    return found[0]
+
+
+def ensure_vllm_env(base: Path, wheel: Path, sha256: str | None = None,
+                    filename: str | None = None) -> Path:
+    """A thin venv over `base` with exactly `wheel` installed (keyed by its sha256).
+
+    `filename` names a wheel stored under another name (the sha256-keyed download cache).
+    """
+    sha256 = sha256 or sha256_file(wheel)
+    venv = cache_dir() / "venvs" / f"vllm-{sha256[:16]}-over-{base.name}"
+    if (venv / ".complete").exists():
+        (venv / ".complete").touch()  # last use, for prune_vllm_envs
+        return venv
+    prune_vllm_envs()
+    import shutil
+    import subprocess
+    import tempfile
+    import time
+
+    shutil.rmtree(venv, ignore_errors=True)
+    started = time.monotonic()
+    _log.info(f"installing {filename or wheel.name} (--no-deps) into {venv}")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    # A .pth line starting with "import" runs at start-up: addsitedir also processes the
+    # base's own .pth files, which a plain path line would not.
+    (site_packages(venv) / "_overlay_runtime_base.pth").write_text(
+        f"import site; site.addsitedir({str(site_packages(base))!r})\n")
+    with tempfile.TemporaryDirectory(prefix="wheel-") as tmp:
+        named = Path(tmp) / (filename or wheel.name)  # pip needs the wheel's own file name
+        named.symlink_to(wheel.resolve())
+        proc = subprocess.run([str(venvs.python_of(base)), "-m", "pip", "--python",
+                               str(venvs.python_of(venv)), "install", "--no-deps",
+                               "--no-compile", "--progress-bar", "off", "-q", str(named)])
+    if proc.returncode:
+        raise OverlayError(f"{filename or wheel.name}: pip install --no-deps into {venv} failed "
+                           f"(exit {proc.returncode}); see pip's output above")
+    (venv / ".complete").write_text(f"{filename or wheel.name} {sha256}\n")
+    _log.info(f"{filename or wheel.name} installed in {time.monotonic() - started:.0f} s")
+    return venv
+
+
+STALE_DAYS = 3
+
+
+def prune_vllm_envs(max_age_days: float = STALE_DAYS) -> None:
+    """Remove per-wheel venvs (1 GB each; every overlay build makes a new one) unused for days.
+
+    Age, not "all but the current one": other work trees may share this cache right now.
+    """
+    import shutil
+    import time
+
+    for marker in (cache_dir() / "venvs").glob("vllm-*-over-*/.complete"):
+        if time.time() - marker.stat().st_mtime > max_age_days * 86400:
+            _log.info(f"removing {marker.parent.name} (unused for {max_age_days} days)")
+            shutil.rmtree(marker.parent, ignore_errors=True)
+
+
+if __name__ == "__main__":  # pragma: no cover - manual use: python -m vllm_overlay.testing.testenv
+    from vllm_overlay.build import fetch
+    from vllm_overlay.common import pin
+
+    the_pin = pin.load()
+    print(ensure_base(fetch.fetch(the_pin.sdist, the_pin.project)))

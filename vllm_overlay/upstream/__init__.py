@@ -1,0 +1,1 @@
+"""Newer upstream releases: releases, probes, the status matrix, bisect."""

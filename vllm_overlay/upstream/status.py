@@ -1,0 +1,326 @@
+"""Status: the patch series against upstream releases, as a patch x release matrix.
+
+Per release, on a cached committed tree of its sdist:
+  1. every patch's probes run on the pristine release tree (all hold -> "already upstream");
+  2. the series is applied in order: `git apply --check` (clean / shifted lines), else
+     `git am --3way` with the pinned tree's objects borrowed (git alternates), so the merge
+     base is the pinned file (plus earlier patches) our patch was written against. A patch
+     that still does not apply is left out and the later ones are judged without it
+     (the cell says so).
+Conflicts are results, not errors: only failures of the tool itself raise OverlayError.
+"""
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from vllm_overlay.build import apply
+from vllm_overlay.upstream import probes
+from vllm_overlay.upstream import releases as upstream
+from vllm_overlay.common import log
+from vllm_overlay.common.errors import OverlayError
+from vllm_overlay.common.fs import atomic_write
+from vllm_overlay.common.http import BatchProgress
+from vllm_overlay.common.git import git
+from vllm_overlay.common.pin import Pin
+from vllm_overlay.common.series import Patch
+
+_log = log.stage("status")
+LEGEND = {
+    "clean": "applies as is",
+    "offset": "applies at shifted lines (git apply offset; no fuzz is ever used)",
+    "3-way": "applies only through a 3-way merge against the pinned file",
+    "conflict": "does not apply, not even 3-way (files listed below)",
+    "upstream": "all of the patch's probes hold in the release: already upstream",
+    "present": "the change is textually in the release, but its probes do not hold",
+    "no-probe": "",
+}
+
+
+@dataclass
+class Cell:
+    status: str           # upstream | clean | offset | 3-way | present | conflict
+    apply: str            # how the patch itself fared: clean | offset | 3-way | present | conflict
+    detail: str = ""
+    files: list[str] = field(default_factory=list)
+    probes: list[dict] = field(default_factory=list)  # {"probe", "holds", "why"}
+    without: list[str] = field(default_factory=list)  # earlier patches left out here
+
+    def short(self) -> str:
+        text = self.status
+        if self.status == "upstream" and self.apply != "clean":
+            text += f"/{self.apply}"
+        return text + ("*" if self.without else "")
+
+
+@dataclass
+class Release:
+    version: str
+    sdist: str
+    sha256: str
+    cells: dict[str, Cell]
+    seconds: float = 0.0
+
+
+def run_probes(tree: Path, patches: list[Patch], parsed: dict[str, list]) -> dict[str, list]:
+    """patch name -> [{"probe", "holds", "why"}] on the tree as it is (pristine)."""
+    out = {}
+    for patch in patches:
+        results = []
+        for probe in parsed[patch.name]:
+            result = probes.check(probe, tree)
+            results.append({"probe": probe.line, "holds": result.holds, "why": result.why})
+        out[patch.name] = results
+    return out
+
+
+def _three_way(tree: Path, patch: Patch) -> tuple[bool, str]:
+    """git am --3way; (applied, output). Leaves the tree clean when it fails."""
+    before = git(tree, "rev-parse", "HEAD").stdout.strip()
+    proc = git(tree, "am", "-q", "--3way", "--keep-cr", str(patch.path), check=False)
+    output = (proc.stdout + proc.stderr).strip()
+    if proc.returncode:
+        git(tree, "am", "--abort", check=False)
+        return False, output
+    moved = git(tree, "rev-parse", "HEAD").stdout.strip() != before
+    return moved, output or "no change"
+
+
+def apply_three_way(tree: Path, patches: list[Patch]) -> dict[str, tuple[str, str, list[str]]]:
+    """Apply in series order; patch name -> (apply status, detail, files). See module doc."""
+    out = {}
+    for patch in patches:
+        check = apply.check_patch(tree, patch)
+        if check.status in ("clean", "offset"):
+            apply.am(tree, patch)
+            if not git(tree, "diff", "--name-only", "HEAD~1", "HEAD").stdout.strip():
+                out[patch.name] = ("present", "applies empty (no change)", [])
+            else:
+                out[patch.name] = (check.status, check.detail, [])
+        elif check.status == "applied":
+            out[patch.name] = ("present", check.detail, list(check.files))
+        elif not check.files:  # git named no file: not a conflict but a failure of ours
+            raise OverlayError(f"{patch.name}: git apply failed in {tree}: {check.detail}")
+        else:
+            merged, output = _three_way(tree, patch)
+            if merged:
+                out[patch.name] = ("3-way", f"plain apply failed ({check.detail}); "
+                                            "3-way merge succeeded", list(check.files))
+            elif "already applied" in output or output == "no change":
+                out[patch.name] = ("present", "3-way merge gives no change", list(check.files))
+            else:
+                why = "3-way merge failed"
+                if "could not build fake ancestor" in output or "lacks the necessary blob" \
+                        in output:
+                    why = "3-way impossible (base blobs unknown)"
+                out[patch.name] = ("conflict", f"{check.detail}\n({why})", list(check.files))
+    return out
+
+
+def evaluate_release(tree: Path, patches: list[Patch], parsed: dict[str, list],
+             pin_tree: Path | None, inside: Callable | None = None):
+    """All cells of one release, and what inside(tree, cells) returned, called while the
+    series is still applied (the tree is held for the duration, reset afterwards)."""
+    with upstream.using(tree):
+        alternates = tree / ".git" / "objects" / "info" / "alternates"
+        if pin_tree is not None and pin_tree != tree:
+            alternates.write_text(f"{pin_tree / '.git' / 'objects'}\n")
+        probe_results = run_probes(tree, patches, parsed)
+        applied = apply_three_way(tree, patches)
+        cells = _cells(patches, probe_results, applied)
+        return cells, (inside(tree, cells) if inside else None)
+
+
+def _cells(patches, probe_results, applied) -> dict[str, Cell]:
+    cells, left_out = {}, []
+    for patch in patches:
+        status, detail, files = applied[patch.name]
+        results = probe_results[patch.name]
+        upstreamed = bool(results) and all(r["holds"] for r in results)
+        cells[patch.name] = Cell("upstream" if upstreamed else status, status, detail,
+                                 files if status in ("conflict", "3-way") else [],
+                                 results, list(left_out))
+        if status == "conflict":
+            left_out.append(patch.name)
+    return cells
+
+
+# --- the whole matrix ---------------------------------------------------------------------
+
+
+@dataclass
+class Matrix:
+    project: str
+    pin: str
+    patches_dir: str
+    patches: list[dict]
+    releases: list[Release]
+    bad_probes: list[dict]
+    total_seconds: float = 0.0
+
+
+def parse_all(patches: list[Patch]) -> dict[str, list]:
+    return {patch.name: probes.parse(patch) for patch in patches}
+
+
+def compute(pin: Pin, patches: list[Patch], versions: list[str], urls: dict[str, str] | None,
+            patches_dir: Path, jobs: int = 4) -> Matrix:
+    parsed = parse_all(patches)  # malformed probes fail before any download
+    started = time.monotonic()
+    progress = BatchProgress()
+
+    def prepare(version: str) -> tuple[upstream.Sdist, Path]:
+        return upstream.release_tree(pin, version, urls, progress)
+
+    # The pin first: its probes are the sanity check, and applying the series there writes
+    # the blobs that 3-way merges on the other releases use as their base.
+    t0 = time.monotonic()
+    pin_sdist, pin_tree = prepare(pin.upstream_version)
+    pin_cells, _ = evaluate_release(pin_tree, patches, parsed, None)
+    pin_seconds = time.monotonic() - t0
+    done, done_lock = [0], threading.Lock()
+
+    def one(version: str) -> Release:
+        t = time.monotonic()
+        if version == pin.upstream_version:
+            sdist, cells, seconds = pin_sdist, pin_cells, pin_seconds
+        else:
+            sdist, tree = prepare(version)
+            cells, _ = evaluate_release(tree, patches, parsed, pin_tree)
+            seconds = time.monotonic() - t
+        with done_lock:
+            done[0] += 1
+        summary = ", ".join(f"{name[:4]} {cell.short()}" for name, cell in cells.items())
+        _log.info(f"[{done[0]}/{len(versions)}] {version}: {summary or 'no patches'} "
+                  f"({seconds:.1f} s)")
+        return Release(version, sdist.filename, sdist.sha256, cells, seconds)
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        releases = list(pool.map(one, versions))
+
+    bad = [{"patch": name, "probe": r["probe"], "why": r["why"]}
+           for name, cell in pin_cells.items() for r in cell.probes if r["holds"]]
+    info = []
+    for patch in patches:
+        holds = [r.version for r in releases if r.cells[patch.name].status == "upstream"]
+        first = holds[0] if holds else None
+        later_fail = [r.version for r in releases if first and upstream.version_key(r.version)
+                      > upstream.version_key(first) and r.version not in holds]
+        header = (patch.trailers.get("Applied-Upstream") or [None])[0]
+        info.append({"name": patch.name, "subject": patch.subject,
+                     "probes": [p.line for p in parsed[patch.name]],
+                     "applied_upstream_header": header,
+                     "suggested_applied_upstream": first,
+                     "probes_fail_again_in": later_fail})
+    return Matrix(pin.project, pin.upstream_version, str(patches_dir), info, releases, bad,
+                  time.monotonic() - started)
+
+
+# --- rendering ----------------------------------------------------------------------------
+
+
+def to_json(matrix: Matrix) -> dict:
+    data = asdict(matrix)
+    for release in data["releases"]:
+        release.pop("seconds")
+    data.pop("total_seconds")
+    data["legend"] = {k: v for k, v in LEGEND.items() if v}
+    return data
+
+
+def _suggestion_note(p: dict) -> str:
+    header, first = p["applied_upstream_header"], p["suggested_applied_upstream"]
+    if not p["probes"]:
+        return "no probe: cannot tell"
+    if first is None:
+        note = "probes hold in none of these releases"
+        return note + (f"; header says {header}" if header else "")
+    note = ("header agrees" if header == first else
+            f"header says {header}" if header else "header has no Applied-Upstream")
+    if p["probes_fail_again_in"]:
+        note += f"; probes fail again in {', '.join(p['probes_fail_again_in'])}"
+    return note
+
+
+def to_markdown(matrix: Matrix) -> str:
+    versions = [r.version for r in matrix.releases]
+    lines = [f"# Upstream status of the patch series ({matrix.project})", "",
+             f"Pin: {matrix.pin}; patches: `{matrix.patches_dir}` ({len(matrix.patches)}); "
+             f"releases: {', '.join(versions)}", ""]
+    if not matrix.patches:
+        lines += ["The series is empty: nothing to check.", ""]
+    else:
+        head = [v + (" (pin)" if v == matrix.pin else "") for v in versions]
+        lines += ["| patch | " + " | ".join(head) + " |",
+                  "| --- |" + " --- |" * len(versions)]
+        for p in matrix.patches:
+            cells = [r.cells[p["name"]].short() for r in matrix.releases]
+            label = f"{p['name'][:4]} {p['subject']}"
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines += ["", "Legend: " + "; ".join(f"**{k}** {v}" for k, v in LEGEND.items() if v)
+                  + "; **x/y** already upstream, and the patch itself fares y; "
+                  "**\\*** judged without an earlier patch that does not apply there "
+                  "(that patch is left out, the rest of the series is applied in order).", ""]
+        lines += ["## Applied-Upstream", "",
+                  "| patch | header | suggested (first release where all probes hold) | note |",
+                  "| --- | --- | --- | --- |"]
+        for p in matrix.patches:
+            lines.append(f"| {p['name'][:4]} | {p['applied_upstream_header'] or '-'} | "
+                         f"{p['suggested_applied_upstream'] or '-'} | {_suggestion_note(p)} |")
+        lines.append("")
+    if matrix.bad_probes:
+        lines += ["## Bad probes", "",
+                  f"These already hold on the pin {matrix.pin}, so they cannot tell that "
+                  "upstream has the patch's change; fix them:", ""]
+        lines += [f"- {b['patch']}: `Probe: {b['probe']}` ({b['why']})"
+                  for b in matrix.bad_probes]
+        lines.append("")
+    grouped: dict[tuple, list[int]] = {}  # the same finding in several releases: one line
+    for index, release in enumerate(matrix.releases):
+        for name, cell in release.cells.items():
+            if cell.apply in ("conflict", "3-way", "offset", "present") or cell.without:
+                text = cell.detail.replace("\n", "; ")
+                if cell.without:
+                    text += f" (judged without {', '.join(w[:4] for w in cell.without)})"
+                grouped.setdefault((name, cell.apply, text), []).append(index)
+    if grouped:
+        lines += ["## Details", ""]
+        for (name, how, text), indexes in sorted(grouped.items(), key=lambda kv: (kv[0][0],
+                                                                                  kv[1][0])):
+            lines.append(f"- {_span([versions[i] for i in indexes], indexes)} {name[:4]} "
+                         f"**{how}**: {text}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _span(names: list[str], indexes: list[int]) -> str:
+    """'A' / 'A, B' / 'A .. D (4 releases)' when the indexes are one contiguous run."""
+    if len(names) > 2 and indexes[-1] - indexes[0] == len(indexes) - 1:
+        return f"{names[0]} .. {names[-1]} ({len(names)} releases)"
+    return ", ".join(names)
+
+
+def write_reports(matrix: Matrix, out_dir: Path) -> tuple[Path, Path]:
+    """reports/status.md and status.json, each written to a temp file then renamed."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in (("status.md", to_markdown(matrix)),
+                       ("status.json", json.dumps(to_json(matrix), indent=1) + "\n")):
+        atomic_write(out_dir / name, text)
+        written.append(out_dir / name)
+    return written[0], written[1]
+
+
+def timing_table(matrix: Matrix) -> str:
+    rows = [f"  {r.version:>10}  {r.seconds:6.2f} s" for r in matrix.releases]
+    return "\n".join(["time per release:", *rows, f"  {'total':>10}  {matrix.total_seconds:6.2f} s"])
+
+
+def check_jobs(jobs: int) -> int:
+    if jobs < 1:
+        raise OverlayError(f"--jobs {jobs}: must be at least 1")
+    return jobs
