@@ -47,13 +47,15 @@ def verify_file(path: Path, art: Artifact) -> None:
             f"{art.filename}: sha256 {got} != pinned {art.sha256} ({path})")
 
 
-def cached(art: Artifact) -> Path | None:
-    """The verified cached file, or None if absent. A corrupt entry is an error."""
+def cached(art: Artifact, rehash: bool = False) -> Path | None:
+    """The verified cached file, or None if absent. A corrupt entry is an error.
+    With rehash, the file is hashed in full whatever its marker says (an in-place write can
+    keep size, mtime and inode)."""
     path = blob_path(art.sha256)
     if not path.exists():
         return None
     marker = path.with_name(path.name + ".verified")
-    if marker.exists() and marker.read_text() == _stat_key(path):
+    if not rehash and marker.exists() and marker.read_text() == _stat_key(path):
         return path
     try:
         verify_file(path, art)
@@ -145,9 +147,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def fetch(art: Artifact, project: str = "vllm") -> Path:
+def fetch(art: Artifact, project: str = "vllm", rehash: bool = False) -> Path:
     """Return the verified cached path of `art`, downloading it on a cold cache."""
-    if path := cached(art):
+    if path := cached(art, rehash):
         return path
     dest = blob_path(art.sha256)
     try:

@@ -26,7 +26,7 @@ def build_overlay_wheel(arch: str = "x86_64", wheelhouse: Path = WHEELHOUSE,
 
         def build_overlay(tmp_dir: Path) -> tuple[Path, str, dict]:
             upstream_art = the_pin.wheel(arch)
-            sdist = fetch.fetch(the_pin.sdist, the_pin.project)
+            sdist = fetch.fetch(the_pin.sdist, the_pin.project, rehash=True)  # 31 MB: cheap
             upstream = fetch.fetch(upstream_art, the_pin.project)
             tree = repo / BUILD_TREES / arch / f"vllm-{the_pin.upstream_version}"
             _apply_log.info(f"{len(patches)} patch(es) onto {the_pin.sdist.filename} in {tree}")

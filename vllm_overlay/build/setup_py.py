@@ -157,8 +157,9 @@ def build_setup_py_wheel(mode: str, arch: str = "x86_64",
 
         def build(tmp_dir: Path) -> tuple[Path, None, dict]:
             started = time.monotonic()
-            sdist = fetch.fetch(the_pin.sdist, the_pin.project)
-            upstream = fetch.fetch(upstream_art, the_pin.project)
+            # hashed in full on every build: setup.py reads both, so they must be the pinned
+            sdist = fetch.fetch(the_pin.sdist, the_pin.project, rehash=True)
+            upstream = fetch.fetch(upstream_art, the_pin.project, rehash=not source)
             tree = repo / BUILD_TREES / f"{arch}-{mode}" / f"vllm-{the_pin.upstream_version}"
             log_module.stage("apply").info(
                 f"{len(patches)} patch(es) onto {the_pin.sdist.filename} in {tree}")

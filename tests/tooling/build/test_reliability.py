@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.tooling import conftest
 from tests.tooling.conftest import UPSTREAM, WHEEL_NAME
 from vllm_overlay.build import fetch, overlay_mode, wheelhouse
 from vllm_overlay.build.zipraw import data_span
@@ -259,3 +260,25 @@ def test_a_missing_patch_is_named_in_the_users_series_not_the_snapshot(synth):
                                            rf"0001-gone.patch, which does not exist in "
                                            rf"{synth.patches}$"):
         build(synth)
+
+
+def test_an_sdist_changed_in_place_is_never_unpacked_into_a_build(synth):
+    """Case 1 for the sdist: another valid .tar.gz of the same size, mtime restored."""
+    synth.seed_cache()
+    art = pin.load(synth.repo).sdist
+    blob = fetch.blob_path(art.sha256)
+    assert fetch.cached(art)  # the marker now trusts size + mtime + inode
+    other = synth.root / "other" / art.filename  # gzip's header holds the file name
+    other.parent.mkdir()
+    sources = dict(conftest.SOURCES, **{"vllm/b.py": "B = 'c'\n"})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(conftest, "SOURCES", sources)
+        conftest.make_sdist(other)
+    assert other.stat().st_size == blob.stat().st_size
+    write_in_place(blob, 0, other.read_bytes())
+    synth.write_series({"Change A": {"vllm/a.py": CHANGE_A}})
+    with pytest.raises(OverlayError, match=rf"corrupt cache entry: {art.filename}: sha256 "
+                                           rf"{sha256(blob)} != pinned {art.sha256} .*delete "
+                                           rf"{blob} to fetch again"):
+        build(synth)
+    assert not list(synth.wheelhouse.glob("*.whl"))
