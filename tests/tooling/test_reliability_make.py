@@ -15,7 +15,8 @@ CASES = [("wheel", "ARCH", "--arch"), ("wheel", "MODE", "--mode"), ("fetch", "AR
          ("publish", "WHEELHOUSE", "--wheelhouse"), ("docker", "IMAGE", "--image"),
          ("docker", "ARCH", "--arch"), ("status", "RELEASES", "--releases"),
          ("status", "PATCHES", "--patches"), ("bisect", "GOOD", "--good"),
-         ("bisect", "BAD", "--bad"), ("bisect", "CHECK", "--check")]
+         ("bisect", "BAD", "--bad"), ("bisect", "CHECK", "--check"), ("rebase", "TO", "--to"),
+         ("rebase", "ARCH", "--arch")]
 
 
 def commands(target: str, **variables: str) -> list[list[str]]:

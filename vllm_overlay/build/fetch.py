@@ -107,7 +107,10 @@ def index_files(index_url: str, project: str) -> dict[str, str]:
         return {}
     if "json" in ctype:
         files = json.loads(body)["files"]
-        return {f["filename"]: urllib.parse.urljoin(page, f["url"]) for f in files}
+        # the sha256 as PEP 503 links carry it, so every caller sees the index's hash
+        return {f["filename"]: urllib.parse.urljoin(page, f["url"]) + (
+                    f"#sha256={f['hashes']['sha256']}" if "sha256" in f.get("hashes", {})
+                    and "#" not in f["url"] else "") for f in files}
     return page_links(body.decode("utf-8", "replace"), page)
 
 

@@ -38,12 +38,19 @@ from vllm_overlay.common.requirements import requirement_names
 from vllm_overlay.common.wheelfile import (check_version_and_tags, open_wheel, read_record,
                                            record_hash)
 
-BUILD_REQUIREMENTS = "requirements/build.txt"
+# vLLM's build requirements: requirements/build.txt to 0.19, requirements/build/cuda.txt from 0.20
+BUILD_REQUIREMENTS = ("requirements/build.txt", "requirements/build/cuda.txt")
 PY_LIMITED_API = "cp38"  # as upstream's Dockerfile: one wheel for every CPython >= 3.8
 
 
+def build_requirements_file(tree: Path) -> Path:
+    """The first of BUILD_REQUIREMENTS that the tree has."""
+    return next((tree / p for p in BUILD_REQUIREMENTS if (tree / p).is_file()),
+                tree / BUILD_REQUIREMENTS[0])
+
+
 def build_requirements(tree: Path, torch_pin: str) -> list[str]:
-    path = tree / BUILD_REQUIREMENTS
+    path = build_requirements_file(tree)
     try:
         reqs = requirement_names(path.read_text())
     except OSError as exc:
@@ -235,7 +242,7 @@ def dry_run(mode: str, arch: str, source: SourceConfig | None = None,
              f"supports {', '.join(the_pin.source_build.torch_cuda_versions)}): ok",
              *(f"preflight: {note}" for note in source.notes),
              f"tree: {tree} (fresh: upstream sdist + patches/series)",
-             f"build venv: {tree}/{BUILD_REQUIREMENTS} with torch=={torch} replaced by "
+             f"build venv: {tree}/{BUILD_REQUIREMENTS[0]} (or {BUILD_REQUIREMENTS[1]}) with torch=={torch} replaced by "
              f"{torch_req} ({' '.join(install_args)})",
              f"would run (cwd {tree}):",
              "  " + shlex.join(["env", *(f"{k}={v}" for k, v in sorted(env.items())), *cmd]),
