@@ -3,6 +3,9 @@ ARCH ?= x86_64
 MODE ?= overlay
 OVERLAY := ./build.sh
 PYTHON ?= python3
+# Every variable reaches the CLI as one shell word: $(call q,$(VAR)) single-quotes it (and
+# its own single quotes), so ARCH='x86_64 --mode source' is an ARCH, never an option.
+q = '$(subst ','\'',$(1))'
 
 .PHONY: lock changelog wheel wheel-dry-run test-slow cross-check fetch apply export-patches check-patches test test-fast bench help publish docker
 
@@ -10,7 +13,7 @@ help:             ## this list (each target's ## text); ./build.sh --help lists 
 	@awk -F':[^#]*## ' '/^[a-z][a-z-]*:[^=]*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 wheel:            ## fetch (sha256-checked), apply the series, build + verify the wheel (MODE=overlay|precompiled|source)
-	$(OVERLAY) wheel --arch $(ARCH) --mode $(MODE)
+	$(OVERLAY) wheel --arch $(call q,$(ARCH)) --mode $(call q,$(MODE))
 
 lock:             ## resolve locks/runtime-<arch>.txt + locks/test-<arch>.txt with hashes (uv; network)
 	$(OVERLAY) lock --arch $(ARCH)
@@ -19,10 +22,10 @@ changelog:        ## release notes since the previous version -> wheelhouse/CHAN
 	$(OVERLAY) changelog --arch $(ARCH) $(if $(PREVIOUS),--previous '$(PREVIOUS)')
 
 wheel-dry-run:    ## MODE=source preflight + the setup.py command it would run
-	$(OVERLAY) wheel --arch $(ARCH) --mode source --dry-run
+	$(OVERLAY) wheel --arch $(call q,$(ARCH)) --mode source --dry-run
 
 fetch:            ## only download + verify the pinned upstream artifacts
-	$(OVERLAY) fetch --arch $(ARCH)
+	$(OVERLAY) fetch --arch $(call q,$(ARCH))
 
 apply:            ## fresh work tree in work/tree: upstream + the series as git commits
 	$(OVERLAY) apply
@@ -40,25 +43,25 @@ test-slow:        ## minutes-long real builds: overlay vs vLLM's precompiled set
 	$(OVERLAY) pytest tests/tooling -m slow
 
 cross-check:      ## diff the installed trees of the overlay and precompiled wheels in wheelhouse/
-	$(OVERLAY) cross-check --arch $(ARCH)
+	$(OVERLAY) cross-check --arch $(call q,$(ARCH))
 
 bench:            ## printed figures: make wheel vs cp and a naive repack; overlay vs precompiled
 	$(PYTHON) benchmarks/bench_wheel.py
 	$(PYTHON) benchmarks/bench_modes.py
 
 test: check-patches  ## all CI runs: tooling, wheel, runtime venv, behaviour, upstream subset (reports/)
-	$(OVERLAY) test --arch $(ARCH)
+	$(OVERLAY) test --arch $(call q,$(ARCH))
 
 # --- distribution: internal index + Docker image (vllm_overlay/dist/) ---
 publish:          ## upload wheelhouse/ wheels: INDEX_URL=<upload URL> [SIMPLE_URL=] [WHEELHOUSE=]
-	@test -n "$(INDEX_URL)" || { echo "error: make publish needs INDEX_URL=<upload URL>" >&2; exit 2; }
-	$(OVERLAY) publish --index-url '$(INDEX_URL)' $(if $(SIMPLE_URL),--simple-url '$(SIMPLE_URL)') \
-	  $(if $(WHEELHOUSE),--wheelhouse '$(WHEELHOUSE)')
+	@test -n $(call q,$(INDEX_URL)) || { echo "error: make publish needs INDEX_URL=<upload URL>" >&2; exit 2; }
+	$(OVERLAY) publish --index-url $(call q,$(INDEX_URL)) $(if $(SIMPLE_URL),--simple-url $(call q,$(SIMPLE_URL))) \
+	  $(if $(WHEELHOUSE),--wheelhouse $(call q,$(WHEELHOUSE)))
 
 docker:           ## build the image: [ARCH=] [IMAGE=] [MODE=source TORCH_CUDA_ARCH_LIST= MAX_JOBS=]
-	$(OVERLAY) docker --arch $(ARCH) $(if $(MODE),--mode $(MODE)) $(if $(IMAGE),--image '$(IMAGE)') \
-	  $(if $(TORCH_CUDA_ARCH_LIST),--build-arg 'TORCH_CUDA_ARCH_LIST=$(TORCH_CUDA_ARCH_LIST)') \
-	  $(if $(MAX_JOBS),--build-arg 'MAX_JOBS=$(MAX_JOBS)')
+	$(OVERLAY) docker --arch $(call q,$(ARCH)) $(if $(MODE),--mode $(call q,$(MODE))) $(if $(IMAGE),--image $(call q,$(IMAGE))) \
+	  $(if $(TORCH_CUDA_ARCH_LIST),--build-arg $(call q,TORCH_CUDA_ARCH_LIST=$(TORCH_CUDA_ARCH_LIST))) \
+	  $(if $(MAX_JOBS),--build-arg $(call q,MAX_JOBS=$(MAX_JOBS)))
 
 # --- upstream releases: patch x release matrix and bisect (vllm_overlay/upstream/) ---
 # CMD goes to the recipe through the environment, unexpanded, so its quotes and $VARS survive.
@@ -68,12 +71,18 @@ STATUS_OUT ?= reports
 CHECK ?= apply
 .PHONY: status bisect bench-status
 
-status:           ## patch x release matrix -> reports/status.{md,json} [RELEASES=A..B|A,B PATCHES=dir]
-	$(OVERLAY) status --patches $(PATCHES) --out $(STATUS_OUT) $(if $(RELEASES),--releases $(RELEASES))
+status:           ## patch x release matrix + drift -> reports/status.{md,json}, drift/ [RELEASES=A..B|A,B PATCHES=dir]
+	$(OVERLAY) status --patches $(call q,$(PATCHES)) --out $(call q,$(STATUS_OUT)) $(if $(RELEASES),--releases $(call q,$(RELEASES)))
 
 bisect:           ## first failing release: GOOD=<tag> BAD=<tag> [CHECK=apply|test CMD='...']
-	$(OVERLAY) bisect --patches $(PATCHES) --check $(CHECK) $(if $(GOOD),--good $(GOOD)) \
-	  $(if $(BAD),--bad $(BAD)) $(if $(CMD),--cmd "$$BISECT_CMD")
+	$(OVERLAY) bisect --patches $(call q,$(PATCHES)) --check $(call q,$(CHECK)) $(if $(GOOD),--good $(call q,$(GOOD))) \
+	  $(if $(BAD),--bad $(call q,$(BAD))) $(if $(CMD),--cmd "$$BISECT_CMD")
 
-bench-status:     ## time `status` per release, pin..newest, warm cache (prints figures)
-	$(PYTHON) benchmarks/bench_status.py --patches $(PATCHES)
+bench-status:     ## time `status` per release, pin..newest, warm cache, with/without drift (figures)
+	$(PYTHON) benchmarks/bench_status.py --patches $(call q,$(PATCHES))
+
+# --- moving the pin: the series onto a newer upstream release (vllm_overlay/upstream/rebase.py) ---
+.PHONY: rebase
+rebase:           ## TO=<release>|latest: new lock + VERSION, patches dropped/rebased, wheel; CONTINUE=1 after a conflict, ABORT=1
+	$(OVERLAY) rebase $(if $(CONTINUE),--continue,$(if $(ABORT),--abort,$(if $(TO),--to $(call q,$(TO))))) \
+	  --arch $(call q,$(ARCH)) $(if $(NO_WHEEL),--no-wheel)

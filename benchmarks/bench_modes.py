@@ -41,8 +41,10 @@ def main() -> None:
     sdist = fetch.fetch(the_pin.sdist, the_pin.project)
     fetch.fetch(the_pin.wheel(ARCH), the_pin.project)
     with tarfile.open(sdist) as tar:
-        text = tar.extractfile(f"vllm-{the_pin.upstream_version}/"
-                               f"{setup_py.BUILD_REQUIREMENTS}").read().decode()
+        names = set(tar.getnames())
+        name = next(f"vllm-{the_pin.upstream_version}/{p}" for p in setup_py.BUILD_REQUIREMENTS
+                    if f"vllm-{the_pin.upstream_version}/{p}" in names)
+        text = tar.extractfile(name).read().decode()
     started = time.monotonic()
     venvs.ensure_venv("build", requirement_names(text))
     print(f"build venv ready in {time.monotonic() - started:.1f} s (not timed below)")

@@ -3,6 +3,8 @@
 Target: under 60 s in total on a 2-core machine. Prints the time per release and in total,
 and, as a baseline measured in the same run, what one release costs without the tree cache
 (unpack the pinned sdist + commit it, as a fresh `git am` check would need).
+Drift (upstream/drift.py): `status` with and without drift, both measured here (alternating,
+best of --repeat each, reports written to a temp dir); target: with drift within 1.5x.
 Run: `make bench-status [PATCHES=dir]` (the first run on a cold cache downloads and builds
 the trees; it is reported, then the timed warm run follows).
 """
@@ -19,6 +21,7 @@ from vllm_overlay.build import apply  # noqa: E402
 from vllm_overlay.build import fetch  # noqa: E402
 from vllm_overlay.common import pin  # noqa: E402
 from vllm_overlay.common import series  # noqa: E402
+from vllm_overlay.upstream import drift  # noqa: E402
 from vllm_overlay.upstream import status  # noqa: E402
 from vllm_overlay.upstream import releases as upstream  # noqa: E402
 from vllm_overlay.common.errors import OverlayError  # noqa: E402
@@ -28,6 +31,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patches", type=Path, default=series.PATCHES)
     parser.add_argument("--jobs", type=int, default=4)
+    parser.add_argument("--repeat", type=int, default=2, help="timed runs of each variant")
     args = parser.parse_args()
     the_pin = pin.load()
     patches = series.read_series(args.patches)
@@ -47,6 +51,24 @@ def main() -> int:
     t = time.monotonic()
     matrix = status.compute(the_pin, patches, versions, urls, args.patches, args.jobs)
     warm = time.monotonic() - t
+    t = time.monotonic()
+    drift.for_matrix(the_pin, patches, matrix)  # fills the drift cache if it is cold
+    print(f"drift warm-up (not the benchmark): {time.monotonic() - t:.1f} s")
+
+    def full(with_drift: bool) -> float:
+        """What `make status [--no-drift]` does after listing the releases."""
+        with tempfile.TemporaryDirectory(prefix="bench-status-") as out:
+            t = time.monotonic()
+            found_matrix = status.compute(the_pin, patches, versions, urls, args.patches,
+                                          args.jobs)
+            found = drift.for_matrix(the_pin, patches, found_matrix) if with_drift else None
+            status.write_reports(found_matrix, Path(out), found)
+            return time.monotonic() - t
+
+    runs = {False: [], True: []}
+    for _ in range(args.repeat):
+        for with_drift in (False, True):
+            runs[with_drift].append(full(with_drift))
 
     with tempfile.TemporaryDirectory(prefix="bench-status-") as tmp:
         t = time.monotonic()
@@ -63,6 +85,11 @@ def main() -> int:
     print(f"{'listing':>10}  {listing:8.2f}   (release list from the index)")
     print(f"{'total':>10}  {warm + listing:8.2f}   (target < 60 s)")
     per_release = warm / len(versions)
+    plain, with_drift = min(runs[False]), min(runs[True])
+    print(f"\nstatus without drift: {plain:.2f} s, with drift: {with_drift:.2f} s (best of "
+          f"{args.repeat}; runs: {', '.join(f'{x:.1f}' for x in runs[False])} / "
+          f"{', '.join(f'{x:.1f}' for x in runs[True])} s) = {with_drift / plain:.2f} x "
+          f"(target <= 1.5 x)")
     print(f"\nbaseline, same run: unpack + commit one sdist without the cache: {baseline:.2f} s")
     print(f"warm time per release (wall, amortised): {per_release:.2f} s = "
           f"{per_release / baseline:.2f} x the baseline; without the cache the same run "

@@ -130,6 +130,11 @@ class Synth:
         export.export(tree, self.patches)
 
 
+def visible_files(house: Path) -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in house.iterdir()
+            if not p.name.startswith(".")} if house.is_dir() else {}
+
+
 @pytest.fixture(scope="session")
 def supply_venv() -> Path:
     """The real cache's supply venv (the SBOM library; created once), for test caches."""
@@ -144,6 +149,17 @@ def link_supply_venv(cache: Path, venv: Path) -> None:
 
 
 SYNTH_LOCK = "# synthetic runtime lock: the synthetic wheel has no Requires-Dist\n"
+
+
+@pytest.fixture(autouse=True)
+def real_wheelhouse_untouched():
+    """No test may write into the repository's wheelhouse/: `make publish` uploads every
+    wheel SHA256SUMS lists there. Tests build into a temporary wheelhouse."""
+    house = Path(__file__).resolve().parents[2] / "wheelhouse"
+    before = visible_files(house)
+    yield
+    assert visible_files(house) == before, \
+        f"this test changed {house} (use a temporary wheelhouse)"
 
 
 @pytest.fixture

@@ -103,6 +103,11 @@ def reset_to_base(tree: Path, base_id: str) -> bool:
     marker = _base_marker(tree)
     if not marker.exists() or marker.read_text() != base_id:
         return False
+    # Only builds reuse a tree, and they hold the wheelhouse lock: a git lock file here is
+    # left by a killed run of ours (index.lock, HEAD.lock, a ref's lock), never a live one.
+    dot_git = tree / ".git"
+    for lock in [*dot_git.glob("*.lock"), *(dot_git / "refs").glob("**/*.lock")]:
+        lock.unlink(missing_ok=True)
     git(tree, "am", "--abort", check=False)
     git(tree, "checkout", "-q", "-f", "-B", "overlay", BASE_TAG)
     git(tree, "clean", "-q", "-f", "-d", "-x")
@@ -130,9 +135,13 @@ def apply_series(sdist: Path, patches: list[Patch], tree: Path, base_date: str,
             what = {"offset": "applies only at shifted lines (re-export the series)",
                     "applied": "is already applied",
                     "conflict": "does not apply"}[result.status]
+            crlf = patch.path.read_bytes().split(b"\n", 1)[0].endswith(b"\r")
             raise OverlayError(
                 f"patch {patch.name} ({patch.subject}) {what}:\n  "
                 + result.detail.replace("\n", "\n  ")
+                + (f"\n  {patch.name} has CRLF (\\r\\n) line endings (an editor or git's "
+                   f"core.autocrlf?): convert it back to LF (sed -i 's/\\r$//' {patch.name})"
+                   if crlf else "")
                 + f"\nwork tree left for inspection at {tree} (patches before it are applied)")
         am(tree, patch)
         if not git(tree, "diff", "--name-only", "HEAD~1", "HEAD").stdout.strip():

@@ -47,19 +47,24 @@ def verify_file(path: Path, art: Artifact) -> None:
             f"{art.filename}: sha256 {got} != pinned {art.sha256} ({path})")
 
 
-def cached(art: Artifact) -> Path | None:
-    """The verified cached file, or None if absent. A corrupt entry is an error."""
+def cached(art: Artifact, rehash: bool = False) -> Path | None:
+    """The verified cached file, or None if absent. A corrupt entry is an error.
+    With rehash, the file is hashed in full whatever its marker says (an in-place write can
+    keep size, mtime and inode)."""
     path = blob_path(art.sha256)
     if not path.exists():
         return None
     marker = path.with_name(path.name + ".verified")
-    if marker.exists() and marker.read_text() == _stat_key(path):
+    if not rehash and marker.exists() and marker.read_text() == _stat_key(path):
         return path
     try:
         verify_file(path, art)
     except OverlayError as exc:
         raise OverlayError(f"corrupt cache entry: {exc}; delete {path} to fetch again") from exc
-    marker.write_text(_stat_key(path))
+    try:
+        marker.write_text(_stat_key(path))
+    except OSError:
+        pass  # a read-only cache: verified now, and again next time
     return path
 
 
@@ -102,7 +107,10 @@ def index_files(index_url: str, project: str) -> dict[str, str]:
         return {}
     if "json" in ctype:
         files = json.loads(body)["files"]
-        return {f["filename"]: urllib.parse.urljoin(page, f["url"]) for f in files}
+        # the sha256 as PEP 503 links carry it, so every caller sees the index's hash
+        return {f["filename"]: urllib.parse.urljoin(page, f["url"]) + (
+                    f"#sha256={f['hashes']['sha256']}" if "sha256" in f.get("hashes", {})
+                    and "#" not in f["url"] else "") for f in files}
     return page_links(body.decode("utf-8", "replace"), page)
 
 
@@ -132,12 +140,30 @@ def download_pinned(url: str, dest: Path, art: Artifact) -> None:
         part.unlink(missing_ok=True)
 
 
-def fetch(art: Artifact, project: str = "vllm") -> Path:
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def fetch(art: Artifact, project: str = "vllm", rehash: bool = False) -> Path:
     """Return the verified cached path of `art`, downloading it on a cold cache."""
-    if path := cached(art):
+    if path := cached(art, rehash):
         return path
     dest = blob_path(art.sha256)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        for part in dest.parent.glob(dest.name + ".part*"):  # left by a killed download
+            pid = part.name.rpartition(".part")[2]
+            if not (pid.isdigit() and _alive(int(pid))):
+                part.unlink(missing_ok=True)
+    except OSError as exc:
+        raise OverlayError(f"{art.filename}: cannot write the cache {dest.parent}: {exc} "
+                           f"(set VLLM_OVERLAY_CACHE to a writable folder)") from exc
     url = find_url(art, project)
     _log.info(f"{art.filename} ({art.size / 1e6:.1f} MB) from {url}")
     download_pinned(url, dest, art)

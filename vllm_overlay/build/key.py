@@ -11,6 +11,7 @@ import hashlib
 import os
 
 from vllm_overlay.common import pin, series
+from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.paths import REPO
 
 PACKAGE = REPO / "vllm_overlay"
@@ -20,6 +21,9 @@ WHEEL_SHAPING = ("build", "common")  # subpackages whose code can change a built
 def source_date_epoch(patches: list[series.Patch], released: str) -> int:
     """SOURCE_DATE_EPOCH if set, else the newest patch date, else the upstream release date."""
     if env := os.environ.get("SOURCE_DATE_EPOCH"):
+        if not env.strip().isdigit():
+            raise OverlayError(f"SOURCE_DATE_EPOCH={env!r} is not a whole number of seconds "
+                               f"since 1970-01-01 UTC (e.g. SOURCE_DATE_EPOCH=1700000000)")
         return int(env)
     dates = [email.utils.parsedate_to_datetime(p.date).timestamp() for p in patches if p.date]
     release = datetime.datetime.fromisoformat(released.replace("Z", "+00:00")).timestamp()

@@ -9,15 +9,18 @@ against the same plan.
 
 import csv
 import fnmatch
+import hashlib
 import io
 import os
 import re
+import struct
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vllm_overlay.build.apply import changed_files
 from vllm_overlay.common.errors import OverlayError
+from vllm_overlay.common.fs import sha256_file
 from vllm_overlay.common.series import Patch
 from vllm_overlay.common.wheelfile import name_tags, open_wheel, read_record, record_hash
 from vllm_overlay.build.zipraw import RawZipWriter
@@ -87,15 +90,26 @@ def classify_changes(tree: Path, patches: list[Patch]) -> tuple[dict[str, str], 
 
 
 def plan_wheel(upstream: Path, upstream_name: str, upstream_version: str, version: str,
-               tree: Path, patches: list[Patch], extra: dict[str, bytes] | None = None,
-               ) -> WheelPlan:
-    """`extra`: new dist-info files by relative name (the SBOM: sbom.MEMBER)."""
+               tree: Path, patches: list[Patch], upstream_sha256: str | None = None,
+               extra: dict[str, bytes] | None = None) -> WheelPlan:
+    """The member list; an unreadable upstream is a named error (corrupt cache or bad wheel).
+    `extra`: new dist-info files by relative name (the SBOM: sbom.MEMBER)."""
     shipped, outside = classify_changes(tree, patches)
+    try:
+        return _plan(upstream, upstream_name, upstream_version, version, tree, patches,
+                     shipped, outside, extra or {})
+    except (zipfile.BadZipFile, struct.error, UnicodeDecodeError, KeyError) as exc:
+        raise bad_upstream(upstream, upstream_name, upstream_sha256, exc) from exc
+
+
+def _plan(upstream: Path, upstream_name: str, upstream_version: str, version: str,
+          tree: Path, patches: list[Patch], shipped: dict[str, str], outside: list[str],
+          extra: dict[str, bytes]) -> WheelPlan:
     tags = upstream_name[:-4].split("-", 2)[2]
     plan = WheelPlan(upstream, f"vllm-{version}-{tags}.whl", version, changed=shipped,
                      outside=outside)
     old_info, new_info = f"vllm-{upstream_version}.dist-info/", f"vllm-{version}.dist-info/"
-    with open_wheel(upstream, f"{upstream_name} ({upstream})") as zf:
+    with zipfile.ZipFile(upstream) as zf:  # plan_wheel names a BadZipFile (corrupt cache?)
         names = zf.namelist()
         missing = [p for p, s in shipped.items() if s in "MD" and p not in names]
         if missing:
@@ -130,7 +144,7 @@ def plan_wheel(upstream: Path, upstream_name: str, upstream_version: str, versio
                 plan.members.append(Member(new_name, data=("\n".join(lines) + "\n\n").encode()))
             else:
                 plan.members.append(Member(new_name, source=name))
-        for rel, data in sorted((extra or {}).items()):
+        for rel, data in sorted(extra.items()):
             plan.members.append(Member(new_info + rel, data=data))
         record = read_record(zf, old_info + "RECORD")
     plan.members.append(Member(new_info + "RECORD", data=render_record(plan, record)))
@@ -149,18 +163,67 @@ def render_record(plan: WheelPlan, upstream_rows: dict[str, tuple[str, str]]) ->
     return out.getvalue().encode()
 
 
-def write_wheel(plan: WheelPlan, out: Path, date_time: tuple) -> str:
-    """Write the planned wheel to `out`; returns its sha256."""
-    with zipfile.ZipFile(plan.upstream) as zf, open(plan.upstream, "rb") as src, \
-            open(out, "wb") as fp:
-        infos = {info.filename: info for info in zf.infolist()}
-        writer = RawZipWriter(fp)
-        for member in plan.members:
-            if member.source is not None:
-                writer.copy_raw(src, infos[member.source], member.name)
-            else:
-                writer.add(member.name, member.data, date_time, infos.get(member.name))
-        writer.close()
-        fp.flush()
-        os.fsync(fp.fileno())
+class HashingReader:
+    """Forward-only reads of a file that hash every byte of it, skipped ones included."""
+
+    def __init__(self, fp):
+        self.fp, self.pos, self.digest = fp, 0, hashlib.sha256()
+
+    def read(self, n: int) -> bytes:
+        data = self.fp.read(n)
+        self.digest.update(data)
+        self.pos += len(data)
+        return data
+
+    def seek(self, offset: int) -> None:
+        if offset < self.pos:
+            raise zipfile.BadZipFile(f"members out of file order at offset {offset}")
+        while self.pos < offset and self.read(min(1 << 20, offset - self.pos)):
+            pass
+
+    def hexdigest(self) -> str:
+        while self.read(1 << 20):  # the rest: central directory
+            pass
+        return self.digest.hexdigest()
+
+
+def bad_upstream(path: Path, name: str, pinned: str | None, why: object,
+                 actual: str | None = None) -> OverlayError:
+    """The named error for an upstream wheel that cannot be read or is not the pinned one."""
+    if pinned is not None and actual is None:
+        actual = sha256_file(path)
+    if pinned is None or actual == pinned:
+        return OverlayError(f"{name} ({path}): not a valid wheel: {why}")
+    return OverlayError(f"corrupt cache entry: {name} ({path}) has sha256 {actual}, pinned "
+                        f"{pinned} ({why}); nothing was built: delete {path} to fetch it again")
+
+
+def write_wheel(plan: WheelPlan, out: Path, date_time: tuple, upstream_sha256: str | None = None,
+                upstream_name: str = "upstream wheel") -> str:
+    """Write the planned wheel to `out`; returns its sha256.
+
+    With upstream_sha256, every byte of the upstream wheel is hashed in the same pass that
+    copies its members, and a digest other than the pinned one is an error: what was copied
+    is proven to be the pinned upstream's on every build, whatever the cache markers say.
+    """
+    try:
+        with zipfile.ZipFile(plan.upstream) as zf, open(plan.upstream, "rb") as raw, \
+                open(out, "wb") as fp:
+            infos = {info.filename: info for info in zf.infolist()}
+            src = HashingReader(raw)
+            writer = RawZipWriter(fp)
+            for member in plan.members:
+                if member.source is not None:
+                    writer.copy_raw(src, infos[member.source], member.name)
+                else:
+                    writer.add(member.name, member.data, date_time, infos.get(member.name))
+            writer.close()
+            fp.flush()
+            os.fsync(fp.fileno())
+            actual = src.hexdigest()
+    except (zipfile.BadZipFile, struct.error) as exc:
+        raise bad_upstream(plan.upstream, upstream_name, upstream_sha256, exc) from exc
+    if upstream_sha256 is not None and actual != upstream_sha256:
+        raise bad_upstream(plan.upstream, upstream_name, upstream_sha256,
+                           "changed since it was verified", actual)
     return writer.sha256.hexdigest()

@@ -39,12 +39,19 @@ from vllm_overlay.common.requirements import requirement_names
 from vllm_overlay.common.wheelfile import (check_version_and_tags, open_wheel, read_record,
                                            record_hash)
 
-BUILD_REQUIREMENTS = "requirements/build.txt"
+# vLLM's build requirements: requirements/build.txt to 0.19, requirements/build/cuda.txt from 0.20
+BUILD_REQUIREMENTS = ("requirements/build.txt", "requirements/build/cuda.txt")
 PY_LIMITED_API = "cp38"  # as upstream's Dockerfile: one wheel for every CPython >= 3.8
 
 
+def build_requirements_file(tree: Path) -> Path:
+    """The first of BUILD_REQUIREMENTS that the tree has."""
+    return next((tree / p for p in BUILD_REQUIREMENTS if (tree / p).is_file()),
+                tree / BUILD_REQUIREMENTS[0])
+
+
 def build_requirements(tree: Path, torch_pin: str) -> list[str]:
-    path = tree / BUILD_REQUIREMENTS
+    path = build_requirements_file(tree)
     try:
         reqs = requirement_names(path.read_text())
     except OSError as exc:
@@ -144,87 +151,89 @@ def build_setup_py_wheel(mode: str, arch: str = "x86_64",
     the_pin = pin.load(repo)
     if mode == "source" and source is None:
         source = source_preflight(the_pin=the_pin)
-    patches = series.read_series(patches_dir)
-    series_sha = series.series_digest(patches, patches_dir)
-    epoch = key.source_date_epoch(patches, the_pin.released)
-    version = the_pin.overlay_version
-    extra = [f"mode={mode}", f"python={sys.version}"]
-    if source:
-        version += f".cu{cuda_tag(source.cuda)}"
-        extra += [f"{k}={v}" for k, v in sorted(source.env().items())]
-    extra += beside.inputs(arch, repo)
-    build_key = key.build_key(the_pin, arch, series_sha, epoch, mode=mode, extra=extra)
-    upstream_art = the_pin.wheel(arch)
+    with wheelhouse_store.locked_inputs(wheelhouse_dir, patches_dir, repo) as (
+            the_pin, patches, snapshot):  # read once, under the lock (README: Guarantees)
+        series_sha = series.series_digest(patches, snapshot)
+        epoch = key.source_date_epoch(patches, the_pin.released)
+        version = the_pin.overlay_version
+        extra = [f"mode={mode}", f"python={sys.version}"]
+        if source:
+            version += f".cu{cuda_tag(source.cuda)}"
+            extra += [f"{k}={v}" for k, v in sorted(source.env().items())]
+        extra += beside.inputs(arch, repo)
+        build_key = key.build_key(the_pin, arch, series_sha, epoch, mode=mode, extra=extra)
+        upstream_art = the_pin.wheel(arch)
 
-    def build(tmp_dir: Path) -> tuple[Path, None, dict]:
-        started = time.monotonic()
-        sdist = fetch.fetch(the_pin.sdist, the_pin.project)
-        upstream = fetch.fetch(upstream_art, the_pin.project)
-        tree = repo / BUILD_TREES / f"{arch}-{mode}" / f"vllm-{the_pin.upstream_version}"
-        log_module.stage("apply").info(
-            f"{len(patches)} patch(es) onto {the_pin.sdist.filename} in {tree}")
-        apply.apply_series(sdist, patches, tree, the_pin.released)
-        torch_pin = the_pin.source_build.torch
-        reqs, install_args = build_requirements(tree, torch_pin), ()
-        if source:
-            torch_req, install_args = source.torch_requirement()
-            reqs = [torch_req if r == f"torch=={torch_pin}" else r for r in reqs]
-        venv = venvs.ensure_venv(f"build-{mode}" if source else "build", reqs,
-                                 install_args=install_args)
-        env = {**os.environ, "VLLM_TARGET_DEVICE": "cuda", "VLLM_VERSION_OVERRIDE": version,
-               "SOURCE_DATE_EPOCH": str(epoch)}
-        for name in ("VLLM_PRECOMPILED_WHEEL_VARIANT", "VLLM_PRECOMPILED_WHEEL_COMMIT",
-                     "VLLM_USE_PRECOMPILED", "VLLM_MAIN_CUDA_VERSION"):
-            env.pop(name, None)
-        if source:
-            env.update(source.env())
-            env["PATH"] = f"{source.cuda_home / 'bin'}{os.pathsep}{env.get('PATH', '')}"
-        else:
-            # A local file: setup.py uses it as is and never downloads (setup.py:
-            # extract_precompiled_and_patch_package only downloads a non-file location).
-            env.update(VLLM_USE_PRECOMPILED="1", VLLM_PRECOMPILED_WHEEL_LOCATION=str(upstream))
-        dist = tmp_dir / "dist"
-        cmd = setup_command(venvs.python_of(venv), dist)
-        log = tree.parent / "setup.log"
-        log_module.stage("setup.py").info(
-            f"{shlex.join(cmd[1:])} (MODE={mode}, VLLM_VERSION_OVERRIDE={version})")
-        setup_started = time.monotonic()
-        run_setup_py(cmd, tree, env, log, f"setup.py ({mode})")
-        setup_seconds = time.monotonic() - setup_started
-        built = sorted(dist.glob("*.whl"))
-        if len(built) != 1 or built[0].name != expected_filename(version, arch):
-            raise OverlayError(f"setup.py wrote {[b.name for b in built]} into {dist}, expected "
-                               f"{expected_filename(version, arch)} (see {log})")
-        shipped = {path: status for path, status in apply.changed_files(tree).items()
-                   if path.startswith("vllm/")}
-        document = sbom.render(sbom.facts(
-            the_pin, arch, version, patches, series_sha, epoch, tree, shipped,
-            constraints.requires_dist(upstream, the_pin.upstream_version, upstream_art.filename),
-            repo))
-        tmp = tmp_dir / built[0].name
-        sbom.embed(built[0], tmp, version, document, epoch_to_date_time(epoch))
-        log_module.stage("verify").info(built[0].name)
-        verify_setup_wheel(tmp, version, tree,
-                           None if source else (upstream,
-                                                f"vllm-{the_pin.upstream_version}.dist-info/"))
-        sbom.check_wheel(tmp, version, document)
-        torch_version = subprocess.run(
-            [str(venvs.python_of(venv)), "-c", "import torch; print(torch.__version__)"],
-            capture_output=True, text=True).stdout.strip()
-        manifest = {
-            "setup_py": {"command": ["python", *cmd[1:]],
-                         "env": {k: env[k] for k in sorted(env) if k.startswith(
-                             ("VLLM_", "TORCH_CUDA", "MAX_JOBS", "NVCC", "CUDA_HOME"))},
-                         "build_requirements": reqs, "torch": torch_version,
-                         "seconds": round(setup_seconds, 1)},
-            "build_seconds": round(time.monotonic() - started, 1),
-        }
-        if source:
-            manifest["setup_py"]["nvcc"] = source.cuda
-        return tmp, None, manifest
+        def build(tmp_dir: Path) -> tuple[Path, None, dict]:
+            started = time.monotonic()
+            # hashed in full on every build: setup.py reads both, so they must be the pinned
+            sdist = fetch.fetch(the_pin.sdist, the_pin.project, rehash=True)
+            upstream = fetch.fetch(upstream_art, the_pin.project, rehash=not source)
+            tree = repo / BUILD_TREES / f"{arch}-{mode}" / f"vllm-{the_pin.upstream_version}"
+            log_module.stage("apply").info(
+                f"{len(patches)} patch(es) onto {the_pin.sdist.filename} in {tree}")
+            apply.apply_series(sdist, patches, tree, the_pin.released)
+            torch_pin = the_pin.source_build.torch
+            reqs, install_args = build_requirements(tree, torch_pin), ()
+            if source:
+                torch_req, install_args = source.torch_requirement()
+                reqs = [torch_req if r == f"torch=={torch_pin}" else r for r in reqs]
+            venv = venvs.ensure_venv(f"build-{mode}" if source else "build", reqs,
+                                     install_args=install_args)
+            env = {**os.environ, "VLLM_TARGET_DEVICE": "cuda", "VLLM_VERSION_OVERRIDE": version,
+                   "SOURCE_DATE_EPOCH": str(epoch)}
+            for name in ("VLLM_PRECOMPILED_WHEEL_VARIANT", "VLLM_PRECOMPILED_WHEEL_COMMIT",
+                         "VLLM_USE_PRECOMPILED", "VLLM_MAIN_CUDA_VERSION"):
+                env.pop(name, None)
+            if source:
+                env.update(source.env())
+                env["PATH"] = f"{source.cuda_home / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+            else:
+                # A local file: setup.py uses it as is and never downloads (setup.py:
+                # extract_precompiled_and_patch_package only downloads a non-file location).
+                env.update(VLLM_USE_PRECOMPILED="1", VLLM_PRECOMPILED_WHEEL_LOCATION=str(upstream))
+            dist = tmp_dir / "dist"
+            cmd = setup_command(venvs.python_of(venv), dist)
+            log = tree.parent / "setup.log"
+            log_module.stage("setup.py").info(
+                f"{shlex.join(cmd[1:])} (MODE={mode}, VLLM_VERSION_OVERRIDE={version})")
+            setup_started = time.monotonic()
+            run_setup_py(cmd, tree, env, log, f"setup.py ({mode})")
+            setup_seconds = time.monotonic() - setup_started
+            built = sorted(dist.glob("*.whl"))
+            if len(built) != 1 or built[0].name != expected_filename(version, arch):
+                raise OverlayError(f"setup.py wrote {[b.name for b in built]} into {dist}, "
+                                   f"expected {expected_filename(version, arch)} (see {log})")
+            shipped = {path: status for path, status in apply.changed_files(tree).items()
+                       if path.startswith("vllm/")}
+            document = sbom.render(sbom.facts(
+                the_pin, arch, version, patches, series_sha, epoch, tree, shipped,
+                constraints.requires_dist(upstream, the_pin.upstream_version,
+                                          upstream_art.filename), repo))
+            tmp = tmp_dir / built[0].name  # setuptools has no PEP 770 support: add the SBOM
+            sbom.embed(built[0], tmp, version, document, epoch_to_date_time(epoch))
+            log_module.stage("verify").info(built[0].name)
+            verify_setup_wheel(tmp, version, tree,
+                               None if source else (upstream,
+                                                    f"vllm-{the_pin.upstream_version}.dist-info/"))
+            sbom.check_wheel(tmp, version, document)
+            torch_version = subprocess.run(
+                [str(venvs.python_of(venv)), "-c", "import torch; print(torch.__version__)"],
+                capture_output=True, text=True).stdout.strip()
+            manifest = {
+                "setup_py": {"command": ["python", *cmd[1:]],
+                             "env": {k: env[k] for k in sorted(env) if k.startswith(
+                                 ("VLLM_", "TORCH_CUDA", "MAX_JOBS", "NVCC", "CUDA_HOME"))},
+                             "build_requirements": reqs, "torch": torch_version,
+                             "seconds": round(setup_seconds, 1)},
+                "build_seconds": round(time.monotonic() - started, 1),
+            }
+            if source:
+                manifest["setup_py"]["nvcc"] = source.cuda
+            return tmp, None, manifest
 
-    return wheelhouse_store.store(wheelhouse_dir, mode, arch, build_key, the_pin, epoch,
-                                  series_sha, patches, build, repo)
+        return wheelhouse_store.store(wheelhouse_dir, mode, arch, build_key, the_pin, epoch,
+                                      series_sha, patches, build, repo)
 
 
 def dry_run(mode: str, arch: str, source: SourceConfig | None = None,
@@ -242,7 +251,7 @@ def dry_run(mode: str, arch: str, source: SourceConfig | None = None,
              f"supports {', '.join(the_pin.source_build.torch_cuda_versions)}): ok",
              *(f"preflight: {note}" for note in source.notes),
              f"tree: {tree} (fresh: upstream sdist + patches/series)",
-             f"build venv: {tree}/{BUILD_REQUIREMENTS} with torch=={torch} replaced by "
+             f"build venv: {tree}/{BUILD_REQUIREMENTS[0]} (or {BUILD_REQUIREMENTS[1]}) with torch=={torch} replaced by "
              f"{torch_req} ({' '.join(install_args)})",
              f"would run (cwd {tree}):",
              "  " + shlex.join(["env", *(f"{k}={v}" for k, v in sorted(env.items())), *cmd]),

@@ -7,6 +7,8 @@ vllm/_version.py and the WHEEL tags agree with the file name and VERSION. Upstre
 RECORD is checked once per upstream sha256 (remembered in the cache).
 """
 
+import base64
+import hashlib
 import zipfile
 from pathlib import Path
 
@@ -48,8 +50,13 @@ def check_record_against_content(zf: zipfile.ZipFile, record_name: str,
     for name in names if names is not None else members:
         if name == record_name:
             continue
-        data = zf.read(name)  # also checks the CRC
-        if record[name] != (record_hash(data), str(len(data))):
+        digest, size = hashlib.sha256(), 0
+        with zf.open(name) as member:  # streamed (members reach hundreds of MB); checks CRC
+            while chunk := member.read(_CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+        hashed = "sha256=" + base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode()
+        if record[name] != (hashed, str(size)):
             raise OverlayError(f"{record_name}: wrong hash or size for {name}")
 
 
@@ -60,8 +67,11 @@ def check_upstream_record(upstream: Path, sha256: str, dist_info: str) -> None:
         return
     with zipfile.ZipFile(upstream) as zf:
         check_record_against_content(zf, dist_info + "RECORD")
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text("upstream RECORD matches content\n")
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("upstream RECORD matches content\n")
+    except OSError:
+        pass  # a read-only cache: checked now, and again next time
 
 
 def verify_wheel(plan: WheelPlan, built: Path, upstream_sha256: str, upstream_dist_info: str,

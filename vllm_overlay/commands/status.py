@@ -7,7 +7,7 @@ from pathlib import Path
 from vllm_overlay.common import log, pin, series
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.paths import REPO
-from vllm_overlay.upstream import releases, status
+from vllm_overlay.upstream import drift, drift_report, releases, status
 
 REPORTS = REPO / "reports"
 _log = log.stage("status")
@@ -39,10 +39,13 @@ def run(args) -> None:
               f"({versions[0]} .. {versions[-1]}), {args.jobs} in parallel")
     matrix = status.compute(the_pin, patches, versions, urls, args.patches,
                             status.check_jobs(args.jobs))
-    md, js = status.write_reports(matrix, args.out)
+    found = None if args.no_drift else drift.for_matrix(the_pin, patches, matrix)
+    md, js = status.write_reports(matrix, args.out, found)
     print(status.to_markdown(matrix))
     print(status.timing_table(matrix), file=sys.stderr)
     _log.info(f"wrote {md} and {js}")
+    if found is not None:
+        print(drift_report.summary(found.data, md))
 
 
 def add(sub) -> None:
@@ -53,6 +56,8 @@ def add(sub) -> None:
     p.add_argument("--patches", type=Path, default=series.PATCHES, help="patches dir")
     p.add_argument("--jobs", type=int, default=4, help="releases handled in parallel")
     p.add_argument("--out", type=Path, default=REPORTS, help="where status.md/.json go")
+    p.add_argument("--no-drift", action="store_true",
+                   help="leave out the drift of the code each patch touches")
     p.add_argument("--list-releases", action="store_true",
                    help="only print the selected releases as a JSON list (CI matrix)")
     p.set_defaults(func=run)

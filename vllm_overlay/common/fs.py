@@ -46,9 +46,12 @@ def file_lock(path: Path, log: logging.Logger | None = None):
 
 def replace(tmp: Path, dest: Path) -> None:
     """Rename a finished temp file into place (atomic on one file system)."""
-    if os.environ.get("VLLM_OVERLAY_FAULT") == f"before-rename:{dest.name}":
+    fault = os.environ.get("VLLM_OVERLAY_FAULT")
+    if fault == f"before-rename:{dest.name}":
         os._exit(137)  # fault injection for tests: die like a killed process
     os.replace(tmp, dest)
+    if fault == f"after-rename:{dest.name}":
+        os._exit(137)
 
 
 def temp_name(dest: Path, tmp_dir: Path | None = None) -> Path:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from vllm_overlay.common import log
 from vllm_overlay.common.errors import OverlayError
+from vllm_overlay.common.fs import file_lock
 from vllm_overlay.common.paths import cache_dir
 
 _log = log.stage("venv")
@@ -34,6 +35,17 @@ def ensure_venv(name: str, requirements: list[str], extra_key: str = "",
     venv = cache_dir() / "venvs" / f"{name}-{venv_key(requirements, extra_key)}"
     if (venv / ".complete").exists():
         return venv
+    try:
+        with file_lock(venv.parent / f".{venv.name}.lock", _log):  # one creator, others wait
+            if (venv / ".complete").exists():
+                return venv
+            return _create(venv, name, requirements, install_args)
+    except OSError as exc:  # a read-only or full cache
+        raise OverlayError(f"venv {name}: cannot create {venv}: {exc}") from exc
+
+
+def _create(venv: Path, name: str, requirements: list[str], install_args: tuple[str, ...],
+            ) -> Path:
     shutil.rmtree(venv, ignore_errors=True)
     _log.info(f"creating {name} environment in {venv} ({len(requirements)} requirement(s))")
     started = time.monotonic()

@@ -7,6 +7,7 @@ overlay wheel: PEP 440 lets `==0.19.1` match the local version `0.19.1+<label>`.
 Each page is written to a temp file and renamed into place, and only when it changed.
 """
 
+import contextlib
 import html
 import re
 import urllib.parse
@@ -78,6 +79,12 @@ def sync(wheelhouse: Path) -> bool:
         dest.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(dest, pages[rel], mode=0o644)
         changed = True
+    for stale in simple.glob("*/index.html"):  # a project with no file left (root page first)
+        if stale.relative_to(simple).as_posix() not in pages:
+            stale.unlink()
+            with contextlib.suppress(OSError):
+                stale.parent.rmdir()
+            changed = True
     if changed:
         log.stage("index").info(f"{simple} lists {len(sums)} file(s) "
                                 f"(pip install --index-url {simple.resolve().as_uri()} ...)")

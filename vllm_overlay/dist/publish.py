@@ -8,7 +8,11 @@ error (an index must never serve two different files under one name). The rest g
 with `twine upload`, and the index is read again to confirm it serves our sha256.
 
 Credentials are twine's own: TWINE_USERNAME / TWINE_PASSWORD or keyring, never the repo.
-They are also sent (HTTP basic auth) when reading the simple page, for private indexes.
+They are also sent (HTTP basic auth) when reading the simple page, for private indexes,
+but only to the host (and port) of INDEX_URL: never across a redirect to another host
+(pypiserver redirects a project it lacks to its fallback index). Before the upload, the
+simple index root must answer, and one empty authenticated POST to INDEX_URL checks the
+credentials (an index refusing them answers 401/403 before twine sends any wheel).
 twine runs from a venv the project creates (venvs.ensure_venv), pinned below.
 """
 
@@ -48,21 +52,91 @@ def _auth_header() -> dict[str, str]:
     return {"Authorization": f"Basic {token}"}
 
 
-def _sha256_of_url(url: str) -> str:
+def _host(url: str) -> tuple:
+    parts = urllib.parse.urlsplit(url)
+    return parts.hostname, parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+
+
+class _CredentialsStayHome(urllib.request.HTTPRedirectHandler):
+    """Follows redirects, re-sending the credentials only to the host they were given for."""
+
+    def __init__(self, home: tuple, auth: dict[str, str]):
+        self.home, self.auth = home, auth
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and _host(newurl) == self.home:
+            for key, value in self.auth.items():
+                new.add_unredirected_header(key, value)
+        return new
+
+
+def _open(url: str, index_url: str, headers: dict[str, str] | None = None,
+          data: bytes | None = None, timeout: int = 60):
+    """urlopen with the credentials sent to INDEX_URL's host only (never redirected)."""
+    home, auth = _host(index_url), _auth_header()
+    request = urllib.request.Request(url, data=data, headers=headers or {})
+    if _host(url) == home:
+        for key, value in auth.items():
+            request.add_unredirected_header(key, value)  # urllib copies other headers
+    return urllib.request.build_opener(_CredentialsStayHome(home, auth)).open(request,
+                                                                              timeout=timeout)
+
+
+def _sha256_of_url(url: str, index_url: str) -> str:
     digest = hashlib.sha256()
-    request = urllib.request.Request(url, headers=_auth_header())
-    with urllib.request.urlopen(request, timeout=120) as resp:
+    with _open(url, index_url, timeout=120) as resp:
         while chunk := resp.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
 
 
-def remote_files(simple_url: str, project: str) -> dict[str, str]:
-    """filename -> sha256 of what the index serves for `project` (empty if unknown there)."""
-    page = simple_url.rstrip("/") + f"/{index.normalize(project)}/"
-    request = urllib.request.Request(page, headers={"Accept": "text/html", **_auth_header()})
+def check_simple_root(simple_url: str, index_url: str) -> None:
+    """The simple index root must answer from its own host: a wrong SIMPLE_URL would
+    otherwise read as "nothing published" and the upload could replace a wheel."""
     try:
-        with urllib.request.urlopen(request, timeout=60) as resp:
+        with _open(simple_url, index_url, {"Accept": "text/html"}) as resp:
+            final = resp.geturl()
+    except urllib.error.HTTPError as exc:
+        raise OverlayError(f"SIMPLE_URL {simple_url} does not answer as a simple index "
+                           f"(HTTP {exc.code} {exc.reason}); nothing uploaded (is INDEX_URL / "
+                           f"SIMPLE_URL right?)") from exc
+    except (OSError, ValueError) as exc:
+        raise OverlayError(f"SIMPLE_URL {simple_url} does not answer ({exc}); nothing uploaded "
+                           f"(is INDEX_URL / SIMPLE_URL right?)") from exc
+    if _host(final) != _host(simple_url):
+        raise OverlayError(f"SIMPLE_URL {simple_url} redirects to another host ({final}); "
+                           f"nothing uploaded: give the index's own simple URL")
+
+
+def check_credentials(index_url: str) -> None:
+    """One empty authenticated POST (no action, no file): an index that refuses the
+    credentials says so (401/403) before twine sends the wheel; any other answer (e.g.
+    pypiserver's 400 "Missing ':action' field") leaves the decision to twine."""
+    if not _auth_header():
+        return  # keyring or a prompt: twine's business
+    try:
+        with _open(index_url, index_url, {"Content-Type": "application/x-www-form-urlencoded"},
+                   data=b""):
+            pass
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise OverlayError(
+                f"{index_url} refuses the credentials of TWINE_USERNAME="
+                f"{os.environ.get('TWINE_USERNAME')!r} (HTTP {exc.code} {exc.reason}); "
+                f"nothing uploaded") from exc
+    except (OSError, ValueError):
+        pass  # unreachable now: twine reports it with its own words
+
+
+def remote_files(simple_url: str, project: str, index_url: str) -> dict[str, str]:
+    """filename -> sha256 of what the index serves for `project` (empty if unknown there;
+    a redirect to another host, such as pypiserver's fallback, means unknown there)."""
+    page = simple_url.rstrip("/") + f"/{index.normalize(project)}/"
+    try:
+        with _open(page, index_url, {"Accept": "text/html"}) as resp:
+            if _host(resp.geturl()) != _host(page):
+                return {}
             body = resp.read().decode("utf-8", "replace")
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
@@ -76,7 +150,7 @@ def remote_files(simple_url: str, project: str) -> dict[str, str]:
     for name, url in page_links(body, page).items():
         location, _, fragment = url.partition("#")
         algo, _, value = fragment.partition("=")
-        found[name] = value.lower() if algo == "sha256" else _sha256_of_url(location)
+        found[name] = value.lower() if algo == "sha256" else _sha256_of_url(location, index_url)
     return found
 
 
@@ -114,7 +188,8 @@ def publish(index_url: str, wheelhouse: Path, simple_url: str | None = None) -> 
     wheels = local_wheels(wheelhouse)
     twine("check", "--strict", *map(str, wheels))
     project = next(iter(wheels)).name.split("-")[0]
-    remote = remote_files(simple_url, project)
+    check_simple_root(simple_url, index_url)
+    remote = remote_files(simple_url, project, index_url)
     result, upload = {}, []
     for path, digest in wheels.items():
         if path.name not in remote:
@@ -128,11 +203,12 @@ def publish(index_url: str, wheelhouse: Path, simple_url: str | None = None) -> 
                 f"(sha256 {remote[path.name]}, ours {digest}); bump VERSION instead of "
                 f"replacing a published wheel")
     if upload:
+        check_credentials(index_url)
         args = ["upload", "--repository-url", index_url, "--disable-progress-bar"]
         if not sys.stdin.isatty():
             args.append("--non-interactive")  # never hang on a password prompt in CI
         twine(*args, *map(str, upload))
-        remote = remote_files(simple_url, project)
+        remote = remote_files(simple_url, project, index_url)
         for path in upload:
             if remote.get(path.name) != wheels[path]:
                 raise OverlayError(f"{path.name}: uploaded, but {simple_url} serves "

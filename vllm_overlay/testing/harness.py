@@ -103,7 +103,7 @@ def copy_tests(tree: Path, dest: Path) -> Path:
 
 
 def run_subset(side: str, python: Path, root: Path, the_subset: subset.Subset, out: Path,
-               log: Path | None) -> list[Path]:
+               log_file: Path | None) -> list[Path]:
     """Every `run` of the subset with this side's python, in root; junit files returned."""
     junits = []
     env = clean_env(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
@@ -116,7 +116,8 @@ def run_subset(side: str, python: Path, root: Path, the_subset: subset.Subset, o
                          "--continue-on-collection-errors", *run.pytest_args())
         log.stage(f"subset[{side}]").info(f"{number}/{len(the_subset.runs)}: pytest "
                                           f"{' '.join(run.pytest_args())}")
-        rc = run_to_log(cmd, root, env, log and log.with_name(f"{log.stem}-{number}.log"))
+        rc = run_to_log(cmd, root, env,
+                        log_file and log_file.with_name(f"{log_file.stem}-{number}.log"))
         if not junit.exists():
             raise OverlayError(f"subset[{side}] run {number} ({' '.join(run.args)}, line "
                                f"{run.line} of {SUBSET_FILE.name}) wrote no junit XML "
@@ -248,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                     results["pristine"] = run_subset(
                         "pristine", venvs.python_of(pristine_env), pristine_root, the_subset,
                         junit_dir, REPORTS / "logs" / "pristine.log")
-                except OverlayError as exc:
+                except Exception as exc:  # re-raised in the main thread below
                     results["pristine_error"] = exc
             (REPORTS / "logs").mkdir(exist_ok=True)
             thread = threading.Thread(target=pristine_side)

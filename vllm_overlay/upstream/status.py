@@ -304,12 +304,16 @@ def _span(names: list[str], indexes: list[int]) -> str:
     return ", ".join(names)
 
 
-def write_reports(matrix: Matrix, out_dir: Path) -> tuple[Path, Path]:
-    """reports/status.md and status.json, each written to a temp file then renamed."""
+def write_reports(matrix: Matrix, out_dir: Path, drift=None) -> tuple[Path, Path]:
+    """reports/status.md and status.json, each written to a temp file then renamed; with
+    drift (drift.Drift): its section in both, its diffs in reports/drift/."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    md, data = to_markdown(matrix), to_json(matrix)
+    if drift is not None:
+        drift.write(out_dir)
+        md, data["drift"] = md + "\n" + drift.markdown(), drift.to_json()
     written = []
-    for name, text in (("status.md", to_markdown(matrix)),
-                       ("status.json", json.dumps(to_json(matrix), indent=1) + "\n")):
+    for name, text in (("status.md", md), ("status.json", json.dumps(data, indent=1) + "\n")):
         atomic_write(out_dir / name, text)
         written.append(out_dir / name)
     return written[0], written[1]

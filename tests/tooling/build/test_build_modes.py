@@ -238,8 +238,9 @@ EXPECTED_DIFFERENCES = {
 @pytest.mark.network
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="precompiled builds for the host")
 def test_cross_check_overlay_vs_precompiled_installed_trees(tmp_path):
-    overlay = overlay_mode.build_overlay_wheel("x86_64")  # no-ops when wheelhouse/ is up to date
-    precompiled = setup_py.build_setup_py_wheel("precompiled", "x86_64")
+    house = tmp_path / "wheelhouse"  # never the real one: `make publish` uploads what is there
+    overlay = overlay_mode.build_overlay_wheel("x86_64", house)
+    precompiled = setup_py.build_setup_py_wheel("precompiled", "x86_64", house)
     diff = cross_check.compare_installed(overlay, precompiled, tmp_path)
     info = f"vllm-{(REPO / 'VERSION').read_text().strip()}.dist-info/"
     expected = {k.format(info=info): v for k, v in EXPECTED_DIFFERENCES.items()}

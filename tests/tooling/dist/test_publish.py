@@ -35,7 +35,8 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, fallback: str | None = None):
+        self.fallback = fallback  # the index pypiserver redirects unknown projects to
         self.packages = root / "packages"
         self.packages.mkdir()
         self.htpasswd = root / "htpasswd"
@@ -53,7 +54,9 @@ class Server:
                 self.proc = subprocess.Popen(
                     [sys.executable, "-m", "pypiserver", "run", "-i", "127.0.0.1",
                      "-p", str(self.port), "-P", str(self.htpasswd), "-a", "update",
-                     "--disable-fallback", "--hash-algo", "sha256", str(self.packages)],
+                     *(["--fallback-url", self.fallback] if self.fallback
+                       else ["--disable-fallback"]),
+                     "--hash-algo", "sha256", str(self.packages)],
                     stdout=log, stderr=subprocess.STDOUT)
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and self.proc.poll() is None:
@@ -146,7 +149,8 @@ def test_wrong_password_is_refused(server, tmp_path):
     house, wheel = wheelhouse_with(tmp_path, "0.19.1+test.4")
     proc = make_publish(server, house, password="wrong")
     assert proc.returncode != 0
-    assert "error: `twine upload` failed" in proc.stderr
+    assert f"error: {server.url}/ refuses the credentials of TWINE_USERNAME='{USER}' " \
+        "(HTTP 403 Forbidden); nothing uploaded" in proc.stderr
     assert not (server.packages / wheel.name).exists()
     with urllib.request.urlopen(f"{server.url}/simple/vllm/", timeout=10) as resp:
         assert wheel.name not in resp.read().decode().replace("%2B", "+")

@@ -53,3 +53,14 @@ def test_workflow_runs_status_per_release_and_bisect_on_schedule():
     assert 'make status RELEASES="$RELEASE"' in runs
     assert "schedule" in jobs["bisect"]["if"]
     assert "make bisect" in " ".join(step.get("run", "") for step in jobs["bisect"]["steps"])
+
+
+def test_workflow_uploads_the_drift_report():
+    jobs = yaml.safe_load(WORKFLOW.read_text())["jobs"]
+    steps = jobs["drift"]["steps"]
+    assert 'make status RELEASES="$RELEASES"' in " ".join(s.get("run", "") for s in steps)
+    upload = next(s for s in steps if s.get("uses", "").startswith("actions/upload-artifact"))
+    assert upload["with"]["name"] == "drift-report"
+    assert "reports/drift/" in upload["with"]["path"].split()
+    status_upload = jobs["status"]["steps"][-1]["with"]["path"].split()
+    assert "reports/drift/" in status_upload and "reports/status.*" in status_upload

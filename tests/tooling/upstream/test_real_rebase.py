@@ -1,0 +1,112 @@
+"""The real `make rebase TO=0.20.0` in a scratch clone of this repository (downloads 0.20.0's
+sdist and both CUDA wheels, ~510 MB, into the shared cache on a cold cache).
+
+0001-0004 are upstream in 0.20.0 and are dropped. 0005 and 0006 are ours and stop the run:
+their code merges 3-way, but the docs (and 0006's tests) were written on top of 0002/0004's
+text, which upstream wrote differently. The test resolves those conflicts the simple way a
+human could (upstream's side, plus 0005's sentence about the deprecated alias), continues,
+and checks the finished rebase: lock, VERSION, series, check-patches and the wheel.
+"""
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from vllm_overlay.build import fetch
+from vllm_overlay.common import pin, series
+from vllm_overlay.common.git import git
+from vllm_overlay.common.paths import REPO
+
+pytestmark = pytest.mark.network
+
+TO = "0.20.0"
+DOCS = "docs/design/cuda_graphs_multimodal.md"
+ALIAS = ("Called `encoder_cudagraph_max_images_per_batch` in vLLM 0.19; on this build that name "
+         "is still accepted as a deprecated alias (a warning names the new key; giving both "
+         "names with different values is an error).")
+
+
+def make(clone: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["make", "--no-print-directory", "rebase", *args], cwd=clone,
+                          capture_output=True, text=True, timeout=1800)
+
+
+def log(clone: Path) -> dict:
+    data = json.loads((clone / "reports" / f"rebase-0.19.1-{TO}.json").read_text())
+    return {o["patch"][:4]: o for o in data["patches"]} | {"state": data["state"]}
+
+
+def keep_upstream_side(path: Path) -> None:
+    """Resolve every conflict block of the file to HEAD's side (the release's text)."""
+    text = path.read_text()
+    path.write_text(re.sub(r"<<<<<<< [^\n]*\n(.*?)=======\n.*?>>>>>>> [^\n]*\n", r"\1", text,
+                           flags=re.S))
+
+
+def continue_am(tree: Path, files: list[str]) -> None:
+    git(tree, "add", *files)
+    git(tree, "am", "--continue")
+
+
+def test_make_rebase_to_0_20_0(tmp_path):
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+    pinned = {p: (clone / p).read_bytes() for p in ("VERSION", "upstream.lock.json")}
+
+    proc = make(clone, f"TO={TO}")
+    assert proc.returncode != 0, proc.stderr[-3000:]
+    first = log(clone)
+    assert first["state"] == "stopped"
+    for number in ("0001", "0002", "0003", "0004"):
+        assert first[number]["result"] == "dropped-upstream", first[number]
+        assert first[number]["release"] == TO
+    assert first["0005"]["result"] == "conflict"
+    assert first["0005"]["unmerged"] == [DOCS]  # its code merged 3-way
+    assert first["0006"]["result"] == "pending"
+    assert subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True,
+                          text=True).stdout == ""
+    assert {p: (clone / p).read_bytes() for p in pinned} == pinned
+    tree = clone / "work" / "rebase" / f"vllm-{TO}"
+    assert f"cd {tree}" in proc.stdout and "make rebase CONTINUE=1" in proc.stdout
+
+    # 0005: upstream's text, plus the sentence about the deprecated key
+    keep_upstream_side(tree / DOCS)
+    docs = (tree / DOCS).read_text()
+    items = re.search(r"^\* `encoder_cudagraph_max_vision_items_per_batch`.*$", docs, re.M)[0]
+    (tree / DOCS).write_text(docs.replace(items, f"{items} {ALIAS}", 1))
+    continue_am(tree, [DOCS])
+    proc = make(clone, "CONTINUE=1")
+    assert proc.returncode != 0, proc.stderr[-3000:]
+    second = log(clone)
+    assert second["0005"]["resolution"] == "resolved by hand"
+    assert second["0006"]["result"] == "conflict"
+    # 0006's code merges; its docs and tests were written on top of 0002/0004's
+    assert second["0006"]["unmerged"] == [DOCS, "tests/v1/cudagraph/test_encoder_cudagraph.py"]
+
+    for name in second["0006"]["unmerged"]:
+        keep_upstream_side(tree / name)
+    continue_am(tree, second["0006"]["unmerged"])
+    proc = make(clone, "CONTINUE=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert log(clone)["state"] == "complete"
+
+    the_pin = pin.load(clone)
+    assert the_pin.overlay_version == f"{TO}+mmcg.1"
+    assert sorted(the_pin.artifacts) == ["sdist", "wheel-aarch64", "wheel-x86_64"]
+    assert the_pin.wheel("x86_64").filename == f"vllm-{TO}-cp38-abi3-manylinux_2_35_x86_64.whl"
+    assert the_pin.source_build.torch == "2.11.0"  # 0.20.0's requirements/build/cuda.txt
+    assert any("torch 2.10.0 -> 2.11.0" in note
+               for note in json.loads((clone / "reports" / f"rebase-0.19.1-{TO}.json")
+                                      .read_text())["notes"])
+    for art in the_pin.artifacts.values():
+        fetch.verify_file(fetch.blob_path(art.sha256), art)
+    subjects = [p.subject for p in series.read_series(clone / "patches")]  # renumbered
+    assert [s.split()[0] for s in subjects] == ["Accept", "Run"]
+    assert (clone / "wheelhouse" / f"vllm-{TO}+mmcg.1-cp38-abi3-manylinux_2_35_x86_64.whl"
+            ).is_file()
+    check = subprocess.run(["make", "--no-print-directory", "check-patches"], cwd=clone,
+                           capture_output=True, text=True, timeout=1800)
+    assert check.returncode == 0, check.stderr[-3000:]

@@ -1,0 +1,344 @@
+"""`rebase` on synthetic releases: the pin 1.0.0, the target 1.1.0, 1.0.5 between, 0.9.0 older.
+
+Each release has an sdist and an x86_64 wheel on a file:// index (links with #sha256=). The
+series, written against 1.0.0:
+
+  U  replaces U_5 by helper()      1.0.5 and 1.1.0 define helper() and change U_5 too:
+                                   its probe holds, it no longer applies -> dropped (1.0.5)
+  A  changes A_20                  1.1.0 adds header lines               -> applied-clean
+  C  adds Config.new_field         1.1.0 adds it elsewhere: probes hold, applies -> flagged
+  D  changes D_10                  1.1.0 changes D_13, in the hunk's context -> applied-3way
+  B  changes B_10                  1.1.0 changes B_10 too               -> conflict: stop
+  E  adds vllm/e.py                                                     -> applied-clean
+"""
+
+import base64
+import hashlib
+import io
+import json
+import shutil
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from vllm_overlay.build import apply, export, fetch, setup_py
+from vllm_overlay.commands import rebase as rebase_command
+from vllm_overlay.common import pin, series
+from vllm_overlay.common.errors import OverlayError
+from vllm_overlay.common.git import git
+from vllm_overlay.testing import testenv
+from vllm_overlay.upstream import rebase
+
+from .conftest import write_patches
+
+PIN, MID, TARGET, OLD = "1.0.0", "1.0.5", "1.1.0", "0.9.0"
+
+
+def release_files(version: str) -> dict[str, str]:
+    new = version in (MID, TARGET)
+    u = "".join(f"U_{k} = {k}\n" for k in range(12))
+    if new:
+        u = u.replace("U_5 = 5\n", "U_5 = 'five'\ndef helper():\n    return 'five'\n")
+    files = {"vllm/__init__.py": "", "vllm/_version.py": f"__version__ = version = '{version}'\n",
+             "vllm/u.py": u, "vllm/a.py": "".join(f"A_{k} = {k}\n" for k in range(40)),
+             "vllm/b.py": "".join(f"B_{k} = {k}\n" for k in range(20)),
+             "vllm/c.py": "class Config:\n    old: int = 0\n"
+                          + "".join(f"    x{k}: int = {k}\n" for k in range(8)),
+             "vllm/d.py": "".join(f"D_{k} = {k}\n" for k in range(30)),
+             "setup.py": "raise SystemExit('synthetic')\n",
+             "requirements/common.txt": "numpy\n",
+             "requirements/cuda.txt": "-r common.txt\ntorch==2.10.0\n",
+             "requirements/build.txt": "ninja\ntorch==2.10.0\n"}
+    if version == TARGET:  # newer torch; build requirements moved, as in vLLM 0.20
+        files["requirements/cuda.txt"] = "-r common.txt\ntorch==2.11.0\n"
+        files["requirements/build/cuda.txt"] = files.pop("requirements/build.txt").replace(
+            "2.10.0", "2.11.0")
+        files["docker/Dockerfile"] = "FROM scratch\nARG torch_cuda_arch_list='8.0 9.0'\n"
+        files["vllm/a.py"] = "# upstream header 1\n# upstream header 2\n" + files["vllm/a.py"]
+        files["vllm/b.py"] = files["vllm/b.py"].replace("B_10 = 10\n", "B_10 = 'upstream'\n") \
+            .replace("B_3 = 3\n", "B_3 = 'same'\n")
+        files["vllm/c.py"] += "    new_field: int | None = None  # upstream's own\n"
+        files["vllm/d.py"] = files["vllm/d.py"].replace("D_13 = 13\n", "D_13 = 'upstream'\n")
+    return files
+
+
+PATCHES = {  # subject -> (edits, probes)
+    "U: add helper": ({"vllm/u.py": lambda t: t.replace(
+        "U_5 = 5\n", "def helper():\n    return 5\n")}, ["defines vllm/u.py::helper"]),
+    "A: change A_20": ({"vllm/a.py": lambda t: t.replace("A_20 = 20", "A_20 = 'ours'")},
+                       ["defines vllm/a.py::A_OURS"]),
+    "C: add Config.new_field": (
+        {"vllm/c.py": lambda t: t.replace("    old: int = 0\n", "    old: int = 0\n"
+                                          "    new_field: int | None = None\n")},
+        ["defines vllm/c.py::Config.new_field",
+         "annotation vllm/c.py::Config.new_field int|None"]),
+    "D: change D_10": ({"vllm/d.py": lambda t: t.replace("D_10 = 10", "D_10 = 'ours'")},
+                       ["defines vllm/d.py::D_OURS"]),
+    "B: change B_10": ({"vllm/b.py": lambda t: t.replace("B_10 = 10", "B_10 = 'ours'")},
+                       ["defines vllm/b.py::B_OURS"]),
+    "E: add e.py": ({"vllm/e.py": lambda t: "E = 1\n"}, ["defines vllm/e.py::E"]),
+}
+
+
+SOURCE_BUILD = {"torch": "2.10.0", "torch_cuda_versions": ["12.8"], "torch_index": "x/{tag}",
+                "cuda_archs": {"12.8": "8.0 9.0 10.0"}, "release_arch_list": "8.0 10.0"}
+
+
+def make_sdist(path: Path, version: str) -> None:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, text in {**release_files(version), "PKG-INFO": f"Version: {version}\n"}.items():
+            data = text.encode()
+            info = tarfile.TarInfo(f"vllm-{version}/{name}")
+            info.size, info.mtime = len(data), 1_700_000_000 + 86400 * int(version[2])
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _record_hash(data: bytes) -> str:
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+    return "sha256=" + digest.decode()
+
+
+def make_wheel(path: Path, version: str) -> None:
+    members = {n: t.encode() for n, t in release_files(version).items() if n.startswith("vllm/")}
+    members["vllm/_C.abi3.so"] = hashlib.sha256(version.encode()).digest() * 1000
+    info = f"vllm-{version}.dist-info/"
+    members[info + "METADATA"] = f"Metadata-Version: 2.4\nName: vllm\nVersion: {version}\n".encode()
+    members[info + "WHEEL"] = b"Wheel-Version: 1.0\nRoot-Is-Purelib: false\n" \
+                              b"Tag: cp38-abi3-linux_x86_64\n\n"
+    record = "".join(f"{n},{_record_hash(d)},{len(d)}\n" for n, d in members.items())
+    members[info + "RECORD"] = (record + f"{info}RECORD,,\n").encode()
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(zipfile.ZipInfo(name, (2024, 1, 2, 3, 4, 6)), data)
+
+
+def wheel_name(version: str) -> str:
+    return f"vllm-{version}-cp38-abi3-manylinux_2_31_x86_64.whl"
+
+
+def lock_entry(path: Path) -> dict:
+    data = path.read_bytes()
+    return {"filename": path.name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def write_index(root: Path, dist: Path, fragment=lambda path: lock_entry(path)["sha256"]) -> None:
+    project = root / "index" / "vllm"
+    project.mkdir(parents=True, exist_ok=True)
+    links = [f'<a href="{p.as_uri()}#sha256={fragment(p)}">{p.name}</a>'
+             for p in sorted(dist.iterdir())]
+    (project / "index.html").write_text("<html><body>\n" + "\n".join(links) + "\n</body>")
+
+
+def git_commit_all(repo: Path, message: str) -> None:
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", message)
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("VLLM_OVERLAY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    dist = tmp_path / "dist"
+    dist.mkdir()
+    for version in (OLD, PIN, MID, TARGET):
+        make_sdist(dist / f"vllm-{version}.tar.gz", version)
+        make_wheel(dist / wheel_name(version), version)
+    write_index(tmp_path, dist)
+    monkeypatch.setenv("PIP_INDEX_URL", (tmp_path / "index").as_uri())
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "VERSION").write_text(f"{PIN}+test.3\n")
+    (repo / "upstream.lock.json").write_text(json.dumps({
+        "project": "vllm", "version": PIN, "released": "2023-11-14T00:00:00Z",
+        "artifacts": {"sdist": lock_entry(dist / f"vllm-{PIN}.tar.gz"),
+                      "wheel-x86_64": lock_entry(dist / wheel_name(PIN))},
+        "source_build": SOURCE_BUILD}, indent=2) + "\n")
+    (repo / ".gitignore").write_text("/work/\n/reports/\n/wheelhouse/\n")
+    write_patches(repo / "patches", dist / f"vllm-{PIN}.tar.gz", tmp_path, PATCHES)
+    git(repo, "init", "-q")
+    git_commit_all(repo, "the pin")
+    return repo
+
+
+class Args:
+    def __init__(self, to=None, resume=False, abort=False):
+        self.to, self.resume, self.abort, self.no_wheel, self.arch = to, resume, abort, False, \
+            "x86_64"
+
+
+def pinned_bytes(repo: Path) -> dict[str, bytes]:
+    files = [repo / "VERSION", repo / "upstream.lock.json", *sorted((repo / "patches").iterdir())]
+    return {str(p.relative_to(repo)): p.read_bytes() for p in files}
+
+
+def by_subject(log: dict) -> dict[str, dict]:
+    return {o["patch"][5:6]: o for o in log["patches"]}
+
+
+def message(patch: series.Patch) -> str:
+    """The patch's mail header and message, trailers included (everything before the diff)."""
+    return patch.path.read_text().split("\ndiff --git ", 1)[0]
+
+
+def test_rebase_stops_at_a_conflict_then_continue_completes(repo, tmp_path, capsys):
+    before = pinned_bytes(repo)
+    old_messages = {p.subject: message(p) for p in series.read_series(repo / "patches")}
+    assert rebase_command.run(Args(to=TARGET), repo) == 1
+    out = capsys.readouterr().out
+    # stopped at B, the repository untouched, the merge left in the work tree for a human
+    assert pinned_bytes(repo) == before
+    assert git(repo, "status", "--porcelain").stdout == ""
+    tree = repo / "work" / "rebase" / f"vllm-{TARGET}"
+    assert "<<<<<<<" in (tree / "vllm/b.py").read_text()
+    assert (tree / ".git" / "rebase-apply").exists()
+    assert "to resolve: vllm/b.py" in out and "git am --continue" in out and "make rebase CONTINUE=1" in out
+    assert "hunk #1 of 1: @@ -8,7 +8,7 @@" in out
+    log = json.loads((repo / "reports" / f"rebase-{PIN}-{TARGET}.json").read_text())
+    assert log["state"] == "stopped"
+    results = {k: o["result"] for k, o in by_subject(log).items()}
+    assert results == {"U": "dropped-upstream", "A": "applied-clean", "C": "flagged",
+                       "D": "applied-3way", "B": "conflict", "E": "pending"}
+    assert by_subject(log)["B"]["files"] == ["vllm/b.py"]
+    assert by_subject(log)["B"]["hunks"] == [
+        "vllm/b.py: hunk #1 of 1: @@ -8,7 +8,7 @@ B_6 = 6 does not match"]
+
+    with pytest.raises(OverlayError, match="git am` is still in progress"):
+        rebase_command.run(Args(resume=True), repo)
+    with pytest.raises(OverlayError, match="in progress"):
+        rebase_command.run(Args(to=TARGET), repo)
+    # the human resolves: keep upstream's B_10 and ours as B_OURS
+    (tree / "vllm/b.py").write_text(release_files(TARGET)["vllm/b.py"] + "B_OURS = 'ours'\n")
+    git(tree, "add", "vllm/b.py")
+    git(tree, "am", "--continue")
+    assert rebase_command.run(Args(resume=True), repo) == 0
+    out = capsys.readouterr().out
+    assert "make test" in out and "flagged for a human: 0003" in out
+
+    log = json.loads((repo / "reports" / f"rebase-{PIN}-{TARGET}.json").read_text())
+    outcomes = by_subject(log)
+    assert log["state"] == "complete" and log["next"] == ["make test"]
+    assert {k: o["result"] for k, o in outcomes.items()} == {
+        "U": "dropped-upstream", "A": "applied-clean", "C": "flagged", "D": "applied-3way",
+        "B": "conflict", "E": "applied-clean"}
+    assert outcomes["U"]["release"] == MID  # the first release whose tree has helper()
+    assert outcomes["B"]["resolution"] == "resolved by hand"
+    assert "shifted lines" in outcomes["A"]["detail"]
+    md = (repo / "reports" / f"rebase-{PIN}-{TARGET}.md").read_text()
+    assert "dropped-upstream (in 1.0.5)" in md and f"| flagged (probes hold from {TARGET}) |" in md
+
+    # the new pin: VERSION keeps the label, the lock names the target's verified artifacts
+    assert (repo / "VERSION").read_text() == f"{TARGET}+test.1\n"
+    the_pin = pin.load(repo)
+    assert the_pin.upstream_version == TARGET and the_pin.released == "2023-11-15T00:00:00Z"
+    dist = tmp_path / "dist"
+    for key, name in (("sdist", f"vllm-{TARGET}.tar.gz"), ("wheel-x86_64", wheel_name(TARGET))):
+        art = the_pin.artifacts[key]
+        assert lock_entry(dist / name) == {"filename": art.filename, "size": art.size,
+                                           "sha256": art.sha256}
+        fetch.verify_file(dist / name, art)
+    assert log["lock"] == json.loads((repo / "upstream.lock.json").read_text())
+
+    # the series: U gone, the others in order with their own headers; it applies exactly
+    # to the target and re-exports byte-identically (what check-patches checks)
+    patches = series.read_series(repo / "patches")
+    assert [p.subject[0] for p in patches] == ["A", "C", "D", "B", "E"]
+    for patch in patches:  # headers, message and trailers unchanged byte for byte
+        assert message(patch) == old_messages[patch.subject]
+    fresh_tree = apply.apply_series(fetch.blob_path(the_pin.sdist.sha256), patches,
+                                    tmp_path / "fresh" / "tree", the_pin.released)
+    export.export(fresh_tree, tmp_path / "fresh" / "patches")
+    assert export.compare_exports(repo / "patches", tmp_path / "fresh" / "patches") == []
+    assert "B_OURS = 'ours'" in (fresh_tree / "vllm/b.py").read_text()
+    assert "D_13 = 'upstream'" in (fresh_tree / "vllm/d.py").read_text()
+    # the runtime venv (make test) and the build venv (MODE=precompiled) follow the new pin
+    assert testenv.sdist_requirements(fetch.blob_path(the_pin.sdist.sha256)) == [
+        "numpy", "torch==2.11.0"]
+    assert the_pin.source_build.torch == "2.11.0"
+    assert setup_py.build_requirements(fresh_tree, the_pin.source_build.torch) == [
+        "ninja", "torch==2.11.0"]
+    assert the_pin.source_build.release_arch_list == "8.0 9.0"  # from its docker/Dockerfile
+    assert the_pin.source_build.cuda_archs == SOURCE_BUILD["cuda_archs"]  # carried over, and
+    assert any("torch 2.10.0 -> 2.11.0" in note for note in log["notes"])  # said so
+    assert "## For a human" in md
+    # the wheel for the new pin was built, and the work tree is gone
+    assert (repo / "wheelhouse" / f"vllm-{TARGET}+test.1-cp38-abi3-manylinux_2_31_x86_64.whl"
+            ).is_file()
+    assert not (repo / "work" / "rebase").exists()
+    # a second rebase to the same release is a no-op
+    git_commit_all(repo, "rebased")
+    after = pinned_bytes(repo)
+    assert rebase_command.run(Args(to=TARGET), repo) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert pinned_bytes(repo) == after
+
+
+def test_skipping_the_conflicting_patch_drops_it(repo, capsys):
+    assert rebase_command.run(Args(to=TARGET), repo) == 1
+    tree = repo / "work" / "rebase" / f"vllm-{TARGET}"
+    git(tree, "am", "--skip")
+    assert rebase_command.run(Args(resume=True), repo) == 0
+    log = json.loads((repo / "reports" / f"rebase-{PIN}-{TARGET}.json").read_text())
+    assert by_subject(log)["B"]["resolution"].startswith("dropped by hand")
+    assert [p.subject[0] for p in series.read_series(repo / "patches")] == ["A", "C", "D", "E"]
+
+
+def test_a_change_upstream_has_but_whose_probe_fails_stops_for_a_human(repo, tmp_path):
+    shutil.rmtree(repo / "patches")
+    write_patches(repo / "patches", tmp_path / "dist" / f"vllm-{PIN}.tar.gz", tmp_path / "g", {
+        "G: change B_3": ({"vllm/b.py": lambda t: t.replace("B_3 = 3", "B_3 = 'same'")},
+                          ["defines vllm/b.py::B_NEVER"])})
+    git_commit_all(repo, "series G")
+    assert rebase_command.run(Args(to=TARGET), repo) == 1
+    outcome = json.loads((repo / "reports" / f"rebase-{PIN}-{TARGET}.json").read_text())[
+        "patches"][0]
+    assert outcome["result"] == "conflict" and "already contains" in outcome["detail"]
+    assert rebase_command.run(Args(resume=True), repo) == 0  # nothing committed: dropped
+    log = json.loads((repo / "reports" / f"rebase-{PIN}-{TARGET}.json").read_text())
+    assert log["patches"][0]["resolution"].startswith("dropped by hand")
+    assert series.read_series(repo / "patches") == []
+
+
+def test_abort_leaves_nothing(repo):
+    before = pinned_bytes(repo)
+    assert rebase_command.run(Args(to=TARGET), repo) == 1
+    rebase_command.run(Args(abort=True), repo)
+    assert not (repo / "work" / "rebase").exists()
+    assert pinned_bytes(repo) == before
+    with pytest.raises(OverlayError, match="no rebase in progress"):
+        rebase_command.run(Args(resume=True), repo)
+
+
+def test_pin_is_a_noop_and_older_or_unknown_releases_are_errors(repo, capsys):
+    before = pinned_bytes(repo)
+    assert rebase_command.run(Args(to=PIN), repo) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    with pytest.raises(OverlayError, match=f"TO={OLD} is older than the pin {PIN}"):
+        rebase_command.run(Args(to=OLD), repo)
+    with pytest.raises(OverlayError, match=r"release\(s\) 7.0.0 not on the index"):
+        rebase_command.run(Args(to="7.0.0"), repo)
+    assert pinned_bytes(repo) == before and not (repo / "work").exists()
+
+
+def test_uncommitted_pin_files_are_refused(repo):
+    (repo / "VERSION").write_text(f"{PIN}+test.4\n")
+    with pytest.raises(OverlayError, match="(?s)clean checkout.*M VERSION"):
+        rebase_command.run(Args(to=TARGET), repo)
+
+
+def test_an_artifact_that_does_not_match_the_index_hash_is_refused(repo, tmp_path):
+    dist = tmp_path / "dist"
+    wrong = {wheel_name(TARGET): "0" * 64}
+    write_index(tmp_path, dist, lambda p: wrong.get(p.name) or lock_entry(p)["sha256"])
+    before = pinned_bytes(repo)
+    with pytest.raises(OverlayError, match=f"{wheel_name(TARGET)}: downloaded .* sha256"):
+        rebase_command.run(Args(to=TARGET), repo)
+    assert pinned_bytes(repo) == before
+    assert not (tmp_path / "cache" / "sha256" / ("0" * 64)).exists()
+
+
+def test_new_version_keeps_the_local_label():
+    assert rebase.new_version("0.19.1+mmcg.1", "0.20.0") == "0.20.0+mmcg.1"
+    assert rebase.new_version("0.19.1+mmcg.7", "0.33.0") == "0.33.0+mmcg.1"
+    assert rebase.new_version("0.19.1+mmcg", "0.33.0") == "0.33.0+mmcg.1"

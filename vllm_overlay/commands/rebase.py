@@ -1,0 +1,34 @@
+"""`rebase`: move the series to a newer upstream release (vllm_overlay/upstream/rebase.py)."""
+
+from pathlib import Path
+
+from vllm_overlay.common.errors import OverlayError
+from vllm_overlay.common.paths import REPO
+from vllm_overlay.upstream import rebase
+
+
+def run(args, repo: Path = REPO) -> int:
+    """0 when the rebase is done (or a no-op), 1 when it stopped at a conflict."""
+    if sum(map(bool, (args.to, args.resume, args.abort))) != 1:
+        raise OverlayError("rebase needs exactly one of --to <release>, --continue, --abort "
+                           "(make rebase TO=<release> | CONTINUE=1 | ABORT=1)")
+    if args.abort:
+        rebase.abort(repo)
+        return 0
+    state = rebase.resume(repo) if args.resume else rebase.start(repo, args.to)
+    if state is None:
+        return 0
+    state = rebase.run(repo, state, build_wheel=not args.no_wheel, arch=args.arch)
+    return 0 if state.get("complete") else 1
+
+
+def add(sub) -> None:
+    p = sub.add_parser("rebase", help="move the series to a newer upstream release")
+    p.add_argument("--to", help="the target release ('latest' = the newest)")
+    p.add_argument("--continue", dest="resume", action="store_true",
+                   help="go on after a conflict was resolved (git am --continue)")
+    p.add_argument("--abort", action="store_true", help="drop a stopped rebase's work tree")
+    p.add_argument("--no-wheel", action="store_true", help="skip the final `make wheel`")
+    p.add_argument("--arch", default="x86_64", choices=["x86_64", "aarch64"],
+                   help="the wheel to build at the end")
+    p.set_defaults(func=run)

@@ -1,0 +1,454 @@
+"""Rebase: move the patch series to a newer upstream release (`make rebase TO=<release>`).
+
+1. The target's sdist and CUDA wheels (the arches the lock pins) are found on pip's indexes,
+   fetched into the cache and checked against the index's sha256; the new lock and VERSION
+   are prepared (written only at the end).
+2. Each patch, in order, on a git work tree of the target (work/rebase/vllm-<to>), with its
+   probes run on the pristine target first:
+     probes all hold and it does not apply      -> dropped-upstream (first release with it)
+     applies as is (or at shifted lines)        -> applied-clean, or flagged when its probes
+                                                   hold (the probe or the patch is wrong)
+     `git am --3way` against the pinned tree's objects (borrowed as `make status` does)
+                                                -> applied-3way
+     anything else                              -> conflict: stop, the merge stays in the tree
+3. A stop leaves patches/, the lock and VERSION untouched. After the human's
+   `git am --continue` (or `git am --skip`, which drops the patch), `--continue` goes on.
+4. When every patch is placed: the tree's commits are exported to patches/ (the messages,
+   trailers included, are the patches' own), the lock and VERSION written, the log
+   reports/rebase-<from>-<to>.{md,json} written, and the wheel built.
+"""
+
+import datetime
+import json
+import re
+import shutil
+import tarfile
+import urllib.request
+from pathlib import Path
+
+from vllm_overlay.build import apply, export, fetch, setup_py
+from vllm_overlay.build.overlay_mode import build_overlay_wheel
+from vllm_overlay.common import log, pin, series
+from vllm_overlay.common.errors import OverlayError
+from vllm_overlay.common.fs import atomic_write
+from vllm_overlay.common.git import git
+from vllm_overlay.common.http import BatchProgress
+from vllm_overlay.common.requirements import requirement_names
+from vllm_overlay.upstream import releases, status
+
+WORK = Path("work") / "rebase"  # relative to the repository
+STATE = "state.json"
+PINNED_FILES = ("patches", "VERSION", "upstream.lock.json")
+_log = log.stage("rebase")
+
+
+# --- 1. the target's artifacts -------------------------------------------------------------
+
+
+def index_listing(project: str) -> dict[str, str]:
+    """filename -> URL over pip's indexes (the first index that has a file wins)."""
+    found: dict[str, str] = {}
+    for index in fetch.pip_index_urls():
+        for filename, url in fetch.index_files(index, project).items():
+            found.setdefault(filename, url)
+    return found
+
+
+def _wheel_name(files: dict[str, str], project: str, version: str, arch: str) -> str:
+    pattern = re.compile(rf"^{re.escape(project)}-{re.escape(version)}-cp\d+-abi3-"
+                         rf"manylinux_\d+_\d+_{arch}\.whl$")
+    names = sorted(n for n in files if pattern.match(n))
+    if len(names) != 1:
+        raise OverlayError(f"{project} {version}: expected one manylinux CUDA wheel for {arch} "
+                           f"on pip's indexes, found {names or 'none'}")
+    return names[0]
+
+
+def _content_length(url: str) -> int:
+    request = urllib.request.Request(url.split("#")[0], method="HEAD")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            return int(resp.headers["Content-Length"])
+    except (OSError, ValueError, TypeError) as exc:
+        raise OverlayError(f"{url}: cannot read its size: {exc}") from exc
+
+
+def fetch_target(files: dict[str, str], key: str, filename: str) -> pin.Artifact:
+    """Fetch one artifact into the cache, verified against the sha256 the index gives."""
+    url = files[filename]
+    sha256 = url.partition("#sha256=")[2].lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise OverlayError(f"{filename}: the index gives no sha256 for it ({url}): "
+                           f"cannot verify it")
+    blob = fetch.blob_path(sha256)
+    size = blob.stat().st_size if blob.exists() else _content_length(url)
+    art = pin.Artifact(key, filename, size, sha256)
+    fetch.fetch(art)  # downloads on a cold cache; size and sha256 checked either way
+    return art
+
+
+def release_date(sdist: Path) -> str:
+    """The day the sdist was built (its PKG-INFO's mtime), as the lock records it."""
+    with tarfile.open(sdist) as tar:
+        for member in tar:
+            if member.name.count("/") == 1 and member.name.endswith("/PKG-INFO"):
+                day = datetime.datetime.fromtimestamp(member.mtime, datetime.UTC).date()
+                return f"{day.isoformat()}T00:00:00Z"
+    raise OverlayError(f"{sdist}: no PKG-INFO in the sdist")
+
+
+def new_version(overlay_version: str, release: str) -> str:
+    """<release>+<label>.1: the local label kept, its counter restarted."""
+    local = overlay_version.partition("+")[2]
+    label = re.sub(r"\.\d+$", "", local)
+    return f"{release}+{label}.1"
+
+
+def prepare_pin(the_pin: pin.Pin, files: dict[str, str], to: str) -> dict:
+    """Fetch and verify the target's artifacts; the new lock (as written at the end)."""
+    project = the_pin.project
+    arts = {"sdist": fetch_target(files, "sdist", f"{project}-{to}.tar.gz")}
+    for key in the_pin.artifacts:
+        if key.startswith("wheel-"):
+            arts[key] = fetch_target(files, key, _wheel_name(files, project, to, key[6:]))
+    released = release_date(fetch.blob_path(arts["sdist"].sha256))
+    return {"project": project, "version": to, "released": released,
+            "artifacts": {k: {"filename": a.filename, "size": a.size, "sha256": a.sha256}
+                          for k, a in arts.items()}}
+
+
+def source_build(old: dict | None, tree: Path, from_version: str) -> tuple[dict | None, list[str]]:
+    """The new lock's "source_build" (MODE=source) and notes for a human: the torch pin and
+    upstream's release arch list are read from the target's tree; torch's CUDA builds and
+    the archs each nvcc builds cannot be, so they are carried over and named in the notes."""
+    if old is None:
+        return None, []
+    path = setup_py.build_requirements_file(tree)
+    pins = [r for r in requirement_names(path.read_text()) if re.match(r"^torch\s*[=<>~!]", r)]
+    if len(pins) != 1 or not re.fullmatch(r"torch==\d[\w.]*", pins[0]):
+        raise OverlayError(f"{path}: expected one exact pin torch==<version>, found {pins}")
+    new = {**old, "torch": pins[0].partition("==")[2]}
+    notes = [f"upstream.lock.json source_build.cuda_archs: carried over from {from_version}; "
+             f"check them against the release's CMakeLists.txt before MODE=source"]
+    if new["torch"] != old.get("torch"):
+        notes.append(f"upstream.lock.json source_build: torch {old.get('torch')} -> "
+                     f"{new['torch']}; torch_cuda_versions and torch_index are carried over "
+                     f"from {from_version}: check which CUDA builds torch {new['torch']} has")
+    dockerfile = tree / "docker" / "Dockerfile"
+    arch_list = re.search(r"^ARG torch_cuda_arch_list='([^']*)'", dockerfile.read_text(), re.M) \
+        if dockerfile.is_file() else None
+    if arch_list:
+        new["release_arch_list"] = arch_list[1]
+    else:
+        notes.append(f"upstream.lock.json source_build.release_arch_list: carried over from "
+                     f"{from_version} (no torch_cuda_arch_list in docker/Dockerfile)")
+    return new, notes
+
+
+# --- 2. placing the patches -------------------------------------------------------------------
+
+
+def _head(tree: Path) -> str:
+    return git(tree, "rev-parse", "HEAD").stdout.strip()
+
+
+def _unmerged(tree: Path) -> list[str]:
+    return git(tree, "diff", "--name-only", "--diff-filter=U").stdout.split()
+
+
+def _hold(probe_results: list[dict]) -> bool:
+    return bool(probe_results) and all(r["holds"] for r in probe_results)
+
+
+def place(tree: Path, patch: series.Patch, probe_results: list[dict]) -> dict:
+    """Apply or drop one patch on the tree; its outcome. A conflict leaves `git am` running."""
+    upstreamed = _hold(probe_results)
+    outcome = {"patch": patch.name, "subject": patch.subject, "probes": probe_results,
+               "applied_upstream_header": (patch.trailers.get("Applied-Upstream") or [None])[0],
+               "files": [], "hunks": [], "unmerged": []}
+    check = apply.check_patch(tree, patch)
+    if check.status in ("clean", "offset"):
+        apply.am(tree, patch)
+        detail = "applies as is" if check.status == "clean" else \
+            f"applies at shifted lines ({check.detail}); the export moves the hunks"
+        if upstreamed:
+            return {**outcome, "result": "flagged", "detail": detail + "; but all its probes "
+                    "hold on the target: kept, a human must check whether upstream has it "
+                    "(the probe may be wrong)"}
+        return {**outcome, "result": "applied-clean", "detail": detail}
+    if upstreamed:
+        why = "the target already contains it" if check.status == "applied" else \
+            "it no longer applies"
+        return {**outcome, "result": "dropped-upstream",
+                "detail": f"all its probes hold on the target and {why}"}
+    if check.status == "applied":
+        return {**outcome, "result": "conflict", "files": list(check.files),
+                "detail": "the target already contains this change (it reverse-applies), but "
+                          "its probes do not hold: fix the probes, or drop the patch "
+                          "(continue without committing anything)"}
+    if not check.files:
+        raise OverlayError(f"{patch.name}: git apply failed in {tree}: {check.detail}")
+    hunks = check.detail.splitlines()  # git apply names the first failing hunk per file
+    proc = git(tree, "am", "-q", "--3way", "--keep-cr", "--committer-date-is-author-date",
+                     str(patch.path), check=False)
+    if proc.returncode == 0:
+        return {**outcome, "result": "applied-3way", "files": list(check.files),
+                "hunks": hunks, "detail": "plain apply failed; the 3-way merge against the "
+                                          "pinned file succeeded"}
+    unmerged = _unmerged(tree)
+    output = (proc.stdout + proc.stderr).strip()
+    detail = ("the 3-way merge left conflicts in " + ", ".join(unmerged) if unmerged else
+              f"3-way merge impossible ({output.splitlines()[-1] if output else 'no output'}): "
+              "apply it by hand (e.g. `git apply --reject`), then `git add` the files")
+    return {**outcome, "result": "conflict", "detail": detail, "hunks": hunks,
+            "files": sorted(set(check.files) | set(unmerged)), "unmerged": unmerged}
+
+
+def first_releases(the_pin: pin.Pin, patches: list[series.Patch], parsed: dict,
+                   versions: list[str], known: dict, urls: dict[str, str]) -> dict[str, str]:
+    """patch name -> the first of `versions` (the target last, where all the patch's probes
+    hold) from which they hold, by bisection on the releases' cached trees."""
+    results = dict(known)  # version -> {patch name: probe results}
+    progress = BatchProgress()
+
+    def holds(version: str, name: str) -> bool:
+        if version not in results:
+            _, tree = releases.release_tree(the_pin, version, urls, progress)
+            with releases.using(tree):
+                results[version] = status.run_probes(tree, patches, parsed)
+        return _hold(results[version][name])
+
+    out = {}
+    for patch in patches:
+        low, high = 0, len(versions) - 1
+        while low < high:
+            mid = (low + high) // 2
+            low, high = (low, mid) if holds(versions[mid], patch.name) else (mid + 1, high)
+        out[patch.name] = versions[high]
+    return out
+
+
+# --- the run -------------------------------------------------------------------------------
+
+
+def _check_clean(repo: Path) -> None:
+    proc = git(repo, "status", "--porcelain", "--", *PINNED_FILES, check=False)
+    if proc.returncode == 0 and proc.stdout.strip():
+        raise OverlayError("rebase needs a clean checkout, but these have uncommitted changes "
+                           "(commit or stash them):\n  " + proc.stdout.strip().replace("\n", "\n  "))
+
+
+def _pin_objects(the_pin: pin.Pin, patches: list[series.Patch]) -> Path:
+    """The pinned tree's object store, holding the blobs of every patch's result (the bases
+    `git am --3way` needs), as `make status` prepares it."""
+    _, tree = releases.release_tree(the_pin, the_pin.upstream_version, None,
+                                    BatchProgress())
+    with releases.using(tree):
+        status.apply_three_way(tree, patches)
+    return tree / ".git" / "objects"
+
+
+def start(repo: Path, to: str) -> dict | None:
+    """A fresh rebase to `to` ('latest' = the newest release); None when `to` is the pin."""
+    the_pin = pin.load(repo)
+    work = repo / WORK
+    if (work / STATE).exists():
+        state = json.loads((work / STATE).read_text())
+        raise OverlayError(f"a rebase to {state['to']} is in progress in {work}: finish it "
+                           f"with `make rebase CONTINUE=1` or drop it with `make rebase ABORT=1`")
+    _check_clean(repo)
+    patches = series.read_series(repo / "patches")
+    parsed = status.parse_all(patches)  # malformed probes fail before any download
+    files = index_listing(the_pin.project)
+    sdists = {m[1]: url for name, url in files.items()
+              if (m := re.match(rf"^{re.escape(the_pin.project)}-(.+)\.tar\.gz$", name))}
+    to = releases.select(sdists, the_pin.upstream_version, to)[0]
+    if releases.version_key(to) == releases.version_key(the_pin.upstream_version):
+        print(f"rebase: the series is already on {the_pin.upstream_version}: nothing to do")
+        return None
+    if releases.version_key(to) < releases.version_key(the_pin.upstream_version):
+        raise OverlayError(f"rebase: TO={to} is older than the pin {the_pin.upstream_version}; "
+                           f"a rebase only moves forward")
+    _log.info(f"{len(patches)} patch(es) from {the_pin.upstream_version} to {to}")
+    lock = prepare_pin(the_pin, files, to)
+    shutil.rmtree(work, ignore_errors=True)
+    tree = work / f"vllm-{to}"
+    tree.parent.mkdir(parents=True)
+    apply.unpack_sdist(fetch.blob_path(lock["artifacts"]["sdist"]["sha256"]), tree)
+    apply.init_base(tree, lock["released"])
+    old_lock = json.loads((repo / "upstream.lock.json").read_text())
+    built, notes = source_build(old_lock.get("source_build"), tree, the_pin.upstream_version)
+    if built is not None:
+        lock["source_build"] = built
+    probe_results = status.run_probes(tree, patches, parsed)  # on the pristine target
+    between = releases.select(sdists, the_pin.upstream_version, f"..{to}",
+                              pre=releases.is_prerelease(to))[1:]
+    upstreamed = [p for p in patches if _hold(probe_results[p.name])]
+    firsts = first_releases(the_pin, upstreamed, parsed, between, {to: probe_results},
+                            {v: sdists[v] for v in between})
+    state = {"from": the_pin.upstream_version, "to": to, "version_from": the_pin.overlay_version,
+             "version": new_version(the_pin.overlay_version, to), "lock": lock,
+             "series_sha256": series.series_digest(patches, repo / "patches"),
+             "probes": probe_results, "first_release": firsts, "notes": notes,
+             "todo": [p.name for p in patches], "done": [], "stopped": None}
+    atomic_write(work / STATE, json.dumps(state, indent=1))
+    return state
+
+
+def resume(repo: Path) -> dict:
+    """The state of a stopped rebase, with the human's resolution of the stopped patch."""
+    work = repo / WORK
+    if not (work / STATE).exists():
+        raise OverlayError(f"no rebase in progress ({work / STATE} does not exist): start one "
+                           f"with `make rebase TO=<release>`")
+    state = json.loads((work / STATE).read_text())
+    tree = work / f"vllm-{state['to']}"
+    stopped = state["stopped"]
+    if (tree / ".git" / "rebase-apply").exists():
+        raise OverlayError(f"`git am` is still in progress in {tree}: resolve the conflicts, "
+                           f"`git add` the files and run `git am --continue` there (or "
+                           f"`git am --skip` to drop {stopped['patch']}), then `make rebase "
+                           f"CONTINUE=1`")
+    dirty = git(tree, "status", "--porcelain", "--untracked-files=no").stdout.strip()
+    if dirty:
+        raise OverlayError(f"{tree} has uncommitted changes: commit them (`git am --continue`"
+                           f") or discard them first:\n  " + dirty.replace("\n", "\n  "))
+    patches = series.read_series(repo / "patches")
+    if series.series_digest(patches, repo / "patches") != state["series_sha256"]:
+        raise OverlayError("patches/ changed since the rebase started; restore it "
+                           "(`git checkout -- patches`) or start over (`make rebase ABORT=1`)")
+    count = int(git(tree, "rev-list", "--count", f"{stopped['head']}..HEAD").stdout)
+    outcome = state["done"][-1]
+    outcome["resolution"] = ("dropped by hand (nothing committed for it)" if count == 0 else
+                             "resolved by hand" + (f" ({count} commits)" if count > 1 else ""))
+    state["stopped"] = None
+    _log.info(f"{stopped['patch']}: {outcome['resolution']}")
+    return state
+
+
+def run(repo: Path, state: dict, build_wheel: bool = True, arch: str = "x86_64") -> dict:
+    """Place the remaining patches; stop at a conflict, else finish. Returns the state."""
+    work, the_pin = repo / WORK, pin.load(repo)
+    tree = work / f"vllm-{state['to']}"
+    patches = {p.name: p for p in series.read_series(repo / "patches")}
+    objects = _pin_objects(the_pin, list(patches.values()))
+    (tree / ".git" / "objects" / "info" / "alternates").write_text(f"{objects}\n")
+    total = len(patches)
+    while state["todo"]:
+        name = state["todo"].pop(0)
+        head = _head(tree)
+        outcome = place(tree, patches[name], state["probes"][name])
+        if outcome["result"] in ("dropped-upstream", "flagged"):
+            outcome["release"] = state["first_release"][name]
+        state["done"].append(outcome)
+        _log.info(f"[{len(state['done'])}/{total}] {name[:4]} {outcome['result']}: "
+                  f"{outcome['detail']}")
+        if outcome["result"] == "conflict":
+            state["stopped"] = {"patch": name, "head": head}
+            atomic_write(work / STATE, json.dumps(state, indent=1))
+            write_log(repo, state)
+            print(stop_message(repo, state, tree))
+            return state
+        atomic_write(work / STATE, json.dumps(state, indent=1))
+    finish(repo, state, tree, the_pin, build_wheel, arch)
+    return state
+
+
+def finish(repo: Path, state: dict, tree: Path, the_pin: pin.Pin, build_wheel: bool,
+           arch: str) -> None:
+    export.export(tree, repo / "patches")
+    atomic_write(repo / "upstream.lock.json", json.dumps(state["lock"], indent=2) + "\n")
+    atomic_write(repo / "VERSION", state["version"] + "\n")
+    pin.load(repo)  # the new pin reads back
+    state["complete"] = True
+    md, _ = write_log(repo, state)
+    shutil.rmtree(repo / WORK)
+    print(f"rebase: {state['from']} -> {state['to']} done; patches/, upstream.lock.json and "
+          f"VERSION ({state['version']}) written; log {md}")
+    for o in state["done"]:
+        if o["result"] == "flagged":
+            print(f"flagged for a human: {o['patch']}: {o['detail']}")
+    for note in state["notes"]:
+        print(f"for a human: {note}")
+    if build_wheel:
+        print(build_overlay_wheel(arch, repo / "wheelhouse", repo / "patches", repo))
+    print("next: `make test` (its runtime venv follows the new pin's requirements)")
+
+
+def abort(repo: Path) -> None:
+    work = repo / WORK
+    if not work.exists():
+        raise OverlayError(f"no rebase in progress ({work} does not exist)")
+    shutil.rmtree(work)
+    print(f"rebase: {work} removed; patches/, upstream.lock.json and VERSION were never touched")
+
+
+# --- messages and the log -------------------------------------------------------------------
+
+
+def stop_message(repo: Path, state: dict, tree: Path) -> str:
+    outcome = state["done"][-1]
+    lines = [f"rebase: stopped at {outcome['patch']} ({outcome['subject']}): conflict on "
+             f"{state['to']}", f"  {outcome['detail']}",
+             *(f"  plain apply failed: {h}" for h in outcome["hunks"]),
+             *(f"  to resolve: {f}" for f in outcome["unmerged"]),
+             f"the work tree keeps it for you: {tree}",
+             "patches/, upstream.lock.json and VERSION are unchanged. To go on:",
+             f"  cd {tree}",
+             "  # edit the files, then",
+             f"  git add {' '.join(outcome['unmerged']) or '<files>'} && git am --continue"
+             "     # or: git am --skip (drops the patch)",
+             f"  cd {repo} && make rebase CONTINUE=1     # = ./build.sh rebase --continue"]
+    return "\n".join(lines)
+
+
+def log_paths(repo: Path, state: dict) -> tuple[Path, Path]:
+    base = repo / "reports" / f"rebase-{state['from']}-{state['to']}"
+    return base.with_name(base.name + ".md"), base.with_name(base.name + ".json")
+
+
+def to_json(state: dict) -> dict:
+    done = state.get("complete", False)
+    return {"from": state["from"], "to": state["to"], "version_from": state["version_from"],
+            "version": state["version"], "state": "complete" if done else "stopped",
+            "patches": state["done"] + [{"patch": n, "result": "pending"} for n in state["todo"]],
+            "lock": state["lock"], "notes": state["notes"],
+            "next": ["make test"] if done else ["git am --continue (in the work tree)",
+                                                "make rebase CONTINUE=1"]}
+
+
+def to_markdown(data: dict) -> str:
+    lines = [f"# Rebase {data['from']} -> {data['to']}", "",
+             f"{data['version_from']} -> {data['version']}: **{data['state']}**", "",
+             "| patch | result | detail |", "| --- | --- | --- |"]
+    for o in data["patches"]:
+        result = o["result"]
+        if o.get("release"):
+            result += f" (in {o['release']})" if result == "dropped-upstream" else \
+                f" (probes hold from {o['release']})"
+        detail = o.get("detail", "")
+        if o.get("resolution"):
+            detail += f"; {o['resolution']}"
+        if o.get("hunks"):
+            detail += "; plain apply failed at: " + "; ".join(f"`{h}`" for h in o["hunks"])
+        if o.get("unmerged"):
+            detail += "; conflicts left in: " + ", ".join(f"`{f}`" for f in o["unmerged"])
+        lines.append(f"| {o['patch']} | {result} | {detail.replace('|', '/')} |")
+    lines += ["", f"## New lock ({'written' if data['state'] == 'complete' else 'not written yet'})",
+              "", f"`{data['lock']['version']}`, released {data['lock']['released']}", "",
+              "| artifact | file | size | sha256 |", "| --- | --- | --- | --- |"]
+    for key, art in data["lock"]["artifacts"].items():
+        lines.append(f"| {key} | `{art['filename']}` | {art['size']} | `{art['sha256']}` |")
+    if data["notes"]:
+        lines += ["", "## For a human", "", *(f"- {note}" for note in data["notes"])]
+    lines += ["", "## Next", "", *(f"- `{step}`" for step in data["next"]), ""]
+    return "\n".join(lines)
+
+
+def write_log(repo: Path, state: dict) -> tuple[Path, Path]:
+    md, js = log_paths(repo, state)
+    md.parent.mkdir(parents=True, exist_ok=True)
+    data = to_json(state)
+    atomic_write(js, json.dumps(data, indent=1) + "\n")
+    atomic_write(md, to_markdown(data))
+    return md, js
