@@ -98,6 +98,9 @@ def up_to_date(wheelhouse: Path, arch: str, key: str) -> Path | None:
     sums = listed(wheelhouse)
     if sums.get(wheel.name) != state["sha256"]:  # SHA256SUMS deleted or edited
         sums[wheel.name] = state["sha256"]
+        for extra, digest in state.get("beside", {}).items():  # only if still as written
+            if (wheelhouse / extra).is_file() and sha256_file(wheelhouse / extra) == digest:
+                sums[extra] = digest
         write_sums(wheelhouse, sums)
         shutil.rmtree(wheelhouse / ".tmp", ignore_errors=True)
     return wheel
@@ -146,6 +149,13 @@ def install(wheelhouse: Path, name: str, tmp: Path, sha256: str, manifest: dict,
     write_text(wheelhouse, manifest_file.name, json.dumps(manifest, indent=2) + "\n")
     if previous and previous != dest.name:
         (wheelhouse / previous).unlink(missing_ok=True)
+        old_beside = [n for n in sums if n.startswith(previous.removesuffix(".whl") + ".")]
+        for extra in old_beside:  # the old wheel's SBOM copy and provenance go with it
+            sums.pop(extra)
+        if old_beside:
+            write_sums(wheelhouse, sums)
+        for extra in old_beside:
+            (wheelhouse / extra).unlink(missing_ok=True)
     # the files beside the wheel (build/beside.py): unlisted while they are rewritten
     extras = beside_fn(dest) if beside_fn else {}
     if [sums.pop(extra) for extra in extras if extra in sums]:
@@ -156,7 +166,8 @@ def install(wheelhouse: Path, name: str, tmp: Path, sha256: str, manifest: dict,
     if extras:
         write_sums(wheelhouse, sums)
     write_text(wheelhouse, state_file.name, json.dumps(
-        {"filename": dest.name, "build_key": key, "sha256": sha256, "stat": _stat(dest)}))
+        {"filename": dest.name, "build_key": key, "sha256": sha256, "stat": _stat(dest),
+         "beside": {extra: sums[extra] for extra in extras}}))
     return dest
 
 
