@@ -1,10 +1,13 @@
 """Behaviour of patch 0003 (upstream #38727) on the installed vLLM wheel.
 
 Nano-Nemotron-VL's processing info answers get_mm_max_tokens_per_item itself:
-image -> an upper bound on the tokens of an image alone in a prompt over every
-size the processor accepts (get_image_max_tokens_bound; attained, so exact:
-with the dynamic tiler by an image 1 patch high, which the tiler regrids to
-2 x the per-image patch cap), video / audio -> seq_len, only for supported
+image -> an upper bound on the tokens of an image over every size the
+processor accepts (get_image_max_tokens_bound): for a limit of one image per
+prompt attained, so exact (with the dynamic tiler by an image 1 patch high,
+which the tiler regrids to 2 x the per-image patch cap); for a limit of
+several, the dynamic tiler moves budget between the images of a prompt, so
+the bound is the prompt's whole patch budget less 4 patches per other image,
+capped at seq_len; video / audio -> seq_len, only for supported
 modalities with a non-zero count; an unsupported modality with a non-zero
 count is a clear ValueError. The dummy inputs use
 get_dummy_image_size_and_max_tokens() (a square image; its count is below the
@@ -387,3 +390,78 @@ def test_processed_images_within_bound(max_model_len, max_num_patches, size, tok
     assert processed_image_tokens(processor, Image.new("RGB", size)) == tokens
     assert dummy_tokens < tokens <= bound
     assert bound == (2 * max_num_patches) // 4
+
+
+def tokens_of_sizes(processor, sizes) -> list[int] | None:
+    """Tokens of each image of a text-free prompt of these sizes, as the
+    dynamic tiler assigns them all at once, or None where the processor
+    refuses the prompt (the tiler raises, or a grid side of 0 makes the
+    resize fail)."""
+    tiler = processor.info.get_hf_processor().dynamic_tiler
+    images = [SizeOnlyImage(width, height) for width, height in sizes]
+    try:
+        params = tiler.compute_params(
+            images, tiler.max_num_tokens_available(text_prompt_length=0)
+        )
+    except (ZeroDivisionError, ValueError):
+        return None
+    finally:
+        for image in images:
+            tiler.feature_size_cache.pop(id(image), None)
+    if any(0 in p.patch_size for p in params):
+        return None
+    return [p.num_embeddings for p in params]
+
+
+SIDE = st.one_of(st.integers(1, 64), st.integers(1, 8192), st.integers(1, 600_000))
+# 4 images at max_model_len 1024 / max_num_patches 1000: the last gets 904
+# tokens, the one-image bound is 500.
+SHARED_BUDGET_SIZES = [(30858, 16), (145, 2672), (37251, 871), (29879, 519687)]
+
+
+# Slack for a limit of >= 2 images (random search with hill climbing, 2..6
+# images, sides up to 3000000 px): bound 1019, most found 904 at 1024 / 1000;
+# bound 16379, most found 13065 at 16384 / 13312 (one-image bound 6656).
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sizes=st.lists(st.tuples(SIDE, SIDE), min_size=2, max_size=6),
+    extra_images=st.integers(0, 3),
+    max_model_len=st.sampled_from([64, 256, 1024, 4096, 16384]),
+    max_num_patches=st.one_of(st.just(0), st.integers(1, 20_000)),
+    min_num_patches=st.sampled_from([1, 4, 16, 256, 1024]),
+)
+@example(SHARED_BUDGET_SIZES, 0, 1024, 1000, 4)
+def test_no_image_exceeds_the_bound_in_multi_image_prompts(
+    sizes, extra_images, max_model_len, max_num_patches, min_num_patches
+):
+    processor = make_processor(
+        dynamic=True,
+        max_num_patches=max_num_patches,
+        min_num_patches=min_num_patches,
+        max_model_len=max_model_len,
+    )
+    info = processor.info
+    # The limit per prompt is at least the number of images in the prompt;
+    # the bound is what the scheduler's encoder budget sees for that limit.
+    count = len(sizes) + extra_images
+    bound = get_mm_max_toks_per_item(
+        info.ctx.model_config, MULTIMODAL_REGISTRY, processor, {"image": count}
+    )["image"]
+    assert bound >= min(info.get_image_max_tokens_bound(1), max_model_len)
+    tokens = tokens_of_sizes(processor, sizes)
+    if tokens is None:
+        return
+    # Above the seq_len cap only in prompts refused as longer than
+    # max_model_len (each image adds 2 marker tokens).
+    prompt_len = sum(n + 2 for n in tokens)
+    assert max(tokens) <= bound or prompt_len > max_model_len, (tokens, bound)
+
+
+def test_shared_budget_needs_the_multi_image_bound():
+    processor = make_processor(dynamic=True, max_num_patches=1000, max_model_len=1024)
+    info = processor.info
+    assert max(tokens_of_sizes(processor, SHARED_BUDGET_SIZES)) == 904
+    assert info.get_mm_max_tokens_per_item(1024, {"image": 1}) == {"image": 500}
+    # 4 * (1024 - 4) patches less 2 x 2 for the other image, 4 per token.
+    assert info.get_mm_max_tokens_per_item(1024, {"image": 4}) == {"image": 1019}
+    assert info.get_mm_max_tokens_per_item(1000, {"image": 4}) == {"image": 1000}
