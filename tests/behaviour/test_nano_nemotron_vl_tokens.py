@@ -22,7 +22,7 @@ small stand-in exposing what the processing context reads.
 
 import pytest
 import torch
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, example, given, settings, target
 from hypothesis import strategies as st
 from PIL import Image
 from tokenizers import Tokenizer
@@ -455,6 +455,30 @@ def test_no_image_exceeds_the_bound_in_multi_image_prompts(
     # max_model_len (each image adds 2 marker tokens).
     prompt_len = sum(n + 2 for n in tokens)
     assert max(tokens) <= bound or prompt_len > max_model_len, (tokens, bound)
+
+
+# Images that gain budget are rare among random prompts: a search steered by
+# target() where the per-image cap is far below the prompt's budget finds
+# them (fails with the one-image bound for a limit of several images).
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sizes=st.lists(st.tuples(SIDE, SIDE), min_size=3, max_size=6),
+    setting=st.sampled_from([(1024, 1000), (16384, 13312)]),
+)
+def test_search_for_images_that_gain_budget(sizes, setting):
+    max_model_len, max_num_patches = setting
+    processor = make_processor(
+        dynamic=True, max_num_patches=max_num_patches, max_model_len=max_model_len
+    )
+    info = processor.info
+    bound = get_mm_max_toks_per_item(
+        info.ctx.model_config, MULTIMODAL_REGISTRY, processor, {"image": len(sizes)}
+    )["image"]
+    tokens = tokens_of_sizes(processor, sizes)
+    if tokens is None:
+        return
+    assert max(tokens) <= bound, (tokens, bound)
+    target(max(tokens) / info.get_image_max_tokens_bound(1), label=str(setting))
 
 
 def test_shared_budget_needs_the_multi_image_bound():
