@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ARCH = "x86_64"
 BUDGETS = [64, 128, 256]
 MAX_ITEMS = 3
-MAX_MODEL_LENS = (4096, 16384)
+MAX_MODEL_LENS = (1024, 4096)  # the tiny config allows up to 4096
+LIMITS = {"image": 4, "video": 1}  # one video per prompt: its frames follow max_model_len
 CASES = {  # name: (modality, grids [t, h, w] in patches)
     "1 image, 64 tokens": ("image", [[1, 16, 16]]),
     "3 images, 96 tokens": ("image", [[1, 16, 12], [1, 8, 8], [1, 8, 16]]),
@@ -53,6 +54,7 @@ def drive() -> int:
                         env=env).returncode
     started = time.monotonic()
     test_rc = subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                              "-o", "asyncio_default_fixture_loop_scope=function",
                               "test_encoder_cudagraph_emulated.py"], cwd=work, env=env,
                              stdout=subprocess.DEVNULL).returncode
     print(f"\ntest_encoder_cudagraph_emulated.py: {time.monotonic() - started:.1f} s "
@@ -80,10 +82,11 @@ def figures() -> None:
         if frames is not None:
             comp["encoder_cudagraph_max_frames_per_batch"] = frames
         return vllm_config_for(model_dir, max_model_len=max_model_len, dtype="float32",
-                               compilation=comp)
+                               limit_mm_per_prompt=LIMITS, compilation=comp)
 
-    print(f"budgets {BUDGETS} output tokens, max_batch_size {MAX_ITEMS}; "
-          "tiny Qwen3-VL tower (depth 2, deepstack 1, hidden 32), float32, CPU")
+    print(f"budgets {BUDGETS} output tokens, max_batch_size {MAX_ITEMS}, "
+          f"limit_mm_per_prompt {LIMITS}; tiny Qwen3-VL tower (depth 2, deepstack 1, "
+          "hidden 32), float32, CPU")
     print("\n1. ATen ops per encoder call (a replay is one graph launch)")
     print(f"  {'batch':22} {'eager, CPU attn':>16} {'eager, FA routing':>18} "
           f"{'graph path: host ops + 1 replay':>32} {'kernels in replay':>18}")

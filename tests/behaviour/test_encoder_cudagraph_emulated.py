@@ -119,13 +119,12 @@ CONTROL_BUDGETS = [64, 128]
 CONTROL_CASE = ("image", [[1, 16, 12], [1, 8, 8], [1, 8, 16]])  # 96 tokens -> 128
 
 
-def test_control_cu_seqlens_left_out_of_replay_buffers(
-    qwen3_vl_session_dir, qwen3_vl_model, monkeypatch
-):
+def test_control_cu_seqlens_left_out_of_replay_buffers(graphs, qwen3_vl_model,
+                                                       monkeypatch):
+    mgr, emu = graphs
     model = qwen3_vl_model
-    with emulate_cuda_graphs() as emu:
-        mgr = captured_manager(graph_config(qwen3_vl_session_dir, CONTROL_BUDGETS),
-                               model, emu)
+    # A known stale cu_seqlens in the 128 graph: one video of 2 frames of 144 patches.
+    _run_case(mgr, emu, model, "video", [[2, 12, 12]])
     prepare = model.prepare_encoder_cudagraph_replay_buffers
 
     def without_cu_seqlens(*args, **kwargs):
