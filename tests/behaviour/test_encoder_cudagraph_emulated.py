@@ -11,6 +11,8 @@ The negative controls show the harness fails when the graph path is wrong.
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 from conftest import vllm_config_for
@@ -109,6 +111,23 @@ def test_image_after_videos(graphs, qwen3_vl_model):
     mm, got, counted = _run_case(mgr, emu, qwen3_vl_model, "image", [[1, 8, 12]], seed=2)
     DIFFS["an image after videos"] = assert_matches_eager(qwen3_vl_model, mm, got)
     assert counted == (1, 0, {64: 1})
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_batches_match_eager(graphs, qwen3_vl_model, seed):
+    """Seeded random batches (sizes, counts, frames; some over a limit): every item
+    matches eager, every item is a hit or a miss."""
+    mgr, emu = graphs
+    rng = random.Random(seed)
+    modality = rng.choice(["image", "video"])
+    grids = [[rng.randint(1, 6) if modality == "video" else 1,
+              rng.choice([4, 8, 12, 16]), rng.choice([4, 8, 12, 16])]
+             for _ in range(rng.randint(1, 5))]
+    hits, misses = mgr.graph_hits, mgr.graph_misses
+    mm, got, _ = _run_case(mgr, emu, qwen3_vl_model, modality, grids, seed=seed)
+    assert_matches_eager(qwen3_vl_model, mm, got)
+    assert (mgr.graph_hits - hits) + (mgr.graph_misses - misses) == len(grids), grids
+    assert emu.violations == []
 
 
 # ---------------------------------------------------------------------------
