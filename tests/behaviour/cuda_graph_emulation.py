@@ -41,10 +41,14 @@ capture. Each is a ``Violation(kind, where, graph)`` in ``emu.violations`` (all 
 and ``graph.violations``; ``str(v)`` names the call site. Capture goes on (so a test
 sees them all); a GPU would abort at the first.
 
-Figures: ``graph.replays``, ``graph.num_kernels`` (ops one replay issues), ``graph.static_bytes()``
-(bytes of the tensors the graph reads or writes: its static buffers), and
-``count_aten_ops()`` (a context manager counting kernel-launching ATen ops, for the
-eager path).
+Figures: ``graph.replays``, ``graph.num_kernels`` (ops one replay issues),
+``graph.static_bytes()`` (every storage the recorded kernels read or write: static
+buffers and the graph's pool), and ``count_aten_ops()`` (a context manager counting
+kernel-launching ATen ops, for the eager path).
+
+Not emulated: stream/event ordering (one stream), pool sharing (``graph_pool_handle``
+returns a token); random ops draw from the CPU generator at each replay.
+The real Qwen3-VL model for these tests: ``qwen3_vl_cpu.py``.
 """
 
 from __future__ import annotations
