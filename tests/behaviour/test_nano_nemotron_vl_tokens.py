@@ -1,10 +1,17 @@
 """Behaviour of patch 0003 (upstream #38727) on the installed vLLM wheel.
 
 Nano-Nemotron-VL's processing info answers get_mm_max_tokens_per_item itself:
-image -> exact token count of the dummy (largest) image, video / audio ->
-seq_len, only for supported modalities with a non-zero count; an unsupported
-modality with a non-zero count is a clear ValueError. The dummy inputs use
-get_dummy_image_size_and_max_tokens().
+image -> an upper bound on the tokens of an image over every size the
+processor accepts (get_image_max_tokens_bound): for a limit of one image per
+prompt attained, so exact (with the dynamic tiler by an image 1 patch high,
+which the tiler regrids to 2 x the per-image patch cap); for a limit of
+several, the dynamic tiler moves budget between the images of a prompt, so
+the bound is the prompt's whole patch budget less 4 patches per other image,
+capped at seq_len; video / audio -> seq_len, only for supported
+modalities with a non-zero count; an unsupported modality with a non-zero
+count is a clear ValueError. The dummy inputs use
+get_dummy_image_size_and_max_tokens() (a square image; its count is below the
+bound with the dynamic tiler).
 
 Real vLLM classes throughout (processing info, dummy builder, multimodal
 processor as registered on the model class, the encoder-budget helper that
@@ -15,6 +22,9 @@ small stand-in exposing what the processing context reads.
 
 import pytest
 import torch
+from hypothesis import HealthCheck, example, given, settings, target
+from hypothesis import strategies as st
+from PIL import Image
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
@@ -33,7 +43,11 @@ from vllm.model_executor.models.nano_nemotron_vl import (
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.encoder_budget import get_mm_max_toks_per_item
-from vllm.multimodal.processing import InputProcessingContext
+from vllm.multimodal.processing import (
+    InputProcessingContext,
+    ProcessorInputs,
+    TimingContext,
+)
 from vllm.transformers_utils.processors.nano_nemotron_vl import (
     AUDIO_CONTEXT,
     AUDIO_END,
@@ -50,12 +64,19 @@ IMAGE_SIZE = 64  # static tiling: 4 tokens per 64x64 tile
 class StandInModelConfig:
     """What InputProcessingContext / the processing info read of ModelConfig."""
 
-    def __init__(self, hf_config: PretrainedConfig, max_model_len: int) -> None:
+    def __init__(
+        self,
+        hf_config: PretrainedConfig,
+        max_model_len: int,
+        mm_processor_kwargs: dict | None = None,
+    ) -> None:
         self.model = "tiny-nano-nemotron-vl"
         self.hf_config = hf_config
         self.max_model_len = max_model_len
         self.dtype = torch.float32
-        self.multimodal_config = MultiModalConfig()
+        self.multimodal_config = MultiModalConfig(
+            mm_processor_kwargs=mm_processor_kwargs
+        )
 
     def get_multimodal_config(self) -> MultiModalConfig:
         return self.multimodal_config
@@ -75,14 +96,18 @@ def make_tokenizer(*, with_video_token: bool) -> PreTrainedTokenizerFast:
 
 
 def make_hf_config(
-    *, dynamic: bool, max_num_patches: int = 0, audio: bool = False
+    *,
+    dynamic: bool,
+    max_num_patches: int = 0,
+    min_num_patches: int = 4,
+    audio: bool = False,
 ) -> PretrainedConfig:
     extra = {}
     if audio:
         sound_config = ParakeetEncoderConfig()
         sound_config.sampling_rate = 16000
         extra["sound_config"] = sound_config
-    args = {"min_num_patches": 4, "max_num_patches": max_num_patches}
+    args = {"min_num_patches": min_num_patches, "max_num_patches": max_num_patches}
     return PretrainedConfig(
         force_image_size=IMAGE_SIZE,
         patch_size=PATCH_SIZE,
@@ -99,14 +124,20 @@ def make_processor(
     *,
     dynamic: bool = False,
     max_num_patches: int = 0,
+    min_num_patches: int = 4,
+    max_num_tiles: int | None = None,
     video: bool = True,
     audio: bool = False,
     max_model_len: int = 1024,
 ) -> NanoNemotronVLMultiModalProcessor:
-    model_config = StandInModelConfig(
-        make_hf_config(dynamic=dynamic, max_num_patches=max_num_patches, audio=audio),
-        max_model_len,
+    hf_config = make_hf_config(
+        dynamic=dynamic,
+        max_num_patches=max_num_patches,
+        min_num_patches=min_num_patches,
+        audio=audio,
     )
+    kwargs = None if max_num_tiles is None else {"max_num_tiles": max_num_tiles}
+    model_config = StandInModelConfig(hf_config, max_model_len, kwargs)
     ctx = InputProcessingContext(model_config, make_tokenizer(with_video_token=video))
     # The factories registered on the model class, as the registry uses them.
     processor = NemotronH_Nano_VL_V2._processor_factory.build_processor(ctx)
@@ -136,15 +167,19 @@ TILERS = pytest.mark.parametrize(
 
 
 @TILERS
-def test_image_bound_is_exact_dummy_image_token_count(tiler):
+def test_dummy_image_token_count_is_exact(tiler):
     processor = make_processor(**tiler)
     size, max_tokens = processor.info.get_dummy_image_size_and_max_tokens()
 
     # Same number the dummy-profiling path gets by really processing the image.
     assert max_tokens == dummy_path_tokens(processor, "image")
+    bound = processor.info.get_image_max_tokens_bound()
     assert processor.info.get_mm_max_tokens_per_item(1024, {"image": 1}) == {
-        "image": max_tokens
+        "image": bound
     }
+    # Static tiling: the dummy image has the most tiles. Dynamic: the square
+    # dummy image fills the budget, a 1-patch-high image gets more.
+    assert bound == max_tokens if not tiler["dynamic"] else bound > max_tokens
 
 
 @TILERS
@@ -192,7 +227,7 @@ def test_tokens_per_item(video, audio, mm_counts, expected):
     info = processor.info
     assert info.supports_video is video
     assert info.supports_audio is audio
-    _, image_tokens = info.get_dummy_image_size_and_max_tokens()
+    image_tokens = info.get_image_max_tokens_bound()
     assert 0 < image_tokens < 4096
 
     for seq_len in (4096, 1234):
@@ -225,3 +260,232 @@ def test_unsupported_modality_is_an_error(video, audio, mm_counts, modality):
         info.get_mm_max_tokens_per_item(1024, mm_counts)
     reason = "sound_config" if modality == "audio" else repr(IMG_CONTEXT)
     assert reason in str(exc.value)
+
+
+def processed_image_tokens(processor, image: Image.Image) -> int:
+    """Tokens the real multimodal processor gives `image`, alone in a prompt
+    (HF processor: pixels resized; prompt updates: placeholders counted)."""
+    inputs = ProcessorInputs(
+        prompt=processor.dummy_inputs.get_dummy_text({"image": 1}),
+        mm_data_items=processor.info.parse_mm_data({"image": [image]}),
+    )
+    mm_inputs = processor.apply(inputs, timing_ctx=TimingContext(enabled=False))
+    (placeholder,) = mm_inputs["mm_placeholders"]["image"]
+    return placeholder.get_num_embeds()
+
+
+class SizeOnlyImage(Image.Image):
+    """An image that only has a size: the dynamic tiler decides the grid from
+    width and height alone, so huge sizes cost nothing."""
+
+    def __init__(self, width: int, height: int) -> None:
+        super().__init__()
+        self._size = (width, height)
+
+
+def tokens_of_size(processor, width: int, height: int) -> int | None:
+    """Tokens of one image of this size alone in a prompt, as the processor
+    decides them (the tiler call _images_to_pixel_values_lst makes; static:
+    the count the prompt update uses), or None where it refuses the size."""
+    hf_processor = processor.info.get_hf_processor()
+    if tiler := hf_processor.dynamic_tiler:
+        image = SizeOnlyImage(width, height)
+        try:
+            (params,) = tiler.compute_params(
+                [image], tiler.max_num_tokens_available(text_prompt_length=0)
+            )
+        except (ZeroDivisionError, ValueError):
+            return None  # the tiler cannot grid this size (e.g. 1 x 100000 px)
+        finally:
+            tiler.feature_size_cache.pop(id(image), None)
+        return params.num_embeddings
+    return hf_processor.get_num_image_tokens(
+        image_width=width,
+        image_height=height,
+        max_num_tiles=hf_processor.max_num_tiles,
+    )
+
+
+def thin_image_size(processor) -> tuple[int, int] | None:
+    """1 patch high and as wide as the per-image patch cap and the prompt's
+    patch budget allow; None where min_num_patches would regrid it."""
+    tiler = processor.info.get_hf_processor().dynamic_tiler
+    min_patches = tiler._min_num_patches
+    budget = max(4 * tiler.max_num_tokens_available(text_prompt_length=0), min_patches)
+    cap = int(max(min(budget, tiler._max_num_patches), min_patches))
+    width_patches = min(cap, budget // 2)
+    width_patches -= width_patches % 2
+    if width_patches < max(2, min_patches):
+        return None
+    return PATCH_SIZE * width_patches - PATCH_SIZE // 2, PATCH_SIZE // 2
+
+
+# Slack = bound - the most tokens any size gets, one image per prompt: 0 (the
+# bound is attained; checked below wherever thin_image_size applies). Sizes
+# 16..8192 px (step 24) get at most 3328 of 6656 at max_model_len 16384 /
+# max_num_patches 13312, 253 of 500 at 1024 / 1000, 16380 of 16380 at
+# 16384 / 0: the rest of the bound is for images a few pixels high.
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    width=st.one_of(st.integers(1, 64), st.integers(1, 8192), st.integers(1, 400_000)),
+    height=st.one_of(st.integers(1, 64), st.integers(1, 8192), st.integers(1, 400_000)),
+    dynamic=st.booleans(),
+    max_model_len=st.sampled_from([64, 256, 1024, 4096, 16384, 32768]),
+    max_num_patches=st.one_of(st.just(0), st.integers(1, 20_000)),
+    min_num_patches=st.sampled_from([1, 4, 16, 256, 1024]),
+    max_num_tiles=st.integers(1, 40),
+)
+@example(2720, 3296, True, 16384, 13312, 4, 12)  # 3328 tokens; dummy image 3306
+@example(688, 512, True, 1024, 1000, 4, 12)  # 247 tokens; dummy image 240
+@example(400_000, 8, True, 16384, 13312, 4, 12)  # 1 patch high: 6656 tokens
+def test_no_image_size_exceeds_the_bound(
+    width, height, dynamic, max_model_len, max_num_patches, min_num_patches,
+    max_num_tiles,
+):
+    processor = make_processor(
+        dynamic=dynamic,
+        max_num_patches=max_num_patches,
+        min_num_patches=min_num_patches,
+        max_num_tiles=max_num_tiles,
+        max_model_len=max_model_len,
+    )
+    info = processor.info
+    # What the scheduler's encoder budget sees for this deployment.
+    bound = get_mm_max_toks_per_item(
+        info.ctx.model_config, MULTIMODAL_REGISTRY, processor, {"image": 1}
+    )["image"]
+    tokens = tokens_of_size(processor, width, height)
+    assert tokens is None or tokens <= bound, (width, height, tokens, bound)
+
+    # Attained, so no slack for one image per prompt.
+    if dynamic:
+        attaining = thin_image_size(processor)
+    else:
+        attaining, _ = info.get_dummy_image_size_and_max_tokens()
+    if attaining is not None:
+        assert tokens_of_size(processor, *attaining) == bound
+
+
+@pytest.mark.parametrize(
+    ("max_model_len", "max_num_patches", "size", "tokens"),
+    [
+        (16384, 13312, (2720, 3296), 3328),  # a 4K-class photo
+        (1024, 1000, (688, 512), 247),
+        (1024, 1000, "thin", 500),  # 15992 x 8 px: 2 x 1000 patches
+    ],
+    ids=["4k-image", "small-cap", "thin-image"],
+)
+def test_processed_images_within_bound(max_model_len, max_num_patches, size, tokens):
+    """Through the real multimodal processor (pixels, prompt updates): images
+    that get more tokens than the dummy image stay within the bound, and the
+    thin image reaches it."""
+    processor = make_processor(
+        dynamic=True, max_num_patches=max_num_patches, max_model_len=max_model_len
+    )
+    if size == "thin":
+        size = thin_image_size(processor)
+    _, dummy_tokens = processor.info.get_dummy_image_size_and_max_tokens()
+    bound = processor.info.get_image_max_tokens_bound()
+
+    assert processed_image_tokens(processor, Image.new("RGB", size)) == tokens
+    assert dummy_tokens < tokens <= bound
+    assert bound == (2 * max_num_patches) // 4
+
+
+def tokens_of_sizes(processor, sizes) -> list[int] | None:
+    """Tokens of each image of a text-free prompt of these sizes, as the
+    dynamic tiler assigns them all at once, or None where the processor
+    refuses the prompt (the tiler raises, or a grid side of 0 makes the
+    resize fail)."""
+    tiler = processor.info.get_hf_processor().dynamic_tiler
+    images = [SizeOnlyImage(width, height) for width, height in sizes]
+    try:
+        params = tiler.compute_params(
+            images, tiler.max_num_tokens_available(text_prompt_length=0)
+        )
+    except (ZeroDivisionError, ValueError):
+        return None
+    finally:
+        for image in images:
+            tiler.feature_size_cache.pop(id(image), None)
+    if any(0 in p.patch_size for p in params):
+        return None
+    return [p.num_embeddings for p in params]
+
+
+SIDE = st.one_of(st.integers(1, 64), st.integers(1, 8192), st.integers(1, 600_000))
+# 4 images at max_model_len 1024 / max_num_patches 1000: the last gets 904
+# tokens, the one-image bound is 500.
+SHARED_BUDGET_SIZES = [(30858, 16), (145, 2672), (37251, 871), (29879, 519687)]
+
+
+# Slack for a limit of >= 2 images (random search with hill climbing, 2..6
+# images, sides up to 3000000 px): bound 1019, most found 904 at 1024 / 1000;
+# bound 16379, most found 13065 at 16384 / 13312 (one-image bound 6656).
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sizes=st.lists(st.tuples(SIDE, SIDE), min_size=2, max_size=6),
+    extra_images=st.integers(0, 3),
+    max_model_len=st.sampled_from([64, 256, 1024, 4096, 16384]),
+    max_num_patches=st.one_of(st.just(0), st.integers(1, 20_000)),
+    min_num_patches=st.sampled_from([1, 4, 16, 256, 1024]),
+)
+@example(SHARED_BUDGET_SIZES, 0, 1024, 1000, 4)
+def test_no_image_exceeds_the_bound_in_multi_image_prompts(
+    sizes, extra_images, max_model_len, max_num_patches, min_num_patches
+):
+    processor = make_processor(
+        dynamic=True,
+        max_num_patches=max_num_patches,
+        min_num_patches=min_num_patches,
+        max_model_len=max_model_len,
+    )
+    info = processor.info
+    # The limit per prompt is at least the number of images in the prompt;
+    # the bound is what the scheduler's encoder budget sees for that limit.
+    count = len(sizes) + extra_images
+    bound = get_mm_max_toks_per_item(
+        info.ctx.model_config, MULTIMODAL_REGISTRY, processor, {"image": count}
+    )["image"]
+    assert bound >= min(info.get_image_max_tokens_bound(1), max_model_len)
+    tokens = tokens_of_sizes(processor, sizes)
+    if tokens is None:
+        return
+    # Above the seq_len cap only in prompts refused as longer than
+    # max_model_len (each image adds 2 marker tokens).
+    prompt_len = sum(n + 2 for n in tokens)
+    assert max(tokens) <= bound or prompt_len > max_model_len, (tokens, bound)
+
+
+# Images that gain budget are rare among random prompts: a search steered by
+# target() where the per-image cap is far below the prompt's budget finds
+# them (fails with the one-image bound for a limit of several images).
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sizes=st.lists(st.tuples(SIDE, SIDE), min_size=3, max_size=6),
+    setting=st.sampled_from([(1024, 1000), (16384, 13312)]),
+)
+def test_search_for_images_that_gain_budget(sizes, setting):
+    max_model_len, max_num_patches = setting
+    processor = make_processor(
+        dynamic=True, max_num_patches=max_num_patches, max_model_len=max_model_len
+    )
+    info = processor.info
+    bound = get_mm_max_toks_per_item(
+        info.ctx.model_config, MULTIMODAL_REGISTRY, processor, {"image": len(sizes)}
+    )["image"]
+    tokens = tokens_of_sizes(processor, sizes)
+    if tokens is None:
+        return
+    assert max(tokens) <= bound, (tokens, bound)
+    target(max(tokens) / info.get_image_max_tokens_bound(1), label=str(setting))
+
+
+def test_shared_budget_needs_the_multi_image_bound():
+    processor = make_processor(dynamic=True, max_num_patches=1000, max_model_len=1024)
+    info = processor.info
+    assert max(tokens_of_sizes(processor, SHARED_BUDGET_SIZES)) == 904
+    assert info.get_mm_max_tokens_per_item(1024, {"image": 1}) == {"image": 500}
+    # 4 * (1024 - 4) patches less 2 x 2 for the other image, 4 per token.
+    assert info.get_mm_max_tokens_per_item(1024, {"image": 4}) == {"image": 1019}
+    assert info.get_mm_max_tokens_per_item(1000, {"image": 4}) == {"image": 1000}
