@@ -274,3 +274,18 @@ def test_embed_adds_the_sbom_to_a_setup_py_wheel(built, tmp_path):
         verify.check_record_against_content(b, f"vllm-{VERSION}.dist-info/RECORD")
     with pytest.raises(OverlayError, match="already has"):
         sbom.embed(out, tmp_path / "twice.whl", VERSION, document, (2024, 1, 2, 3, 4, 6))
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "aarch64"])
+def test_test_lock_pins_every_test_requirement_at_its_version(arch):
+    """A package added to requirements-test.txt without `make lock` would be missing from the
+    runtime venv (it installs the lock, not the requirements file): caught here, not in CI."""
+    wanted = requirement_lines((REPO / "tests" / "upstream" / "requirements-test.txt").read_text())
+    _, locked = constraints.read_lock(constraints.test_lock(arch))
+    _, runtime = constraints.read_lock(constraints.runtime_lock(arch))
+    for line in wanted:
+        name, _, version = line.partition("==")
+        key = constraints.normalize(name.split("[")[0].strip())
+        assert key in locked or key in runtime, f"{line}: not in locks/test-{arch}.txt: make lock"
+        if version:
+            assert (locked.get(key) or runtime.get(key)) == version.split(";")[0].strip(), line
