@@ -7,13 +7,19 @@ PYTHON ?= python3
 # its own single quotes), so ARCH='x86_64 --mode source' is an ARCH, never an option.
 q = '$(subst ','\'',$(1))'
 
-.PHONY: wheel wheel-dry-run test-slow cross-check fetch apply export-patches check-patches test test-fast bench help publish docker
+.PHONY: lock changelog wheel wheel-dry-run test-slow cross-check fetch apply export-patches check-patches test test-fast bench help publish docker
 
 help:             ## this list (each target's ## text); ./build.sh --help lists the commands
 	@awk -F':[^#]*## ' '/^[a-z][a-z-]*:[^=]*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 wheel:            ## fetch (sha256-checked), apply the series, build + verify the wheel (MODE=overlay|precompiled|source)
 	$(OVERLAY) wheel --arch $(call q,$(ARCH)) --mode $(call q,$(MODE))
+
+lock:             ## resolve locks/runtime-<arch>.txt + locks/test-<arch>.txt with hashes (uv; network)
+	$(OVERLAY) lock --arch $(ARCH)
+
+changelog:        ## release notes since the previous version -> wheelhouse/CHANGES-<VERSION>.md, README [PREVIOUS=]
+	$(OVERLAY) changelog --arch $(ARCH) $(if $(PREVIOUS),--previous '$(PREVIOUS)')
 
 wheel-dry-run:    ## MODE=source preflight + the setup.py command it would run
 	$(OVERLAY) wheel --arch $(call q,$(ARCH)) --mode source --dry-run

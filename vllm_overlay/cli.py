@@ -3,13 +3,14 @@
 import argparse
 import sys
 
-from vllm_overlay.commands import (apply, bisect, check_patches, cross_check, docker, export,
-                                   fetch, publish, pytest_tools, rebase, status, test, wheel)
+from vllm_overlay.commands import (apply, bisect, changelog, check_patches, cross_check, docker,
+                                   export, fetch, lock, publish, pytest_tools, rebase, status,
+                                   test, wheel)
 from vllm_overlay.common.errors import OverlayError
 
 # In the order of `--help`: one driver module per command, each with add(sub) and run(args).
-COMMANDS = (fetch, apply, export, check_patches, wheel, cross_check, publish, docker, test,
-            pytest_tools, status, bisect, rebase)
+COMMANDS = (fetch, apply, export, check_patches, lock, wheel, changelog, cross_check, publish,
+            docker, test, pytest_tools, status, bisect, rebase)
 
 
 def main(argv: list[str] | None = None) -> int:

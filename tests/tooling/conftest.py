@@ -135,6 +135,22 @@ def visible_files(house: Path) -> dict[str, tuple[int, int]]:
             if not p.name.startswith(".")} if house.is_dir() else {}
 
 
+@pytest.fixture(scope="session")
+def supply_venv() -> Path:
+    """The real cache's supply venv (the SBOM library; created once), for test caches."""
+    from vllm_overlay.build import supplyenv
+
+    return supplyenv.bin_dir().parent
+
+
+def link_supply_venv(cache: Path, venv: Path) -> None:
+    (cache / "venvs").mkdir(parents=True, exist_ok=True)
+    (cache / "venvs" / venv.name).symlink_to(venv)
+
+
+SYNTH_LOCK = "# synthetic runtime lock: the synthetic wheel has no Requires-Dist\n"
+
+
 @pytest.fixture(autouse=True)
 def real_wheelhouse_untouched():
     """No test may write into the repository's wheelhouse/: `make publish` uploads every
@@ -147,8 +163,9 @@ def real_wheelhouse_untouched():
 
 
 @pytest.fixture
-def synth(tmp_path, monkeypatch) -> Synth:
+def synth(tmp_path, monkeypatch, supply_venv) -> Synth:
     cache = tmp_path / "cache"
+    link_supply_venv(cache, supply_venv)
     monkeypatch.setenv("VLLM_OVERLAY_CACHE", str(cache))
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
     dist, repo = tmp_path / "dist", tmp_path / "repo"
@@ -162,4 +179,6 @@ def synth(tmp_path, monkeypatch) -> Synth:
                           "wheel-x86_64": artifact(dist / WHEEL_NAME)}}
     (repo / "upstream.lock.json").write_text(json.dumps(lock, indent=2))
     (repo / "patches" / "series").write_text("# empty\n")
+    (repo / "locks").mkdir()
+    (repo / "locks" / "runtime-x86_64.txt").write_text(SYNTH_LOCK)
     return Synth(tmp_path, repo, dist, cache)

@@ -91,19 +91,20 @@ def classify_changes(tree: Path, patches: list[Patch]) -> tuple[dict[str, str], 
 
 def plan_wheel(upstream: Path, upstream_name: str, upstream_version: str, version: str,
                tree: Path, patches: list[Patch], upstream_sha256: str | None = None,
-               ) -> WheelPlan:
-    """The member list; an unreadable upstream is a named error (corrupt cache or bad wheel)."""
+               extra: dict[str, bytes] | None = None) -> WheelPlan:
+    """The member list; an unreadable upstream is a named error (corrupt cache or bad wheel).
+    `extra`: new dist-info files by relative name (the SBOM: sbom.MEMBER)."""
     shipped, outside = classify_changes(tree, patches)
     try:
         return _plan(upstream, upstream_name, upstream_version, version, tree, patches,
-                     shipped, outside)
+                     shipped, outside, extra or {})
     except (zipfile.BadZipFile, struct.error, UnicodeDecodeError, KeyError) as exc:
         raise bad_upstream(upstream, upstream_name, upstream_sha256, exc) from exc
 
 
 def _plan(upstream: Path, upstream_name: str, upstream_version: str, version: str,
           tree: Path, patches: list[Patch], shipped: dict[str, str], outside: list[str],
-          ) -> WheelPlan:
+          extra: dict[str, bytes]) -> WheelPlan:
     tags = upstream_name[:-4].split("-", 2)[2]
     plan = WheelPlan(upstream, f"vllm-{version}-{tags}.whl", version, changed=shipped,
                      outside=outside)
@@ -143,6 +144,8 @@ def _plan(upstream: Path, upstream_name: str, upstream_version: str, version: st
                 plan.members.append(Member(new_name, data=("\n".join(lines) + "\n\n").encode()))
             else:
                 plan.members.append(Member(new_name, source=name))
+        for rel, data in sorted(extra.items()):
+            plan.members.append(Member(new_info + rel, data=data))
         record = read_record(zf, old_info + "RECORD")
     plan.members.append(Member(new_info + "RECORD", data=render_record(plan, record)))
     return plan

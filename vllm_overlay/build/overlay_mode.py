@@ -4,7 +4,7 @@ swapped in (fetch -> apply -> plan + write -> verify -> wheelhouse)."""
 import time
 from pathlib import Path
 
-from vllm_overlay.build import apply, fetch, key, overlay, verify
+from vllm_overlay.build import apply, beside, constraints, fetch, key, overlay, sbom, verify
 from vllm_overlay.build import wheelhouse as wheelhouse_store
 from vllm_overlay.build.zipraw import epoch_to_date_time
 from vllm_overlay.common import log, pin, series
@@ -22,7 +22,8 @@ def build_overlay_wheel(arch: str = "x86_64", wheelhouse: Path = WHEELHOUSE,
                                                                           snapshot):
         series_sha = series.series_digest(patches, snapshot)
         epoch = key.source_date_epoch(patches, the_pin.released)
-        build_key = key.build_key(the_pin, arch, series_sha, epoch)
+        build_key = key.build_key(the_pin, arch, series_sha, epoch,
+                                  extra=beside.inputs(arch, repo))
 
         def build_overlay(tmp_dir: Path) -> tuple[Path, str, dict]:
             upstream_art = the_pin.wheel(arch)
@@ -32,17 +33,24 @@ def build_overlay_wheel(arch: str = "x86_64", wheelhouse: Path = WHEELHOUSE,
             _apply_log.info(f"{len(patches)} patch(es) onto {the_pin.sdist.filename} in {tree}")
             apply.apply_series(sdist, patches, tree, the_pin.released, reuse=True)
             applied = time.monotonic()
+            shipped, _ = overlay.classify_changes(tree, patches)
+            document = sbom.render(sbom.facts(
+                the_pin, arch, the_pin.overlay_version, patches, series_sha, epoch, tree,
+                shipped, constraints.requires_dist(upstream, the_pin.upstream_version,
+                                                   upstream_art.filename), repo))
             plan = overlay.plan_wheel(upstream, upstream_art.filename, the_pin.upstream_version,
-                                      the_pin.overlay_version, tree, patches, upstream_art.sha256)
+                                      the_pin.overlay_version, tree, patches, upstream_art.sha256,
+                                      {sbom.MEMBER: document})
             tmp = tmp_dir / plan.filename
             # hashes the upstream wheel as it copies it: the copied bytes are the pinned ones
             sha256 = overlay.write_wheel(plan, tmp, epoch_to_date_time(epoch),
                                          upstream_art.sha256, upstream_art.filename)
             verify.verify_wheel(plan, tmp, upstream_art.sha256,
                                 f"vllm-{the_pin.upstream_version}.dist-info/")
+            sbom.check_wheel(tmp, the_pin.overlay_version, document)
             _log.info(f"apply {applied - started:.1f} s, wheel "
                       f"{time.monotonic() - applied:.1f} s")
             return tmp, sha256, {"changed_members": plan.changed, "not_shipped": plan.outside}
 
         return wheelhouse_store.store(wheelhouse, "overlay", arch, build_key, the_pin, epoch,
-                                      series_sha, patches, build_overlay)
+                                      series_sha, patches, build_overlay, repo)

@@ -25,9 +25,10 @@ import time
 import zipfile
 from pathlib import Path
 
-from vllm_overlay.build import apply, fetch, key, verify
+from vllm_overlay.build import apply, beside, constraints, fetch, key, sbom, verify
 from vllm_overlay.build import wheelhouse as wheelhouse_store
 from vllm_overlay.build.overlay import VERSION_FILE
+from vllm_overlay.build.zipraw import epoch_to_date_time
 from vllm_overlay.build.preflight import SourceConfig, cuda_tag, source_preflight
 from vllm_overlay.common import log as log_module
 from vllm_overlay.common import pin, series, venvs
@@ -159,6 +160,7 @@ def build_setup_py_wheel(mode: str, arch: str = "x86_64",
         if source:
             version += f".cu{cuda_tag(source.cuda)}"
             extra += [f"{k}={v}" for k, v in sorted(source.env().items())]
+        extra += beside.inputs(arch, repo)
         build_key = key.build_key(the_pin, arch, series_sha, epoch, mode=mode, extra=extra)
         upstream_art = the_pin.wheel(arch)
 
@@ -202,12 +204,19 @@ def build_setup_py_wheel(mode: str, arch: str = "x86_64",
             if len(built) != 1 or built[0].name != expected_filename(version, arch):
                 raise OverlayError(f"setup.py wrote {[b.name for b in built]} into {dist}, "
                                    f"expected {expected_filename(version, arch)} (see {log})")
+            shipped = {path: status for path, status in apply.changed_files(tree).items()
+                       if path.startswith("vllm/")}
+            document = sbom.render(sbom.facts(
+                the_pin, arch, version, patches, series_sha, epoch, tree, shipped,
+                constraints.requires_dist(upstream, the_pin.upstream_version,
+                                          upstream_art.filename), repo))
+            tmp = tmp_dir / built[0].name  # setuptools has no PEP 770 support: add the SBOM
+            sbom.embed(built[0], tmp, version, document, epoch_to_date_time(epoch))
             log_module.stage("verify").info(built[0].name)
-            verify_setup_wheel(built[0], version, tree,
+            verify_setup_wheel(tmp, version, tree,
                                None if source else (upstream,
                                                     f"vllm-{the_pin.upstream_version}.dist-info/"))
-            tmp = tmp_dir / built[0].name
-            os.replace(built[0], tmp)
+            sbom.check_wheel(tmp, version, document)
             torch_version = subprocess.run(
                 [str(venvs.python_of(venv)), "-c", "import torch; print(torch.__version__)"],
                 capture_output=True, text=True).stdout.strip()
@@ -224,7 +233,7 @@ def build_setup_py_wheel(mode: str, arch: str = "x86_64",
             return tmp, None, manifest
 
         return wheelhouse_store.store(wheelhouse_dir, mode, arch, build_key, the_pin, epoch,
-                                      series_sha, patches, build)
+                                      series_sha, patches, build, repo)
 
 
 def dry_run(mode: str, arch: str, source: SourceConfig | None = None,

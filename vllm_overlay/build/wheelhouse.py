@@ -10,6 +10,7 @@ driver (build/overlay_mode.py, build/setup_py.py) hands its wheel to `store`.
 
 import contextlib
 import datetime
+import hashlib
 import json
 import shutil
 import tempfile
@@ -17,6 +18,7 @@ import threading
 from pathlib import Path
 from typing import Callable
 
+from vllm_overlay.build import beside
 from vllm_overlay.common import log, pin, series
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.fs import atomic_write, file_lock, replace, sha256_file
@@ -96,6 +98,9 @@ def up_to_date(wheelhouse: Path, arch: str, key: str) -> Path | None:
     sums = listed(wheelhouse)
     if sums.get(wheel.name) != state["sha256"]:  # SHA256SUMS deleted or edited
         sums[wheel.name] = state["sha256"]
+        for extra, digest in state.get("beside", {}).items():  # only if still as written
+            if (wheelhouse / extra).is_file() and sha256_file(wheelhouse / extra) == digest:
+                sums[extra] = digest
         write_sums(wheelhouse, sums)
         shutil.rmtree(wheelhouse / ".tmp", ignore_errors=True)
     return wheel
@@ -117,7 +122,7 @@ def write_sums(wheelhouse: Path, sums: dict[str, str]) -> None:
 
 
 def install(wheelhouse: Path, name: str, tmp: Path, sha256: str, manifest: dict,
-            key: str) -> Path:
+            key: str, beside_fn: Callable[[Path], dict[str, str]] | None = None) -> Path:
     """Rename the verified wheel in, with its listings, so that every state a kill can leave
     is consistent: SHA256SUMS, the index and manifest-<name>.json only ever name files
     whose bytes match them (a wheel may be unlisted until the next build, never mislisted),
@@ -144,18 +149,36 @@ def install(wheelhouse: Path, name: str, tmp: Path, sha256: str, manifest: dict,
     write_text(wheelhouse, manifest_file.name, json.dumps(manifest, indent=2) + "\n")
     if previous and previous != dest.name:
         (wheelhouse / previous).unlink(missing_ok=True)
+        old_beside = [n for n in sums if n.startswith(previous.removesuffix(".whl") + ".")]
+        for extra in old_beside:  # the old wheel's SBOM copy and provenance go with it
+            sums.pop(extra)
+        if old_beside:
+            write_sums(wheelhouse, sums)
+        for extra in old_beside:
+            (wheelhouse / extra).unlink(missing_ok=True)
+    # the files beside the wheel (build/beside.py): unlisted while they are rewritten
+    extras = beside_fn(dest) if beside_fn else {}
+    if [sums.pop(extra) for extra in extras if extra in sums]:
+        write_sums(wheelhouse, sums)
+    for extra, text in extras.items():
+        write_text(wheelhouse, extra, text)
+        sums[extra] = hashlib.sha256(text.encode()).hexdigest()
+    if extras:
+        write_sums(wheelhouse, sums)
     write_text(wheelhouse, state_file.name, json.dumps(
-        {"filename": dest.name, "build_key": key, "sha256": sha256, "stat": _stat(dest)}))
+        {"filename": dest.name, "build_key": key, "sha256": sha256, "stat": _stat(dest),
+         "beside": {extra: sums[extra] for extra in extras}}))
     return dest
 
 
 def store(wheelhouse: Path, mode: str, arch: str, key: str, the_pin: pin.Pin, epoch: int,
           series_sha: str, patches: list[series.Patch],
-          build_fn: Callable[[Path], tuple[Path, str | None, dict]]) -> Path:
+          build_fn: Callable[[Path], tuple[Path, str | None, dict]], repo: Path = REPO) -> Path:
     """The one way into the wheelhouse for every mode: lock, no-op when up to date, build_fn(tmp dir)
     writes and verifies a wheel there and returns (wheel, its sha256 if known,
     mode-specific manifest fields);
-    then rename into place, manifest-<label>.json, SHA256SUMS, state."""
+    then rename into place, manifest-<label>.json, SHA256SUMS, the files beside the wheel
+    (build/beside.py: SBOM copy, provenance, constraints), state."""
     name = label(mode, arch)
     with locked(wheelhouse):
         if existing := up_to_date(wheelhouse, name, key):
@@ -190,7 +213,9 @@ def store(wheelhouse: Path, mode: str, arch: str, key: str, the_pin: pin.Pin, ep
                 "wheel": {"filename": tmp.name, "sha256": sha256, "size": size},
                 **fields,
             }
-            dest = install(wheelhouse, name, tmp, sha256, manifest, key)
+            dest = install(wheelhouse, name, tmp, sha256, manifest, key, lambda wheel: (
+                beside.beside_wheel(wheelhouse, wheel, sha256, the_pin, arch, mode, epoch,
+                                    series_sha, patches, repo)))
         except OSError as exc:  # a full disk, a read-only folder: one line, no traceback
             shutil.rmtree(tmp_dir, ignore_errors=True)
             raise OverlayError(f"wheel: {exc.strerror or exc}: {exc.filename or tmp_dir}; "

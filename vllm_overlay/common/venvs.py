@@ -51,7 +51,7 @@ def _create(venv: Path, name: str, requirements: list[str], install_args: tuple[
     started = time.monotonic()
     try:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        if requirements:
+        if requirements or install_args:
             subprocess.run([str(python_of(venv)), "-m", "pip", "install",
                             "--progress-bar", "off", *install_args, *requirements], check=True)
     except subprocess.CalledProcessError as exc:

@@ -97,7 +97,12 @@ def build_args(mode: str = "overlay", arch: str = "x86_64", repo: Path = REPO,
             not (wheelhouse / wheel["filename"]).is_file():
         raise OverlayError(f"{wheelhouse / wheel['filename']}: missing or not the file "
                            f"{manifest_file.name} describes; run `make wheel ARCH={arch}`")
-    args.update(WHEEL=wheel["filename"], WHEEL_SHA256=wheel["sha256"])
+    sbom = wheel["filename"].removesuffix(".whl") + ".cdx.json"  # build/sbom.py beside_name
+    if sbom not in sums or not (wheelhouse / sbom).is_file():
+        raise OverlayError(f"{wheelhouse / sbom}: the wheel's SBOM is missing; run "
+                           f"`make wheel ARCH={arch}`")
+    args.update(WHEEL=wheel["filename"], WHEEL_SHA256=wheel["sha256"], SBOM=sbom,
+                SBOM_SHA256=sums[sbom])
     return args
 
 

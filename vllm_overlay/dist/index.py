@@ -44,7 +44,7 @@ def render(sums: dict[str, str]) -> dict[str, str]:
     """Pages of the simple index, by path relative to wheelhouse/simple/."""
     projects: dict[str, list[str]] = {}
     for filename in sorted(sums):
-        if match := _DIST_RE.match(filename):
+        if filename.endswith((".whl", ".tar.gz")) and (match := _DIST_RE.match(filename)):
             projects.setdefault(normalize(match["name"]), []).append(filename)
     head = ('<!DOCTYPE html>\n<html>\n<head>\n<meta name="pypi:repository-version" '
             'content="1.0">\n<title>{}</title>\n</head>\n<body>\n')

@@ -1,7 +1,7 @@
 """The runtime test environment: vLLM 0.19.1's real runtime + test packages + a vLLM wheel.
 
-One base venv (cached, keyed by the pinned sdist's runtime requirements, the test packages
-and the Python version) holds everything except vLLM itself: about 11 GB, created once.
+One base venv (cached, keyed by the hash-locked runtime and test packages in locks/ and the
+Python version) holds everything except vLLM itself: about 11 GB, created once.
 Each vLLM wheel (the overlay wheel, upstream's own wheel) gets a thin venv of its own,
 keyed by the wheel's sha256, whose site-packages holds only that wheel (installed with
 --no-deps) and a .pth line that adds the base venv's site-packages behind it. So
@@ -13,6 +13,7 @@ import sys
 import tarfile
 from pathlib import Path
 
+from vllm_overlay.build import constraints
 from vllm_overlay.common import log, venvs
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.fs import sha256_file
@@ -25,7 +26,10 @@ _log = log.stage("venv")
 
 
 def sdist_requirements(sdist: Path, top: str = RUNTIME_REQUIREMENTS) -> list[str]:
-    """The runtime pins of the sdist: `top` with its `-r` includes expanded, in order."""
+    """The runtime pins the sdist declares: `top` with its `-r` includes expanded, in order.
+    The runtime venv no longer installs these directly: it installs locks/runtime-<arch>.txt,
+    which `make lock` resolves from the wheel's Requires-Dist (setup.py's copy of them); after
+    a pin move (`make rebase`) run `make lock` so the two agree again."""
     try:
         with tarfile.open(sdist) as tar:
             root = tar.getmembers()[0].name.split("/", 1)[0]
@@ -56,10 +60,14 @@ def test_requirements(path: Path = TEST_REQUIREMENTS) -> list[str]:
     return requirement_lines(path.read_text())
 
 
-def ensure_base(sdist: Path) -> Path:
-    """The cached base venv: the sdist's runtime pins plus the test packages, no vLLM."""
-    reqs = sdist_requirements(sdist) + test_requirements()
-    return venvs.ensure_venv("runtime", reqs)
+def ensure_base(arch: str = "x86_64", repo: Path = REPO) -> Path:
+    """The cached base venv, no vLLM: the hash-locked runtime of the pin (locks/runtime-<arch>.txt,
+    which make wheel publishes as constraints-<arch>.txt) and the locked test packages, installed
+    with --require-hashes: a missing or wrong hash fails the install, so each build proves the lock."""
+    files = [constraints.runtime_lock(arch, repo), constraints.test_lock(arch, repo)]
+    texts = [constraints.read_lock(path)[0] for path in files]
+    args = ("--require-hashes", *(a for path in files for a in ("-r", str(path))))
+    return venvs.ensure_venv("runtime", [], extra_key="\n".join(texts), install_args=args)
 
 
 def site_packages(venv: Path) -> Path:
@@ -126,8 +134,4 @@ def prune_vllm_envs(max_age_days: float = STALE_DAYS) -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover - manual use: python -m vllm_overlay.testing.testenv
-    from vllm_overlay.build import fetch
-    from vllm_overlay.common import pin
-
-    the_pin = pin.load()
-    print(ensure_base(fetch.fetch(the_pin.sdist, the_pin.project)))
+    print(ensure_base())

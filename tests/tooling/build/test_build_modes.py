@@ -198,12 +198,12 @@ def test_modes_publish_side_by_side_through_one_path(synth):
     def fake_mode_build(tmp_dir: Path):
         calls.append(tmp_dir)
         wheel = tmp_dir / "vllm-9.9.9+test.1-cp38-abi3-linux_x86_64.whl"
-        wheel.write_bytes(b"not a real build, only the publish path is under test")
+        wheel.write_bytes(overlay.read_bytes())  # only the publish path is under test
         return wheel, None, {"setup_py": {"seconds": 0}}
 
     for _ in range(2):  # the second call is a no-op: same key, file unchanged
         other = wheelhouse.store(synth.wheelhouse, "precompiled", "x86_64", "k1", the_pin,
-                                      0, "s", [], fake_mode_build)
+                                      0, "s", [], fake_mode_build, synth.repo)
     assert len(calls) == 1 and other.name != overlay.name
     sums = dict(reversed(line.split("  ")) for line in
                 (synth.wheelhouse / "SHA256SUMS").read_text().splitlines())
@@ -212,6 +212,8 @@ def test_modes_publish_side_by_side_through_one_path(synth):
     assert '"mode": "precompiled"' in (synth.wheelhouse / "manifest-precompiled-x86_64.json").read_text()
     assert '"mode": "overlay"' in (synth.wheelhouse / "manifest-x86_64.json").read_text()
     assert wheelhouse.last_built("precompiled", "x86_64", synth.wheelhouse) == other
+    for wheel in (overlay, other):  # each mode's SBOM copy and provenance beside its wheel
+        assert {wheel.name[:-4] + ".cdx.json", wheel.name[:-4] + ".intoto.json"} <= set(sums)
     assert not (synth.wheelhouse / ".tmp").exists()
 
 

@@ -16,7 +16,7 @@ from vllm_overlay.build import export
 from vllm_overlay.build import fetch
 from vllm_overlay.common import pin
 from vllm_overlay.common import series
-from vllm_overlay.build import verify
+from vllm_overlay.build import sbom, verify
 from vllm_overlay.build import overlay_mode, wheelhouse
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.paths import REPO
@@ -59,9 +59,10 @@ def test_build_swaps_exactly_the_series_changes(built):
     old, new = raw_members(upstream), raw_members(wheel)
     info_old, info_new = f"vllm-{UPSTREAM}.dist-info/", f"vllm-{VERSION}.dist-info/"
     renamed = {n.replace(info_old, info_new): v for n, v in old.items()}
-    assert set(new) == (set(renamed) - {"vllm/b.py"}) | {"vllm/new.py"}
+    sbom_member = info_new + sbom.MEMBER  # PEP 770
+    assert set(new) == (set(renamed) - {"vllm/b.py"}) | {"vllm/new.py", sbom_member}
     untouched = set(new) - {"vllm/a.py", "vllm/new.py", "vllm/_version.py", info_new + "METADATA",
-                            info_new + "WHEEL", info_new + "RECORD"}
+                            info_new + "WHEEL", info_new + "RECORD", sbom_member}
     assert {n: new[n] for n in untouched} == {n: renamed[n] for n in untouched}
     with zipfile.ZipFile(wheel) as zf:
         assert zf.read("vllm/a.py").decode() == CHANGE_A
@@ -75,8 +76,11 @@ def test_build_swaps_exactly_the_series_changes(built):
     assert [p["origin"] for p in manifest["series"]["patches"]] == ["vendor", "vendor"]
     assert manifest["changed_members"] == {"vllm/a.py": "M", "vllm/b.py": "D", "vllm/new.py": "A"}
     assert manifest["not_shipped"] == ["tests/test_a.py"]
-    sums = (s.wheelhouse / "SHA256SUMS").read_text()
-    assert sums == f"{manifest['wheel']['sha256']}  {OUT_NAME}\n"
+    sums = (s.wheelhouse / "SHA256SUMS").read_text().splitlines()
+    assert f"{manifest['wheel']['sha256']}  {OUT_NAME}" in sums
+    beside = {OUT_NAME.replace(".whl", ".cdx.json"), OUT_NAME.replace(".whl", ".intoto.json"),
+              "constraints-x86_64.txt"}
+    assert {line.split("  ")[1] for line in sums} == {OUT_NAME, *beside}
 
 
 def test_rebuild_is_byte_identical_and_noop_is_detected(built, capsys):

@@ -22,6 +22,7 @@ def test_real_overlay_build_with_a_trivial_patch(tmp_path):
     (repo / "patches").mkdir(parents=True)
     for name in ("VERSION", "upstream.lock.json"):
         shutil.copy(REPO / name, repo / name)
+    shutil.copytree(REPO / "locks", repo / "locks")  # the SBOM and constraints read the lock
     the_pin = pin.load(repo)
     sdist = fetch.fetch(the_pin.sdist)
     tree = tmp_path / "dev" / "vllm"
@@ -38,7 +39,11 @@ def test_real_overlay_build_with_a_trivial_patch(tmp_path):
     assert wheel.name == f"vllm-{the_pin.overlay_version}-cp38-abi3-manylinux_2_31_x86_64.whl"
     upstream = fetch.fetch(the_pin.wheel("x86_64"))
     with zipfile.ZipFile(wheel) as new, zipfile.ZipFile(upstream) as old:
-        assert len(new.namelist()) == len(old.namelist()) == 2116
+        assert len(old.namelist()) == 2116  # plus the SBOM (PEP 770) in ours
+        assert set(new.namelist()) - {n.replace("vllm-0.19.1.dist-info/",
+                                                f"vllm-{the_pin.overlay_version}.dist-info/")
+                                      for n in old.namelist()} == {
+            f"vllm-{the_pin.overlay_version}.dist-info/sboms/vllm.cdx.json"}
         assert new.read(TARGET).endswith(b"# overlay test marker\n")
         assert new.getinfo("vllm/_C.abi3.so").CRC == old.getinfo("vllm/_C.abi3.so").CRC
     manifest = (repo / "wheelhouse" / "manifest-x86_64.json").read_text()

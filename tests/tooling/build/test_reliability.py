@@ -56,6 +56,11 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def wheels(sums: dict[str, str]) -> dict[str, str]:
+    """The wheels of a SHA256SUMS listing (the SBOM, provenance, constraints left out)."""
+    return {name: digest for name, digest in sums.items() if name.endswith(".whl")}
+
+
 def assert_consistent(house: Path) -> None:
     """What the wheelhouse lists is what it holds: SHA256SUMS, every simple page link and
     each manifest name existing files with exactly those sha256s."""
@@ -208,7 +213,7 @@ def test_a_kill_at_any_rename_leaves_listings_that_match_the_files(built, fault)
     assert listed in (None, old, sha256(wheel))
     rebuilt = build(s)  # never "up to date" after a kill: it finishes the job
     assert_consistent(s.wheelhouse)
-    assert index.read_sums(s.wheelhouse) == {rebuilt.name: sha256(rebuilt)}
+    assert wheels(index.read_sums(s.wheelhouse)) == {rebuilt.name: sha256(rebuilt)}
     with zipfile.ZipFile(rebuilt) as zf:
         assert "A_3 = 33" in zf.read("vllm/a.py").decode()
 
@@ -218,7 +223,9 @@ def test_a_deleted_sha256sums_is_written_again_by_a_no_op_build(built, capsys):
     (s.wheelhouse / "SHA256SUMS").unlink()
     assert build(s) == wheel
     assert "up to date" in capsys.readouterr().err
-    assert index.read_sums(s.wheelhouse) == {wheel.name: sha256(wheel)}
+    sums = index.read_sums(s.wheelhouse)
+    assert wheels(sums) == {wheel.name: sha256(wheel)}
+    assert wheel.name.replace(".whl", ".cdx.json") in sums  # the files beside it, relisted
     assert_consistent(s.wheelhouse)
     assert wheel.name.replace("+", "%2B") in (s.wheelhouse / "simple/vllm/index.html").read_text()
 
@@ -228,7 +235,9 @@ def test_after_a_version_bump_only_the_new_wheel_is_listed(built):
     (s.repo / "VERSION").write_text("9.9.9+test.2\n")
     new = build(s)
     assert new.name != wheel.name
-    assert index.read_sums(s.wheelhouse) == {new.name: sha256(new)}
+    sums = index.read_sums(s.wheelhouse)
+    assert wheels(sums) == {new.name: sha256(new)}
+    assert not [n for n in sums if n.startswith(wheel.name[:-4])]  # nor its SBOM, provenance
     assert not wheel.exists()
     assert_consistent(s.wheelhouse)
 

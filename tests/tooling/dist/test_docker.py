@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.tooling.dist.deploy_helpers import build_wheel, write_sums
-from vllm_overlay.dist import docker
+from vllm_overlay.dist import docker, index
 from vllm_overlay.common import pin
 from vllm_overlay.common import series
 from vllm_overlay.common.errors import OverlayError
@@ -81,7 +81,7 @@ def test_overlay_wheel_default_is_the_wheel_make_wheel_names():
     assert '"/mnt/overlay/wheelhouse/${WHEEL}" --sha256 "${WHEEL_SHA256}"' in run
     assert "--mount=type=bind" in run  # the wheel never lands in a layer
     ignore = (REPO / ".dockerignore").read_text().split()
-    for needed in ("!wheelhouse/*.whl", "!vllm_overlay/dist/in_image/overlay_install.py",
+    for needed in ("!wheelhouse/*.whl", "!wheelhouse/*.cdx.json", "!vllm_overlay/dist/in_image/overlay_install.py",
                    "!vllm_overlay/dist/in_image/image_check.py"):
         assert needed in ignore
 
@@ -100,7 +100,9 @@ def synthetic_wheelhouse(tmp_path: Path, **changes) -> Path:
     house.mkdir()
     wheel = build_wheel(house, PIN.overlay_version)
     wheel = wheel.rename(house / f"vllm-{PIN.overlay_version}-{WHEEL_TAGS}.whl")
-    write_sums(house, wheel)
+    sbom = house / wheel.name.replace(".whl", ".cdx.json")
+    sbom.write_text("{}\n")
+    write_sums(house, wheel, sbom)
     digest = (house / "SHA256SUMS").read_text().split()[0]
     manifest = {"version": PIN.overlay_version,
                 "series": {"sha256": series.series_digest(series.read_series())},
@@ -123,8 +125,9 @@ def test_make_docker_args_come_from_version_lock_and_manifest(tmp_path):
     args = command_args(command)
     defaults = docker.declared_args(DOCKERFILE)
     assert set(args) <= set(defaults)
-    for key in ("VLLM_BASE_IMAGE", "UPSTREAM_VERSION", "OVERLAY_VERSION", "WHEEL"):
+    for key in ("VLLM_BASE_IMAGE", "UPSTREAM_VERSION", "OVERLAY_VERSION", "WHEEL", "SBOM"):
         assert args[key] == defaults[key], key
+    assert args["SBOM_SHA256"] == index.read_sums(house)[args["SBOM"]]
     manifest = json.loads((house / "manifest-x86_64.json").read_text())
     assert args["WHEEL_SHA256"] == manifest["wheel"]["sha256"]
     assert args["SERIES_SHA256"] == manifest["series"]["sha256"]
@@ -166,3 +169,13 @@ def test_the_series_symbol_is_one_constant():
     spelled += [p.relative_to(REPO) for p in (DOCKERFILE, SOURCE_DOCKERFILE)
                 if field in p.read_text()]
     assert spelled == [Path("vllm_overlay/dist/in_image/image_check.py")]
+
+
+def test_the_sbom_label_names_the_file_the_build_installs():
+    text = DOCKERFILE.read_text()
+    path = re.search(r'io\.vllm-overlay\.sbom="([^"]+)"', text)[1]
+    run = " ".join(ln for ln in instructions(DOCKERFILE) if ln.startswith("RUN "))
+    assert f'install -D -m 0644 "/mnt/overlay/wheelhouse/${{SBOM}}" {path}' in run
+    assert "read_text('sboms/vllm.cdx.json')" in run and '"${SBOM_SHA256}"' in run
+    assert docker.declared_args(DOCKERFILE)["SBOM"] == \
+        f"vllm-{PIN.overlay_version}-{WHEEL_TAGS}.cdx.json"

@@ -12,6 +12,7 @@ import pytest
 
 from tests.tooling.dist.deploy_helpers import (build_wheel, make_venv, pip, sha256, site_packages,
                                           write_sums)
+from tests.tooling.conftest import SYNTH_LOCK, link_supply_venv
 from vllm_overlay.dist import index
 from vllm_overlay.build import overlay_mode, wheelhouse
 from vllm_overlay.dist.in_image.image_check import installed_problems
@@ -114,10 +115,13 @@ def synthetic_upstream(root: Path, cache: Path) -> None:
     (root / "patches" / "series").write_text("")
 
 
-def test_make_wheel_writes_and_restores_the_index(tmp_path, monkeypatch):
+def test_make_wheel_writes_and_restores_the_index(tmp_path, monkeypatch, supply_venv):
     root, cache = tmp_path / "repo", tmp_path / "cache"
     root.mkdir()
     synthetic_upstream(root, cache)
+    link_supply_venv(cache, supply_venv)
+    (root / "locks").mkdir()
+    (root / "locks" / "runtime-x86_64.txt").write_text(SYNTH_LOCK)
     monkeypatch.setenv("VLLM_OVERLAY_CACHE", str(cache))
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1776470400")
     house = root / "wheelhouse"

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.tooling.conftest import SYNTH_LOCK, link_supply_venv
 from vllm_overlay.build import apply, export, fetch, setup_py
 from vllm_overlay.commands import rebase as rebase_command
 from vllm_overlay.common import pin, series
@@ -137,8 +138,9 @@ def git_commit_all(repo: Path, message: str) -> None:
 
 
 @pytest.fixture
-def repo(tmp_path, monkeypatch) -> Path:
+def repo(tmp_path, monkeypatch, supply_venv) -> Path:
     monkeypatch.setenv("VLLM_OVERLAY_CACHE", str(tmp_path / "cache"))
+    link_supply_venv(tmp_path / "cache", supply_venv)
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
     dist = tmp_path / "dist"
     dist.mkdir()
@@ -155,6 +157,8 @@ def repo(tmp_path, monkeypatch) -> Path:
         "artifacts": {"sdist": lock_entry(dist / f"vllm-{PIN}.tar.gz"),
                       "wheel-x86_64": lock_entry(dist / wheel_name(PIN))},
         "source_build": SOURCE_BUILD}, indent=2) + "\n")
+    (repo / "locks").mkdir()
+    (repo / "locks" / "runtime-x86_64.txt").write_text(SYNTH_LOCK)
     (repo / ".gitignore").write_text("/work/\n/reports/\n/wheelhouse/\n")
     write_patches(repo / "patches", dist / f"vllm-{PIN}.tar.gz", tmp_path, PATCHES)
     git(repo, "init", "-q")

@@ -1,0 +1,79 @@
+"""`make changelog`: what changed since the previous overlay version, from the records."""
+
+import json
+import shutil
+
+import pytest
+
+from vllm_overlay.build import changelog
+from vllm_overlay.common.errors import OverlayError
+from vllm_overlay.common.paths import REPO
+
+
+@pytest.fixture
+def repo(tmp_path):
+    """A copy of what the changelog reads: VERSION, the lock, patches/, locks/, README."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    for name in ("VERSION", "upstream.lock.json", "README.md"):
+        shutil.copy(REPO / name, root / name)
+    for name in ("patches", "locks"):
+        shutil.copytree(REPO / name, root / name)
+    return root
+
+
+def previous(repo) -> dict:
+    """A made-up 0.19.1+mmcg.0: 0001 differed, 0006 absent, an extra patch, older deps."""
+    old = changelog.record("x86_64", repo)
+    old["version"] = "0.19.1+mmcg.0"
+    patches = old["series"]["patches"]
+    patches[0]["sha256"] = "0" * 64
+    patches.pop()  # 0006 is new in this version
+    patches.append({"name": "0007-Old-workaround.patch", "sha256": "1" * 64,
+                    "subject": "An old workaround", "origin": "vendor"})
+    lock = old["runtime_lock"]
+    lock["torch"] = "2.9.1"
+    del lock["tqdm"]
+    lock["oldpkg"] = "1.0"
+    (repo / "releases").mkdir()
+    (repo / "releases" / "0.19.1+mmcg.0.json").write_text(json.dumps(old))
+    return old
+
+
+def test_changes_since_the_previous_version(repo):
+    previous(repo)
+    out = changelog.make_changelog("x86_64", repo=repo, wheelhouse=repo / "wheelhouse")
+    notes = out.read_text()
+    assert out.name == "CHANGES-0.19.1+mmcg.1.md"
+    assert "since 0.19.1+mmcg.0 (0.19.1+mmcg.0.json)" in notes
+    added = notes.split("### Patches added (1)\n")[1].split("\n\n")[0]
+    assert added.startswith("- `0006-") and "Origin: vendor" in added
+    assert notes.split("### Patches changed (1)\n")[1].startswith("- `0001-")
+    assert notes.split("### Patches dropped (1)\n")[1].startswith("- `0007-Old-workaround.patch`")
+    assert "- https://github.com/vllm-project/vllm/pull/38997 (0001, upstream in 0.20.0)" in notes
+    assert "- https://github.com/vllm-project/vllm/issues/43403 (0006)" in notes
+    deps = notes.split("### Runtime dependency changes")[1]
+    assert "- torch: 2.9.1 -> 2.10.0" in deps and "- oldpkg: 1.0 -> (dropped)" in deps
+    assert "- tqdm: (new) -> " in deps and deps.count("\n- ") == 3
+    record = json.loads((repo / "releases" / "0.19.1+mmcg.1.json").read_text())
+    assert record["series"]["patches"][0]["origin"].startswith("upstream, https://")
+
+
+def test_readme_section_gets_the_entry_once(repo):
+    previous(repo)
+    for _ in range(2):  # re-running replaces this version's entry, never duplicates it
+        changelog.make_changelog("x86_64", repo=repo, wheelhouse=repo / "wheelhouse")
+    readme = (repo / "README.md").read_text()
+    section = readme.split(changelog.START)[1].split(changelog.END)[0]
+    assert section.count("### 0.19.1+mmcg.1\n") == 1
+    assert "#### Patches added (1)" in section
+
+
+def test_first_version_and_a_previous_manifest(repo, tmp_path):
+    notes = changelog.make_changelog("x86_64", repo=repo, wheelhouse=repo / "wheelhouse")
+    assert "first overlay version" in notes.read_text()
+    assert "### Patches added (6)" in notes.read_text()
+    bad = tmp_path / "manifest.json"
+    bad.write_text("not json")
+    with pytest.raises(OverlayError, match="manifest.json: not a release record"):
+        changelog.make_changelog("x86_64", bad, repo=repo, wheelhouse=repo / "wheelhouse")

@@ -1,0 +1,129 @@
+"""Release notes per overlay version: `make changelog` -> wheelhouse/CHANGES-<VERSION>.md.
+
+Compares this version's release record (the pin, each patch with its sha256 and trailers,
+the runtime lock) with the previous version's: the newest releases/<version>.json below
+VERSION, or PREVIOUS=<file> (such a record, or a wheelhouse manifest-<arch>.json, which
+has the same keys). Writes this version's record to releases/, the notes to the wheelhouse,
+and the same notes at the top of the README's changelog section (replacing an older entry
+for this version), so re-running it changes nothing.
+"""
+
+import json
+import re
+from pathlib import Path
+
+from vllm_overlay.build import constraints
+from vllm_overlay.common import pin, series
+from vllm_overlay.common.errors import OverlayError
+from vllm_overlay.common.fs import atomic_write
+from vllm_overlay.common.paths import REPO
+
+START, END = "<!-- changelog:start -->", "<!-- changelog:end -->"
+_URL_RE = re.compile(r"https://github\.com/\S+/(?:pull|issues)/\d+")
+
+
+def record(arch: str = "x86_64", repo: Path = REPO) -> dict:
+    """This version's release record (the keys of a wheelhouse manifest that matter here)."""
+    the_pin = pin.load(repo)
+    patches_dir = repo / "patches"
+    patches = series.read_series(patches_dir)
+    return {
+        "version": the_pin.overlay_version,
+        "upstream": {"version": the_pin.upstream_version},
+        "series": {"sha256": series.series_digest(patches, patches_dir),
+                   "patches": [{"name": p.name, "sha256": p.sha256(), "subject": p.subject,
+                                **{k.lower().replace("-", "_"): v[0] if len(v) == 1 else v
+                                   for k, v in p.trailers.items()}} for p in patches]},
+        "runtime_lock": constraints.read_lock(constraints.runtime_lock(arch, repo))[1],
+    }
+
+
+def _version_key(version: str) -> list:
+    return [int(x) if x.isdigit() else x for x in re.split(r"[.+]", version)]
+
+
+def previous_record(version: str, repo: Path = REPO) -> tuple[Path | None, dict | None]:
+    """The newest releases/*.json of an older version (None, None for the first one)."""
+    found = []
+    for path in (repo / "releases").glob("*.json"):
+        data = json.loads(path.read_text())
+        if _version_key(data["version"]) < _version_key(version):
+            found.append((_version_key(data["version"]), path, data))
+    return max(found)[1:] if found else (None, None)
+
+
+def _urls(patch: dict) -> list[str]:
+    values = [patch.get(k) for k in ("origin", "bug")]
+    words = " ".join(v if isinstance(v, str) else " ".join(v) for v in values if v)
+    return _URL_RE.findall(words)
+
+
+def render(new: dict, old: dict | None, old_name: str | None) -> str:
+    lines = [f"## {new['version']}", ""]
+    since = f"since {old['version']} ({old_name})" if old else "first overlay version"
+    lines += [f"Upstream vLLM {new['upstream']['version']}, patch series sha256 "
+              f"`{new['series']['sha256'][:16]}`; {since}.", ""]
+    if old and old["upstream"]["version"] != new["upstream"]["version"]:
+        lines += [f"- **Upstream pin**: {old['upstream']['version']} -> "
+                  f"{new['upstream']['version']}", ""]
+    before = {p["name"]: p for p in (old or {}).get("series", {}).get("patches", [])}
+    after = {p["name"]: p for p in new["series"]["patches"]}
+    groups = {"Patches added": [n for n in after if n not in before],
+              "Patches changed": [n for n in after if n in before
+                                  and before[n]["sha256"] != after[n]["sha256"]],
+              "Patches dropped": [n for n in before if n not in after]}
+    for title, names in groups.items():
+        lines.append(f"### {title} ({len(names)})")
+        source = before if title == "Patches dropped" else after
+        lines += [f"- `{n}`: {source[n]['subject']} (Origin: {source[n].get('origin', '?')})"
+                  for n in names] or ["- none"]
+        lines.append("")
+    lines.append("### Upstream changes carried")
+    carried = [(n, url) for n, p in after.items() for url in _urls(p)]
+    lines += [f"- {url} ({n.split('-', 1)[0]}"
+              f"{', upstream in ' + after[n]['applied_upstream'] if after[n].get('applied_upstream') else ''})"
+              for n, url in carried] or ["- none"]
+    lines += ["", "### Runtime dependency changes (locks/runtime-<arch>.txt)"]
+    if old is None or "runtime_lock" not in old:
+        lines.append("- no previous lock to compare: "
+                     f"{len(new['runtime_lock'])} packages pinned with hashes")
+    else:
+        was, now = old["runtime_lock"], new["runtime_lock"]
+        changes = [f"- {n}: {was.get(n, '(new)')} -> {now.get(n, '(dropped)')}"
+                   for n in sorted(set(was) | set(now)) if was.get(n) != now.get(n)]
+        lines += changes or ["- none"]
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(readme: Path, notes: str, version: str) -> None:
+    text = readme.read_text()
+    if START not in text or END not in text:
+        raise OverlayError(f"{readme}: no changelog section ({START} ... {END})")
+    head, rest = text.split(START, 1)
+    body, tail = rest.split(END, 1)
+    demoted = re.sub(r"(?m)^(#+) ", r"#\1 ", notes).strip()  # below the section's heading
+    entries = [e.strip() for e in re.split(r"(?m)^(?=### )", body) if e.strip()]
+    entries = [e for e in entries if not e.startswith(f"### {version}\n")]
+    atomic_write(readme, f"{head}{START}\n" + "\n\n".join([demoted, *entries]) + f"\n{END}{tail}")
+
+
+def make_changelog(arch: str = "x86_64", previous: Path | None = None, repo: Path = REPO,
+                   wheelhouse: Path | None = None) -> Path:
+    new = record(arch, repo)
+    if previous is not None:
+        try:
+            old, old_name = json.loads(previous.read_text()), previous.name
+        except (OSError, ValueError) as exc:
+            raise OverlayError(f"{previous}: not a release record or manifest: {exc}") from exc
+    else:
+        path, old = previous_record(new["version"], repo)
+        old_name = path.name if path else None
+    notes = render(new, old, old_name)
+    wheelhouse = wheelhouse or repo / "wheelhouse"
+    out = wheelhouse / f"CHANGES-{new['version']}.md"
+    for folder in (wheelhouse, repo / "releases"):
+        folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, notes)
+    atomic_write(repo / "releases" / f"{new['version']}.json", json.dumps(new, indent=2) + "\n")
+    update_readme(repo / "README.md", notes, new["version"])
+    return out

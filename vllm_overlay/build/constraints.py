@@ -1,0 +1,138 @@
+"""The hash-locked runtime: locks/runtime-<arch>.txt, and wheelhouse/constraints-<arch>.txt.
+
+`make lock` resolves the pin's runtime (the upstream wheel's Requires-Dist without extras,
+written to locks/runtime-<arch>.in) with `uv pip compile --generate-hashes` for CPython
+3.11 on manylinux_2_31, and the test packages on top of it (locks/test-<arch>.txt: only
+what the runtime lock does not already pin). Both are committed: a build never resolves.
+`make test` installs its runtime venv from exactly these files with --require-hashes, so
+every test run proves the lock; `make wheel` publishes the runtime lock plus the wheel's
+own hash as wheelhouse/constraints-<arch>.txt, for
+
+    pip install --require-hashes -c constraints-<arch>.txt vllm==<upstream version>
+"""
+
+import hashlib
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from vllm_overlay.build import supplyenv
+from vllm_overlay.common.errors import OverlayError
+from vllm_overlay.common.paths import REPO
+
+PYTHON = "3.11"  # the interpreter the locks are resolved for (the test environment's)
+PLATFORM = "manylinux_2_31"  # the upstream wheels' platform tag
+TEST_REQUIREMENTS = Path("tests") / "upstream" / "requirements-test.txt"
+_ENTRY_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==(\S+)")
+
+
+def lock_dir(repo: Path = REPO) -> Path:
+    return repo / "locks"
+
+
+def runtime_lock(arch: str, repo: Path = REPO) -> Path:
+    return lock_dir(repo) / f"runtime-{arch}.txt"
+
+
+def test_lock(arch: str, repo: Path = REPO) -> Path:
+    return lock_dir(repo) / f"test-{arch}.txt"
+
+
+def normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def entries(text: str) -> dict[str, str]:
+    """name -> pinned version of a compiled lock (`name==version \\` lines)."""
+    return {normalize(m[1]): m[3] for line in text.splitlines() if (m := _ENTRY_RE.match(line))}
+
+
+def read_lock(path: Path) -> tuple[str, dict[str, str]]:
+    """(text, name -> version); a missing or unpinned lock is an error naming the fix."""
+    if not path.is_file():
+        raise OverlayError(f"{path}: no runtime lock for this arch: run `make lock "
+                           f"ARCH={path.stem.split('-', 1)[-1]}`")
+    text = path.read_text()
+    for line in text.splitlines():
+        if line and not line.startswith(("#", " ")) and not _ENTRY_RE.match(line):
+            raise OverlayError(f"{path}: not a pinned `name==version` entry: {line!r}")
+    return text, entries(text)
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def constraints_text(arch: str, wheels: dict[str, str], version: str, repo: Path = REPO) -> str:
+    """The runtime lock plus `vllm==<version>` with the sha256 of each wheel of it."""
+    lock = runtime_lock(arch, repo)
+    text, _ = read_lock(lock)
+    names = "".join(f"# vllm wheel: {name}\n" for name in sorted(wheels))
+    hashes = "".join(f" \\\n    --hash=sha256:{wheels[name]}" for name in sorted(wheels))
+    return (f"# Hash-locked runtime of vllm {version} ({arch}, CPython {PYTHON}), from "
+            f"{lock.relative_to(repo)} (make lock).\n"
+            f"# pip install --require-hashes -c constraints-{arch}.txt vllm=={version.split('+')[0]}\n"
+            f"{text}{names}vllm=={version}{hashes}\n")
+
+
+def requires_dist(wheel: Path, version: str, name: str | None = None) -> list[str]:
+    """The runtime Requires-Dist lines of a vLLM wheel (extras left out); `name`: the wheel's
+    file name when it is stored under another (the sha256 cache)."""
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            metadata = zf.read(f"vllm-{version}.dist-info/METADATA").decode()
+    except (zipfile.BadZipFile, KeyError) as exc:
+        raise OverlayError(f"{name or wheel.name} ({wheel}): not a valid wheel of vllm "
+                           f"{version}: {exc}") from exc
+    lines = [m[1] for m in re.finditer(r"^Requires-Dist: (.+)$", metadata, re.M)]
+    return [line for line in lines if "extra ==" not in line]
+
+
+def compile_lock(sources: list[str], out: str, arch: str, cwd: Path,
+                 constraints: list[str] = ()) -> str:
+    """`uv pip compile --generate-hashes` of `sources` (paths relative to cwd) -> text."""
+    cmd = [str(supplyenv.bin_dir() / "uv"), "pip", "compile", "--generate-hashes", "--quiet",
+           "--python-version", PYTHON, "--python-platform", f"{arch}-{PLATFORM}",
+           "--custom-compile-command", f"make lock ARCH={arch}", "--output-file", out,
+           *sources, *(a for c in constraints for a in ("-c", c))]
+    print(f"lock: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    if proc.returncode:
+        raise OverlayError(f"uv pip compile ({out}) failed (exit {proc.returncode}):\n"
+                           f"{proc.stderr.strip()}")
+    return (cwd / out).read_text()
+
+
+def drop_entries(text: str, names: set[str]) -> str:
+    """The lock without the entries (and their hash / via lines) of `names`."""
+    out, keep = [], True
+    for line in text.splitlines(keepends=True):
+        if m := _ENTRY_RE.match(line):
+            keep = normalize(m[1]) not in names
+        elif not line.startswith(" "):
+            keep = True
+        if keep:
+            out.append(line)
+    return "".join(out)
+
+
+def make_lock(arch: str, upstream_wheel: Path, wheel_name: str, upstream_version: str,
+              repo: Path = REPO) -> None:
+    """Write locks/runtime-<arch>.{in,txt} and locks/test-<arch>.txt (network: PyPI)."""
+    locks = lock_dir(repo)
+    locks.mkdir(exist_ok=True)
+    source = locks / f"runtime-{arch}.in"
+    lines = requires_dist(upstream_wheel, upstream_version, wheel_name)
+    source.write_text(f"# Requires-Dist of vllm {upstream_version} ({wheel_name}), extras left "
+                      "out (make lock)\n" + "".join(f"{line}\n" for line in lines))
+    runtime = compile_lock([source.name], runtime_lock(arch, repo).name, arch, locks)
+    test_in = Path("..") / TEST_REQUIREMENTS
+    joint = compile_lock([source.name, str(test_in)], f".test-{arch}.joint.txt", arch, locks,
+                         [runtime_lock(arch, repo).name])
+    (locks / f".test-{arch}.joint.txt").unlink()
+    test_lock(arch, repo).write_text(drop_entries(joint, set(entries(runtime))))
+    print(f"lock: {runtime_lock(arch, repo)} ({len(entries(runtime))} packages), "
+          f"{test_lock(arch, repo)} ({len(entries(test_lock(arch, repo).read_text()))} more "
+          "for the tests)", file=sys.stderr)

@@ -1,0 +1,81 @@
+"""Provenance: an in-toto v1 statement with a SLSA provenance v1 predicate per wheel.
+
+Written beside the wheel as `<wheel name>.intoto.json` (unsigned: signing needs an identity,
+which the GitHub release job has: actions/attest-build-provenance). Subjects: the wheel
+and its SBOM copy, by sha256. Resolved dependencies: the upstream sdist and wheel, the
+series file, every patch, the runtime lock, and this repository's commit. No wall-clock
+time: the same inputs and commit give the same bytes.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from vllm_overlay.common.pin import Pin
+from vllm_overlay.common.series import Patch
+
+BUILD_TYPE = "urn:vllm-overlay:build-type:make-wheel:v1"  # README: Supply chain
+LOCAL_BUILDER = "urn:vllm-overlay:builder:local"
+
+
+def beside_name(wheel_name: str) -> str:
+    return wheel_name.removesuffix(".whl") + ".intoto.json"
+
+
+def _git(repo: Path, *args: str) -> str | None:
+    try:
+        proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+    except OSError:
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def source_dependency(repo: Path) -> dict | None:
+    """This repository at its commit (None outside a git checkout)."""
+    top, commit = _git(repo, "rev-parse", "--show-toplevel"), _git(repo, "rev-parse", "HEAD")
+    if not commit or not top or Path(top).resolve() != repo.resolve():
+        return None
+    remote = _git(repo, "remote", "get-url", "origin") or ""
+    entry = {"name": "vllm-overlay", "digest": {"gitCommit": commit}}
+    if remote.startswith(("https://", "ssh://", "git@")):
+        entry["uri"] = f"git+{remote}@{commit}"
+    if _git(repo, "status", "--porcelain", "--untracked-files=no"):
+        entry["annotations"] = {"dirty": True}  # built with uncommitted changes
+    return entry
+
+
+def statement(subjects: dict[str, str], the_pin: Pin, arch: str, mode: str, version: str,
+              epoch: int, series_sha: str, patches: list[Patch], lock: tuple[str, str],
+              repo: Path) -> str:
+    """subjects: file name -> sha256; lock: (path in the repo, sha256)."""
+    upstream = [the_pin.sdist, the_pin.wheel(arch)]
+    deps = [{"name": a.filename,
+             "uri": f"pkg:pypi/{the_pin.project}@{the_pin.upstream_version}"
+                    f"?file_name={a.filename}",
+             "digest": {"sha256": a.sha256}} for a in upstream]
+    deps.append({"name": "patches/series", "digest": {"sha256": series_sha}})
+    deps += [{"name": f"patches/{p.name}", "digest": {"sha256": p.sha256()}} for p in patches]
+    deps.append({"name": lock[0], "digest": {"sha256": lock[1]}})
+    if source := source_dependency(repo):
+        deps.append(source)
+    doc = {
+        "_type": "https://in-toto.io/Statement/v1",
+        "subject": [{"name": n, "digest": {"sha256": d}} for n, d in subjects.items()],
+        "predicateType": "https://slsa.dev/provenance/v1",
+        "predicate": {
+            "buildDefinition": {
+                "buildType": BUILD_TYPE,
+                "externalParameters": {"mode": mode, "arch": arch, "version": version,
+                                       "source_date_epoch": epoch},
+                "internalParameters": {"python": sys.version.split()[0]},
+                "resolvedDependencies": deps,
+            },
+            "runDetails": {
+                "builder": {"id": os.environ.get("VLLM_OVERLAY_BUILDER_ID", LOCAL_BUILDER)},
+                "metadata": {},
+            },
+        },
+    }
+    return json.dumps(doc, indent=2) + "\n"

@@ -1,0 +1,18 @@
+"""`lock`: resolve the hash-locked runtime and test packages into locks/ (uv; network)."""
+
+from vllm_overlay.build import constraints, fetch
+from vllm_overlay.common import pin
+
+
+def add(sub) -> None:
+    p = sub.add_parser("lock", help="resolve locks/runtime-<arch>.txt and locks/test-<arch>.txt "
+                       "with hashes (uv pip compile; network)")
+    p.add_argument("--arch", default="x86_64", choices=["x86_64", "aarch64"])
+    p.set_defaults(func=run)
+
+
+def run(args) -> None:
+    the_pin = pin.load()
+    art = the_pin.wheel(args.arch)
+    constraints.make_lock(args.arch, fetch.fetch(art, the_pin.project), art.filename,
+                          the_pin.upstream_version)
