@@ -258,7 +258,8 @@ class _CpuGraph:
 @pytest.fixture
 def cpu_captured(monkeypatch):
     monkeypatch.setattr(torch.cuda, "CUDAGraph", _CpuGraph)
-    monkeypatch.setattr(torch.cuda, "graph", lambda g: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "graph", lambda g, pool=None: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: ("cpu-pool",))
 
     def capture(mgr):
         mgr.capture()

@@ -179,7 +179,8 @@ def test_capture_uses_decided_frames(
     import contextlib
 
     monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: SimpleNamespace())
-    monkeypatch.setattr(torch.cuda, "graph", lambda g: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "graph", lambda g, pool=None: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: ("cpu-pool",))
     vllm_config = make_vllm_config(
         tiny_qwen3_vl_dir,
         compilation={
