@@ -297,9 +297,10 @@ def test_video_and_image_replay_share_graphs(
     model = make_encoder_cg_model(min_budget=4)
     mgr = cpu_captured(cpu_manager(vllm_config, model))
     assert sorted(mgr.budget_graphs) == [16, 64]
+    # Largest budget first, into one pool (patch 0009, upstream #41714).
     assert [c for c in model.calls if c[0] == "capture"] == [
-        ("capture", (16, 2, 8)),
         ("capture", (64, 2, 8)),
+        ("capture", (16, 2, 8)),
     ]
     for meta in mgr.budget_graphs.values():
         assert meta.metadata_buffers["cu_seqlens"].numel() == 8 + 1
@@ -386,10 +387,17 @@ def test_qwen3_vl_video_graphs_off_with_evs(tiny_qwen3_vl_dir, make_vllm_config)
         compilation={"cudagraph_mm_encoder": True},
         video_pruning_rate=0.5,
     )
+    # No encoder graphs for any modality under EVS (patch 0008, upstream
+    # #38040): the runner passes its pruning flag and gets no manager.
+    from vllm.v1.worker.encoder_cudagraph import create_encoder_cudagraph_manager
+
     model = qwen3_vl_protocol_object(vllm_config)
     assert model.is_multimodal_pruning_enabled
-    assert model.get_encoder_cudagraph_config().modalities == ["image"]
-    mgr = cpu_manager(vllm_config, model)
-    assert mgr.supports_modality("image")
-    assert not mgr.supports_modality("video")
-    assert mgr.max_frames_per_batch == 0
+    mgr = create_encoder_cudagraph_manager(
+        vllm_config,
+        torch.device("cpu"),
+        torch.float32,
+        model,
+        multimodal_pruning=model.is_multimodal_pruning_enabled,
+    )
+    assert mgr is None
