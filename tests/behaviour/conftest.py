@@ -8,6 +8,9 @@ Fixtures:
   cpu_platform            the CpuPlatform object selected as vLLM's platform
   tiny_qwen3_vl_dir       path of a tiny offline Qwen3-VL model directory
   make_vllm_config        factory: real VllmConfig for a model dir
+                          (vllm_config_for, the same as a plain function)
+  qwen3_vl_session_dir    a tiny Qwen3-VL dir shared by the session
+  qwen3_vl_model          the real Qwen3-VL model on it (qwen3_vl_cpu.py)
   make_encoder_cg_model   factory: small model implementing
                           SupportsEncoderCudaGraph (image + video)
 """
@@ -174,10 +177,15 @@ def tiny_qwen3_vl_dir(tmp_path) -> Path:
     return write_tiny_qwen3_vl(tmp_path / "tiny-qwen3-vl")
 
 
-@pytest.fixture
-def make_vllm_config(cpu_platform):
-    """Factory: ``make_vllm_config(model_dir, max_model_len=..., compilation=...,
-    max_num_batched_tokens=..., **model_kwargs)`` -> real VllmConfig."""
+def vllm_config_for(
+    model_dir: Path,
+    *,
+    max_model_len: int = 4096,
+    max_num_batched_tokens: int | None = None,
+    compilation: dict[str, Any] | None = None,
+    **model_kwargs: Any,
+):
+    """A real VllmConfig for a model dir (the CPU platform must be current)."""
     from vllm.config import (
         CompilationConfig,
         ModelConfig,
@@ -185,29 +193,48 @@ def make_vllm_config(cpu_platform):
         VllmConfig,
     )
 
-    def make(
-        model_dir: Path,
-        *,
-        max_model_len: int = 4096,
-        max_num_batched_tokens: int | None = None,
-        compilation: dict[str, Any] | None = None,
-        **model_kwargs: Any,
-    ):
-        model_config = ModelConfig(
-            model=str(model_dir), max_model_len=max_model_len, **model_kwargs
-        )
-        sched_kwargs: dict[str, Any] = dict(
-            max_model_len=max_model_len, is_encoder_decoder=False
-        )
-        if max_num_batched_tokens is not None:
-            sched_kwargs["max_num_batched_tokens"] = max_num_batched_tokens
-        return VllmConfig(
-            model_config=model_config,
-            scheduler_config=SchedulerConfig(**sched_kwargs),
-            compilation_config=CompilationConfig(**(compilation or {})),
-        )
+    model_config = ModelConfig(
+        model=str(model_dir), max_model_len=max_model_len, **model_kwargs
+    )
+    sched_kwargs: dict[str, Any] = dict(
+        max_model_len=max_model_len, is_encoder_decoder=False
+    )
+    if max_num_batched_tokens is not None:
+        sched_kwargs["max_num_batched_tokens"] = max_num_batched_tokens
+    return VllmConfig(
+        model_config=model_config,
+        scheduler_config=SchedulerConfig(**sched_kwargs),
+        compilation_config=CompilationConfig(**(compilation or {})),
+    )
 
-    return make
+
+@pytest.fixture
+def make_vllm_config(cpu_platform):
+    """Factory: ``make_vllm_config(model_dir, max_model_len=..., compilation=...,
+    max_num_batched_tokens=..., **model_kwargs)`` -> real VllmConfig."""
+    return vllm_config_for
+
+
+# ---------------------------------------------------------------------------
+# The real Qwen3-VL model on the CPU (qwen3_vl_cpu.py), one per test session
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def qwen3_vl_session_dir(tmp_path_factory) -> Path:
+    return write_tiny_qwen3_vl(tmp_path_factory.mktemp("qwen3-vl") / "tiny-qwen3-vl")
+
+
+@pytest.fixture(scope="session")
+def qwen3_vl_model(cpu_platform, qwen3_vl_session_dir):
+    """Qwen3VLForConditionalGeneration (random float32 weights) for
+    ``qwen3_vl_session_dir``; max_model_len 4096. Graph state lives in the
+    managers, so tests share it."""
+    from qwen3_vl_cpu import build_qwen3_vl
+
+    return build_qwen3_vl(
+        vllm_config_for(qwen3_vl_session_dir, dtype="float32")
+    )
 
 
 # ---------------------------------------------------------------------------
