@@ -36,9 +36,10 @@ test-slow:        ## minutes-long real builds: overlay vs vLLM's precompiled set
 cross-check:      ## diff the installed trees of the overlay and precompiled wheels in wheelhouse/
 	$(OVERLAY) cross-check --arch $(ARCH)
 
-bench:            ## printed figures: make wheel vs cp and a naive repack; overlay vs precompiled
+bench:            ## printed figures: make wheel vs cp and a naive repack; overlay vs precompiled; encoder graphs
 	$(PYTHON) benchmarks/bench_wheel.py
 	$(PYTHON) benchmarks/bench_modes.py
+	$(PYTHON) benchmarks/bench_encoder_graphs.py
 
 test: check-patches  ## all CI runs: tooling, wheel, runtime venv, behaviour, upstream subset (reports/)
 	$(OVERLAY) test --arch $(ARCH)

@@ -24,7 +24,8 @@ What capture records (a ``TorchDispatchMode``):
     non-tensor argument (sizes, split lengths, scalars) as a constant;
   * custom ops (``torch.ops.vllm.*`` and any non-ATen namespace) are expanded into
     the ATen ops their CPU kernel issues;
-  * view ops launch no kernel: recorded for counting, skipped at replay;
+  * ops whose outputs all alias an input (views) launch no kernel: recorded, skipped
+    at replay;
   * ops whose tensor inputs are all host-resident run on the host at capture time and
     are not recorded (on a GPU they are CPU ops; their result is baked); a host tensor
     that a recorded op reads is baked with its value at capture (a launch argument).
@@ -40,10 +41,14 @@ capture. Each is a ``Violation(kind, where, graph)`` in ``emu.violations`` (all 
 and ``graph.violations``; ``str(v)`` names the call site. Capture goes on (so a test
 sees them all); a GPU would abort at the first.
 
-Figures: ``graph.replays``, ``graph.num_kernels`` (ops one replay issues), ``graph.static_bytes()``
-(bytes of the tensors the graph reads or writes: its static buffers), and
-``count_aten_ops()`` (a context manager counting kernel-launching ATen ops, for the
-eager path).
+Figures: ``graph.replays``, ``graph.num_kernels`` (ops one replay issues),
+``graph.static_bytes()`` (every storage the recorded kernels read or write: static
+buffers and the graph's pool), and ``count_aten_ops()`` (a context manager counting
+kernel-launching ATen ops, for the eager path).
+
+Not emulated: stream/event ordering (one stream), pool sharing (``graph_pool_handle``
+returns a token); random ops draw from the CPU generator at each replay.
+The real Qwen3-VL model for these tests: ``qwen3_vl_cpu.py``.
 """
 
 from __future__ import annotations
@@ -236,20 +241,20 @@ class _CaptureMode(TorchDispatchMode):
 
         out = func(*args, **kwargs)
         schema = func._schema
-        written = [
+        written = [  # in-place and out= arguments
             t for arg, value in zip(schema.arguments, [*args, *[kwargs.get(a.name) for a in
                                                                  schema.arguments[len(args):]]])
             if arg.alias_info is not None and arg.alias_info.is_write
             for t in _tensors(value)
         ]
-        fresh = [r.alias_info is None for r in schema.returns]
         out_tensors = _tensors(out)
         if not out_tensors and not written:
             return out  # a scalar/bool result: baked in Python, nothing to replay
-        if len(fresh) == len(out_tensors):
-            outputs = [t if f else None for t, f in zip(out_tensors, fresh)]
-        else:  # a list return (e.g. split): all views or all fresh
-            outputs = [t if all(fresh) else None for t in out_tensors]
+        # Aliasing by storage, not by schema: `to`, `reshape`, `contiguous` "may alias"
+        # (a copy when they must), `_unsafe_view` aliases without saying so.
+        input_storages = {t.untyped_storage().data_ptr() for t in inputs}
+        outputs = [None if t.untyped_storage().data_ptr() in input_storages else t
+                   for t in out_tensors]
         # Own containers, so later Python edits stay out; a host tensor read by a device
         # kernel is a launch argument, its value taken at capture.
         def bake(x):
@@ -404,9 +409,11 @@ class count_aten_ops(TorchDispatchMode):  # noqa: N801
                 return func.redispatch(
                     torch._C.DispatchKeySet(torch._C.DispatchKey.CPU), *args, **kwargs)
         out = func(*args, **kwargs)
-        schema = func._schema
-        is_view = all(r.alias_info is not None and not r.alias_info.is_write
-                      for r in schema.returns) and schema.returns
-        if not is_view and _tensors(out):
+        inputs = {t.untyped_storage().data_ptr() for t in _tensors((args, kwargs))}
+        written = any(a.alias_info is not None and a.alias_info.is_write
+                      for a in func._schema.arguments)
+        outs = _tensors(out)
+        if outs and (written or any(t.untyped_storage().data_ptr() not in inputs
+                                    for t in outs)):
             self.kernels += 1
         return out

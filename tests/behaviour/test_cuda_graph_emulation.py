@@ -202,3 +202,13 @@ def test_host_tensor_read_by_a_kernel_is_baked(emu):
     scale.fill_(5.0)  # e.g. the manager copying a replay value into it
     g.replay()
     torch.testing.assert_close(out, torch.full((2,), 3.0))
+
+
+def test_may_alias_ops_that_copy_are_replayed(emu):
+    """`reshape`/`to` say "may alias" but copy here: replay must recompute them."""
+    x = torch.randn(4, 3)
+    g, out = _capture(lambda x: x.t().reshape(-1).to(torch.float64) * 2, x)
+    new = torch.randn(4, 3)
+    x.copy_(new)
+    g.replay()
+    torch.testing.assert_close(out, new.t().reshape(-1).to(torch.float64) * 2)

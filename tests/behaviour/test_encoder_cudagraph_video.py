@@ -3,15 +3,13 @@
 with the frame-limit auto rule of 0004 (upstream #40445).
 
 Runs on CPU: the manager is built with a real VllmConfig for a tiny
-Qwen3-VL directory, nothing is captured on a GPU. Where a replay is needed
-the CUDA graph is replaced by an object that re-runs the same forward on
-the captured buffers (what replaying the graph computes).
+Qwen3-VL directory. Capture and replay with the real tower are in
+test_encoder_cudagraph_emulated.py (CUDA-graph emulation).
 """
 
 from __future__ import annotations
 
 import ast
-import contextlib
 import importlib
 import importlib.util
 
@@ -240,92 +238,6 @@ def test_manager_routes_modality_to_input_key(
     }
     assert mgr._get_input_key(image) == "pixel_values"
     assert mgr._get_input_key(video) == "pixel_values_videos"
-
-
-# ---------------------------------------------------------------------------
-# Replay path on CPU: one graph per budget serves images and videos
-# ---------------------------------------------------------------------------
-
-
-class _CpuGraph:
-    def __init__(self):
-        self.replay_fn = None
-
-    def replay(self):
-        self.replay_fn()
-
-
-@pytest.fixture
-def cpu_captured(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "CUDAGraph", _CpuGraph)
-    monkeypatch.setattr(torch.cuda, "graph", lambda g, pool=None: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: ("cpu-pool",))
-
-    def capture(mgr):
-        mgr.capture()
-        for meta in mgr.budget_graphs.values():
-            meta.graph.replay_fn = lambda meta=meta: meta.output_buffer.copy_(
-                mgr.model.encode(meta.input_buffer)
-            )
-        return mgr
-
-    return capture
-
-
-def _per_item_eager(model, pixel_values, grid):
-    out, off = [], 0
-    for t, h, w in grid:
-        n = t * h * w
-        out.append(model.encode(pixel_values[off : off + n]))
-        off += n
-    return out
-
-
-def test_video_and_image_replay_share_graphs(
-    tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model, cpu_captured
-):
-    torch.manual_seed(0)
-    vllm_config = make_vllm_config(
-        tiny_qwen3_vl_dir,
-        compilation={
-            "cudagraph_mm_encoder": True,
-            "encoder_cudagraph_token_budgets": [16, 64],
-            "encoder_cudagraph_max_vision_items_per_batch": 2,
-            "encoder_cudagraph_max_frames_per_batch": 8,
-        },
-    )
-    model = make_encoder_cg_model(min_budget=4)
-    mgr = cpu_captured(cpu_manager(vllm_config, model))
-    assert sorted(mgr.budget_graphs) == [16, 64]
-    # Largest budget first, into one pool (patch 0009, upstream #41714).
-    assert [c for c in model.calls if c[0] == "capture"] == [
-        ("capture", (64, 2, 8)),
-        ("capture", (16, 2, 8)),
-    ]
-    for meta in mgr.budget_graphs.values():
-        assert meta.metadata_buffers["cu_seqlens"].numel() == 8 + 1
-
-    video_grid = [[6, 4, 4], [1, 4, 4]]  # 7 frames > 2 items, 28 tokens
-    video_pv = torch.randn(7 * 16, 12)
-    image_grid = [[1, 4, 8]]
-    image_pv = torch.randn(32, 12)
-    with torch.inference_mode():
-        video_out = mgr.execute(
-            {"pixel_values_videos": video_pv, "video_grid_thw": video_grid}
-        )
-        image_out = mgr.execute(
-            {"pixel_values": image_pv, "image_grid_thw": image_grid}
-        )
-
-    for got, want in zip(video_out, _per_item_eager(model, video_pv, video_grid)):
-        torch.testing.assert_close(got, want)
-    for got, want in zip(image_out, _per_item_eager(model, image_pv, image_grid)):
-        torch.testing.assert_close(got, want)
-    assert [o.shape[0] for o in video_out] == [24, 4]
-    assert len(mgr.budget_graphs) == 2
-    assert mgr.graph_hits == 3  # per item
-    assert mgr.graph_misses == 0
-    assert ("replay", (2, 8)) in model.calls
 
 
 # ---------------------------------------------------------------------------
