@@ -14,6 +14,7 @@ import torch
 from cuda_graph_emulation import install
 from helpers import cpu_manager
 from qwen3_vl_cpu import (
+    TOLERANCE,
     captured_manager,
     encoder_inputs,
     fa_attention,
@@ -27,11 +28,6 @@ COMPILATION = {
     "encoder_cudagraph_max_vision_items_per_batch": 2,
     "encoder_cudagraph_max_frames_per_batch": 8,
 }
-# Replay vs eager on this emulation differs by up to ~5e-3 (outputs ~1.5) for every
-# replayed batch, images included (measured; the unpadded graph-path forward run
-# eagerly matches to 4e-7), so value checks of replayed items use this bound; the
-# defects below are caught by shapes, counters and buffers, not by this bound.
-REPLAY_TOLERANCE = 1e-2
 IMAGES = [[1, 8, 8], [1, 8, 12]]
 VIDEOS = [[2, 8, 8], [3, 8, 12]]
 
@@ -237,7 +233,7 @@ def test_over_long_video_runs_eagerly(qwen3_vl_model, make_vllm_config,
     got = runner_encode(mgr, model, emu, "video", videos)
     diffs = max_abs_diffs(got, per_item_eager(model, videos))
     assert diffs[0] < 1e-5  # the over-long one ran eagerly
-    assert max(diffs) < REPLAY_TOLERANCE
+    assert max(diffs) < TOLERANCE
     # 3 frames > 2: eager; the two 2-frame videos replay one by one.
     assert (mgr.graph_hits, mgr.graph_misses) == (2, 1)
 
