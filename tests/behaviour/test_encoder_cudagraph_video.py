@@ -299,10 +299,17 @@ def test_qwen3_vl_video_graphs_off_with_evs(tiny_qwen3_vl_dir, make_vllm_config)
         compilation={"cudagraph_mm_encoder": True},
         video_pruning_rate=0.5,
     )
+    # No encoder graphs for any modality under EVS (patch 0008, upstream
+    # #38040): the runner passes its pruning flag and gets no manager.
+    from vllm.v1.worker.encoder_cudagraph import create_encoder_cudagraph_manager
+
     model = qwen3_vl_protocol_object(vllm_config)
     assert model.is_multimodal_pruning_enabled
-    assert model.get_encoder_cudagraph_config().modalities == ["image"]
-    mgr = cpu_manager(vllm_config, model)
-    assert mgr.supports_modality("image")
-    assert not mgr.supports_modality("video")
-    assert mgr.max_frames_per_batch == 0
+    mgr = create_encoder_cudagraph_manager(
+        vllm_config,
+        torch.device("cpu"),
+        torch.float32,
+        model,
+        multimodal_pruning=model.is_multimodal_pruning_enabled,
+    )
+    assert mgr is None

@@ -48,7 +48,16 @@ def test_config_negative_rejected(value):
     from vllm.config import CompilationConfig
 
     with pytest.raises(ValueError, match="encoder_cudagraph_max_frames_per_batch"):
-        CompilationConfig(encoder_cudagraph_max_frames_per_batch=value)
+        CompilationConfig(
+            cudagraph_mm_encoder=True, encoder_cudagraph_max_frames_per_batch=value
+        )
+    # Checked only with the feature on, as upstream 0.20 does.
+    assert (
+        CompilationConfig(
+            encoder_cudagraph_max_frames_per_batch=value
+        ).encoder_cudagraph_max_frames_per_batch
+        == value
+    )
 
 
 def test_config_field_annotation():
@@ -179,7 +188,8 @@ def test_capture_uses_decided_frames(
     import contextlib
 
     monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: SimpleNamespace())
-    monkeypatch.setattr(torch.cuda, "graph", lambda g: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "graph", lambda g, pool=None: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: ("cpu-pool",))
     vllm_config = make_vllm_config(
         tiny_qwen3_vl_dir,
         compilation={
@@ -192,8 +202,8 @@ def test_capture_uses_decided_frames(
     mgr = cpu_manager(vllm_config, model)
     mgr.capture()
     assert [c for c in model.calls if c[0] == "capture"] == [
-        ("capture", (64, 2, 12)),
         ("capture", (128, 2, 12)),
+        ("capture", (64, 2, 12)),
     ]
     for meta in mgr.budget_graphs.values():
         assert meta.max_frames_per_batch == 12
@@ -239,7 +249,8 @@ def test_qwen3_vl_frames_per_video_follow_max_model_len(
         frames = model.get_max_frames_per_video()
         assert frames == _expected_frames(vllm_config.model_config)
         mgr = cpu_manager(vllm_config, model)
-        assert mgr.max_batch_size == 2048 // 64
+        # auto budgets stop at min(max_num_batched_tokens, max_model_len)
+        assert mgr.max_batch_size == min(2048, max_model_len) // 64
         assert mgr.max_frames_per_batch == mgr.max_batch_size * frames
         results[max_model_len] = (frames, mgr.max_frames_per_batch)
     # a longer context admits more frames per video

@@ -42,7 +42,8 @@ def make_manager(tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model,
                  monkeypatch):
     """Factory: real manager, captured on CPU, for the given settings."""
     monkeypatch.setattr(torch.cuda, "CUDAGraph", _CpuGraph)
-    monkeypatch.setattr(torch.cuda, "graph", lambda g: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "graph", lambda g, pool=None: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: ("cpu-pool",))
 
     def make(max_frames=None, items=2, budgets=(16, 64), **model_kwargs):
         compilation = {

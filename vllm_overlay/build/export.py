@@ -40,11 +40,19 @@ def export(tree: Path, dest: Path) -> list[str]:
 
 
 def check_trailers(patches: list[Patch]) -> list[str]:
+    """DEP-3 rules: the required trailers; a vendor patch says `Forwarded:`; `Bug:` is an
+    issue, never a pull request."""
     problems = []
     for patch in patches:
         missing = [k for k in REQUIRED_TRAILERS if k not in patch.trailers]
         if missing:
             problems.append(f"{patch.name}: missing trailer(s) {', '.join(missing)}")
+        if patch.origin == "vendor" and "Forwarded" not in patch.trailers:
+            problems.append(f"{patch.name}: a vendor patch needs a Forwarded: trailer")
+        for bug in patch.trailers.get("Bug", []):
+            if "/pull/" in bug:
+                problems.append(f"{patch.name}: Bug: {bug} is a pull request, not an issue "
+                                "(use Forwarded: or Origin:)")
     return problems
 
 

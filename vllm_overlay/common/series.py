@@ -12,7 +12,7 @@ from vllm_overlay.common.paths import REPO
 PATCHES = REPO / "patches"
 
 # Trailers every patch may carry (DEP-3 keys plus our Risk and Probe lines).
-TRAILER_KEYS = ("Origin", "Bug", "Applied-Upstream", "Risk", "Probe")
+TRAILER_KEYS = ("Origin", "Bug", "Forwarded", "Applied-Upstream", "Risk", "Probe")
 _TRAILER_RE = re.compile(r"^(%s):\s*(.*\S)\s*$" % "|".join(TRAILER_KEYS))
 _DIFF_RE = re.compile(r"^diff --git a/(\S+) b/(\S+)$", re.M)
 _HUNK_RE = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@(.*)$")

@@ -226,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             env = clean_env(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                             VLLM_OVERLAY_WHEEL=str(wheel),
                             VLLM_OVERLAY_VERSION=the_pin.overlay_version,
+                            VLLM_OVERLAY_PRISTINE_PYTHON=str(venvs.python_of(pristine_env)),
                             VLLM_CACHE_ROOT=str(WORK / "vllm-cache" / "behaviour"))
             rc = run_to_log(pytest_cmd(venvs.python_of(overlay_env), junit, "."), dest, env,
                             None)

@@ -9,6 +9,11 @@ Each patch declares `Probe: <kind> <args>` trailers. A probe reads the release's
                                          (anywhere in it) exists as a .py file or package dir
   annotation <path>::<Class.attr> <text> the attribute's annotation, as ast.unparse prints
                                          it, equals <text>
+  mentions <path>::<Dotted.Name> <ident> the definition's code uses the identifier <ident>
+                                         (a name or an attribute: `x` or `self.x`)
+  compares <path>::<Dotted.Name> <ident> a comparison (<, <=, ==, ...) in the definition's
+                                         code has an operand that uses <ident>: the name
+                                         is checked, not only passed along
 
 A patch is "already upstream" in a release when all of its probes hold there.
 """
@@ -21,7 +26,8 @@ from pathlib import Path, PurePosixPath
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.series import Patch
 
-KINDS = ("defines", "imports-resolve", "annotation")
+KINDS = ("defines", "imports-resolve", "annotation", "mentions", "compares")
+_IDENT_RE = re.compile(r"^[A-Za-z_]\w*$")
 _DOTTED_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
@@ -88,6 +94,11 @@ def _parse_one(text: str) -> Probe:
         if extra.strip():
             raise ValueError(f"unexpected text after the name: {extra.strip()!r}")
         return Probe(kind, path, name, line=text)
+    if kind in ("mentions", "compares"):
+        if not _IDENT_RE.match(extra.strip()):
+            raise ValueError(f"{kind} needs one identifier after the name, got "
+                             f"{extra.strip()!r}")
+        return Probe(kind, path, name, extra.strip(), line=text)
     if "." not in name:
         raise ValueError(f"annotation needs <Class.attr>, got {name!r}")
     if not extra.strip():
@@ -175,6 +186,27 @@ def _imported_modules(module: ast.Module) -> set[str]:
     return {n for n in names if n == "vllm" or n.startswith("vllm.")}
 
 
+def _uses(node: ast.AST, ident: str) -> bool:
+    """Whether the code under `node` names `ident` (as a name or an attribute)."""
+    return any((isinstance(n, ast.Name) and n.id == ident)
+               or (isinstance(n, ast.Attribute) and n.attr == ident) for n in ast.walk(node))
+
+
+def _code_probe(probe: Probe, nodes: list[ast.AST]) -> Result:
+    """mentions / compares: look through the code of the definition(s) found."""
+    for node in nodes:
+        if probe.kind == "mentions" and _uses(node, probe.expected):
+            return Result(True, f"{probe.name} uses {probe.expected}")
+        if probe.kind == "compares":
+            for cmp in ast.walk(node):
+                if isinstance(cmp, ast.Compare) and any(
+                        _uses(operand, probe.expected) for operand in [cmp.left, *cmp.comparators]):
+                    return Result(True, f"{probe.name} compares {probe.expected} at line "
+                                        f"{cmp.lineno}")
+    verb = "uses" if probe.kind == "mentions" else "compares"
+    return Result(False, f"{probe.path}: {probe.name} never {verb} {probe.expected}")
+
+
 def check(probe: Probe, tree: Path) -> Result:
     module = _module(tree, probe.path)
     if isinstance(module, str):
@@ -190,6 +222,8 @@ def check(probe: Probe, tree: Path) -> Result:
         return Result(False, f"{probe.path}: {why}")
     if probe.kind == "defines":
         return Result(True, f"{probe.name} defined at line {nodes[-1].lineno}")
+    if probe.kind in ("mentions", "compares"):
+        return _code_probe(probe, nodes)
     annotated = [n for n in nodes if isinstance(n, ast.AnnAssign)]
     if not annotated:
         return Result(False, f"{probe.path}: {probe.name} has no annotation")

@@ -30,6 +30,11 @@ class CompilationConfig:
         from . import relative_is_ignored
         self.not_class_level = 1
         return 1
+
+    def pack(self, frames):
+        limit = min(self.max_batch, len(frames))
+        self.replay(frames, self.max_frames)
+        return [f for f in frames[:limit] if f <= self.max_total]
 '''
 
 
@@ -73,7 +78,23 @@ def test_imports_resolve(tree):
     assert not check("imports-resolve vllm/absent.py", tree).holds
 
 
+@pytest.mark.parametrize("ident, mentions, compares", [
+    ("max_batch", True, False), ("max_frames", True, False), ("max_total", True, True),
+    ("frames", True, False), ("f", True, True), ("min", True, False), ("absent", False, False)])
+def test_mentions_and_compares(tree, ident, mentions, compares):
+    target = "vllm/config/c.py::CompilationConfig.pack"
+    assert check(f"mentions {target} {ident}", tree).holds is mentions
+    result = check(f"compares {target} {ident}", tree)
+    assert result.holds is compares
+    if not compares:
+        assert result.why.endswith(f"never compares {ident}")
+    assert not check("mentions vllm/config/c.py::CompilationConfig.nope x", tree).holds
+
+
 @pytest.mark.parametrize("text, message", [
+    ("mentions vllm/a.py::A.b", "one identifier"),
+    ("compares vllm/a.py::A.b x y", "one identifier"),
+    ("compares vllm/a.py::A.b self.x", "one identifier"),
     ("exists vllm/a.py", "unknown kind 'exists'"),
     ("defines vllm/a.py", "<path>::<Dotted.Name>"),
     ("defines /etc/a.py::X", "relative path"),
