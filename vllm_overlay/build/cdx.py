@@ -34,7 +34,7 @@ def sha256(digest: str) -> HashType:
 
 
 def issue(url: str, kind: IssueClassification) -> IssueType:
-    """A `resolves` entry for an upstream GitHub pull request or issue URL."""
+    """A `resolves` entry for an upstream GitHub pull request or issue URL (Origin, Bug, Forwarded)."""
     repo, _, number = url.removeprefix("https://github.com/").partition("/pull/")
     if not number:
         repo, _, number = url.removeprefix("https://github.com/").partition("/issues/")

@@ -53,7 +53,7 @@ def previous_record(version: str, repo: Path = REPO) -> tuple[Path | None, dict 
 
 
 def _urls(patch: dict) -> list[str]:
-    values = [patch.get(k) for k in ("origin", "bug")]
+    values = [patch.get(k) for k in ("origin", "bug", "forwarded")]
     words = " ".join(v if isinstance(v, str) else " ".join(v) for v in values if v)
     return _URL_RE.findall(words)
 

@@ -69,7 +69,7 @@ def facts(the_pin: Pin, arch: str, version: str, patches: list[Patch], series_sh
         "series": {"sha256": series_sha, "patches": [
             {"name": p.name, "sha256": p.sha256(), "origin": p.origin,
              "origin_urls": urls(p.trailers.get("Origin", [])),
-             "bugs": urls(p.trailers.get("Bug", [])),
+             "bugs": urls(p.trailers.get("Bug", []) + p.trailers.get("Forwarded", [])),
              "text": p.path.read_text(encoding="utf-8")} for p in patches]},
         "requires_dist": requires_dist, "locked": locked, "files": files,
         "lock": {"file": str(lock.relative_to(repo)),

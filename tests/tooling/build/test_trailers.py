@@ -1,7 +1,7 @@
 """check-patches' DEP-3 trailer rules (export.check_trailers) on patches written here."""
 
-from vllm_overlay import export
-from vllm_overlay.series import parse_patch
+from vllm_overlay.build import export
+from vllm_overlay.common.series import parse_patch
 
 DIFF = "---\ndiff --git a/f b/f\n--- a/f\n+++ b/f\n@@ -1 +1 @@\n-a\n+b\n"
 
