@@ -105,6 +105,23 @@ def write_patches(dest: Path, pin_sdist: Path, root: Path, patches=PATCHES) -> N
     export.export(tree, dest)
 
 
+def pinned_repo(tmp_path: Path, sdist: Path, version: str) -> tuple[Path, Path]:
+    """tmp_path/repo pinned to `sdist` of `version` (VERSION, lock), the sdist cached as
+    `make fetch` leaves it."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    data = sdist.read_bytes()
+    (repo / "VERSION").write_text(f"{version}+test.1\n")
+    (repo / "upstream.lock.json").write_text(json.dumps({
+        "project": "vllm", "version": version, "released": "2024-01-02T03:04:05Z",
+        "artifacts": {"sdist": {"filename": sdist.name, "size": len(data),
+                                "sha256": hashlib.sha256(data).hexdigest()}}}))
+    blobs = tmp_path / "cache" / "sha256"
+    blobs.mkdir(parents=True)
+    (blobs / hashlib.sha256(data).hexdigest()).write_bytes(data)
+    return repo, sdist
+
+
 @pytest.fixture
 def synth_upstream(tmp_path, monkeypatch) -> Upstream:
     monkeypatch.setenv("VLLM_OVERLAY_CACHE", str(tmp_path / "cache"))
@@ -119,18 +136,7 @@ def synth_upstream(tmp_path, monkeypatch) -> Upstream:
     for path in sorted(dist.iterdir()):
         links.append(f'<a href="{path.as_uri()}">{path.name}</a>')
     (project_index / "index.html").write_text("<html><body>\n" + "\n".join(links) + "\n</body>")
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    sdist = dist / f"vllm-{VERSIONS[0]}.tar.gz"
-    data = sdist.read_bytes()
-    (repo / "VERSION").write_text(f"{VERSIONS[0]}+test.1\n")
-    (repo / "upstream.lock.json").write_text(json.dumps({
-        "project": "vllm", "version": VERSIONS[0], "released": "2024-01-02T03:04:05Z",
-        "artifacts": {"sdist": {"filename": sdist.name, "size": len(data),
-                                "sha256": hashlib.sha256(data).hexdigest()}}}))
-    blobs = tmp_path / "cache" / "sha256"  # the pin is cached, as `make fetch` leaves it
-    blobs.mkdir(parents=True)
-    (blobs / hashlib.sha256(data).hexdigest()).write_bytes(data)
+    repo, sdist = pinned_repo(tmp_path, dist / f"vllm-{VERSIONS[0]}.tar.gz", VERSIONS[0])
     write_patches(repo / "patches", sdist, tmp_path)
     return Upstream(tmp_path, (tmp_path / "index").as_uri(), dist, pin.load(repo),
                     repo / "patches")

@@ -13,7 +13,6 @@
   2.0.6 is 2.0.5 again: no change.
 """
 
-import hashlib
 import json
 
 import pytest
@@ -24,7 +23,7 @@ from vllm_overlay.common import pin, series
 from vllm_overlay.upstream import drift, pydefs, status
 from vllm_overlay.upstream import releases as upstream
 
-from .conftest import make_sdist, write_patches
+from .conftest import make_sdist, pinned_repo, write_patches
 
 VERSIONS = [f"2.0.{i}" for i in range(7)]
 
@@ -125,17 +124,7 @@ def drift_upstream(tmp_path, monkeypatch):
         make_sdist(dist / f"vllm-{version}.tar.gz", version, release_files(i))
     (index / "index.html").write_text("".join(f'<a href="{p.as_uri()}">{p.name}</a>\n'
                                               for p in sorted(dist.iterdir())))
-    repo, sdist = tmp_path / "repo", dist / f"vllm-{VERSIONS[0]}.tar.gz"
-    repo.mkdir()
-    data = sdist.read_bytes()
-    (repo / "VERSION").write_text(f"{VERSIONS[0]}+test.1\n")
-    (repo / "upstream.lock.json").write_text(json.dumps({
-        "project": "vllm", "version": VERSIONS[0], "released": "2024-01-02T03:04:05Z",
-        "artifacts": {"sdist": {"filename": sdist.name, "size": len(data),
-                                "sha256": hashlib.sha256(data).hexdigest()}}}))
-    blobs = tmp_path / "cache" / "sha256"
-    blobs.mkdir(parents=True)
-    (blobs / hashlib.sha256(data).hexdigest()).write_bytes(data)
+    repo, sdist = pinned_repo(tmp_path, dist / f"vllm-{VERSIONS[0]}.tar.gz", VERSIONS[0])
     write_patches(repo / "patches", sdist, tmp_path, PATCHES)
     p3 = next((repo / "patches").glob("0003-*.patch"))
     p3.write_text(p3.read_text().replace("Risk: none\n", "Risk: none\nApplied-Upstream: 2.0.2\n"))
