@@ -91,6 +91,15 @@ def pip_index_urls() -> list[str]:
     return [index, *(lookup("extra-index-url") or "").split()]
 
 
+def project_files(project: str, indexes: list[str] | None = None) -> dict[str, str]:
+    """filename -> URL over pip's indexes (or `indexes`); the first index that has a file wins."""
+    found: dict[str, str] = {}
+    for index in pip_index_urls() if indexes is None else indexes:
+        for filename, url in index_files(index, project).items():
+            found.setdefault(filename, url)
+    return found
+
+
 def index_files(index_url: str, project: str) -> dict[str, str]:
     """filename -> absolute URL for one project on one simple index (PEP 691 or 503)."""
     page = index_url.rstrip("/") + f"/{project}/"

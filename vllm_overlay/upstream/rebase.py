@@ -45,15 +45,6 @@ _log = log.stage("rebase")
 # --- 1. the target's artifacts -------------------------------------------------------------
 
 
-def index_listing(project: str) -> dict[str, str]:
-    """filename -> URL over pip's indexes (the first index that has a file wins)."""
-    found: dict[str, str] = {}
-    for index in fetch.pip_index_urls():
-        for filename, url in fetch.index_files(index, project).items():
-            found.setdefault(filename, url)
-    return found
-
-
 def _wheel_name(files: dict[str, str], project: str, version: str, arch: str) -> str:
     pattern = re.compile(rf"^{re.escape(project)}-{re.escape(version)}-cp\d+-abi3-"
                          rf"manylinux_\d+_\d+_{arch}\.whl$")
@@ -259,7 +250,7 @@ def start(repo: Path, to: str) -> dict | None:
     _check_clean(repo)
     patches = series.read_series(repo / "patches")
     parsed = status.parse_all(patches)  # malformed probes fail before any download
-    files = index_listing(the_pin.project)
+    files = fetch.project_files(the_pin.project)
     sdists = {m[1]: url for name, url in files.items()
               if (m := re.match(rf"^{re.escape(the_pin.project)}-(.+)\.tar\.gz$", name))}
     to = releases.select(sdists, the_pin.upstream_version, to)[0]

@@ -71,10 +71,9 @@ def list_sdists(project: str, indexes: list[str] | None = None) -> dict[str, str
     indexes = fetch.pip_index_urls() if indexes is None else indexes
     pattern = re.compile(rf"^{re.escape(project)}-(.+)\.tar\.gz$", re.I)
     found: dict[str, str] = {}
-    for index in indexes:
-        for filename, url in fetch.index_files(index, project).items():
-            if (m := pattern.match(filename)) and _VERSION_RE.match(m[1]):
-                found.setdefault(m[1], url)
+    for filename, url in fetch.project_files(project, indexes).items():
+        if (m := pattern.match(filename)) and _VERSION_RE.match(m[1]):
+            found.setdefault(m[1], url)
     if not found:
         raise OverlayError(f"no {project} sdist found on any pip index ({', '.join(indexes)})")
     return found
