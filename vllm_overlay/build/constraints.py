@@ -21,6 +21,7 @@ from pathlib import Path
 from vllm_overlay.build import supplyenv
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.paths import REPO
+from vllm_overlay.common.requirements import normalize_name
 
 PYTHON = "3.11"  # the interpreter the locks are resolved for (the test environment's)
 PLATFORM = "manylinux_2_31"  # the upstream wheels' platform tag
@@ -40,13 +41,9 @@ def test_lock(arch: str, repo: Path = REPO) -> Path:
     return lock_dir(repo) / f"test-{arch}.txt"
 
 
-def normalize(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def entries(text: str) -> dict[str, str]:
     """name -> pinned version of a compiled lock (`name==version \\` lines)."""
-    return {normalize(m[1]): m[3] for line in text.splitlines() if (m := _ENTRY_RE.match(line))}
+    return {normalize_name(m[1]): m[3] for line in text.splitlines() if (m := _ENTRY_RE.match(line))}
 
 
 def read_lock(path: Path) -> tuple[str, dict[str, str]]:
@@ -110,7 +107,7 @@ def drop_entries(text: str, names: set[str]) -> str:
     out, keep = [], True
     for line in text.splitlines(keepends=True):
         if m := _ENTRY_RE.match(line):
-            keep = normalize(m[1]) not in names
+            keep = normalize_name(m[1]) not in names
         elif not line.startswith(" "):
             keep = True
         if keep:

@@ -16,14 +16,10 @@ from pathlib import Path
 from vllm_overlay.common import log
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.fs import atomic_write
+from vllm_overlay.common.requirements import normalize_name
 
 SIMPLE = "simple"
 _DIST_RE = re.compile(r"^(?P<name>[A-Za-z0-9._]+?)-\d")  # wheel and sdist names: name-version...
-
-
-def normalize(name: str) -> str:
-    """PEP 503 project name normalization."""
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def read_sums(wheelhouse: Path) -> dict[str, str]:
@@ -45,7 +41,7 @@ def render(sums: dict[str, str]) -> dict[str, str]:
     projects: dict[str, list[str]] = {}
     for filename in sorted(sums):
         if filename.endswith((".whl", ".tar.gz")) and (match := _DIST_RE.match(filename)):
-            projects.setdefault(normalize(match["name"]), []).append(filename)
+            projects.setdefault(normalize_name(match["name"]), []).append(filename)
     head = ('<!DOCTYPE html>\n<html>\n<head>\n<meta name="pypi:repository-version" '
             'content="1.0">\n<title>{}</title>\n</head>\n<body>\n')
     root = [head.format("Simple index")]

@@ -30,6 +30,7 @@ from vllm_overlay.common import log, venvs
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.fs import sha256_file
 from vllm_overlay.common.http import page_links
+from vllm_overlay.common.requirements import normalize_name
 from vllm_overlay.dist import index
 
 TWINE_REQUIREMENTS = ["twine==6.2.0"]
@@ -132,7 +133,7 @@ def check_credentials(index_url: str) -> None:
 def remote_files(simple_url: str, project: str, index_url: str) -> dict[str, str]:
     """filename -> sha256 of what the index serves for `project` (empty if unknown there;
     a redirect to another host, such as pypiserver's fallback, means unknown there)."""
-    page = simple_url.rstrip("/") + f"/{index.normalize(project)}/"
+    page = simple_url.rstrip("/") + f"/{normalize_name(project)}/"
     try:
         with _open(page, index_url, {"Accept": "text/html"}) as resp:
             if _host(resp.geturl()) != _host(page):
