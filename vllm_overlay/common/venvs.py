@@ -1,10 +1,18 @@
 """Virtual environments the project creates itself, in the cache, keyed by what goes in.
 
-A venv is re-created only when its inputs (the requirement lines and the Python version)
-change; it counts as ready only once its `.complete` marker is written, so an interrupted
-install is never mistaken for a ready environment (it is wiped and redone).
+A venv is re-created only when its inputs change: the requirement lines (or lock texts), the
+Python version and the installer (the pip that `python -m venv` brings: ensurepip's). It
+counts as ready only once its `.complete` marker is written, so an interrupted install is
+never mistaken for a ready environment (it is wiped and redone).
+
+A venv made from hash locks (`ensure_locked_venv`) never resolves: the locks are complete,
+so pip installs exactly the locked files (`--no-deps --require-hashes`) and `pip check`
+then proves they fit together. No pip version, and nothing the index gained since the lock
+was written, can change what goes in (pip 23.2's resolver, given the extra in
+`uvicorn[standard]>=0.15`, asks the index again and refuses the newer uvicorn it finds).
 """
 
+import ensurepip
 import hashlib
 import shutil
 import subprocess
@@ -20,8 +28,13 @@ from vllm_overlay.common.paths import cache_dir
 _log = log.stage("venv")
 
 
+def installer() -> str:
+    """The pip a new venv gets (what `python -m venv` bootstraps)."""
+    return f"pip {ensurepip.version()}"
+
+
 def venv_key(requirements: list[str], extra: str = "") -> str:
-    text = "\n".join([sys.version, *requirements, extra])
+    text = "\n".join([sys.version, installer(), *requirements, extra])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -29,9 +42,18 @@ def python_of(venv: Path) -> Path:
     return venv / "bin" / "python"
 
 
+def ensure_locked_venv(name: str, locks: list[Path]) -> Path:
+    """A venv holding exactly the packages of `locks` (hash-locked, complete): installed
+    with --no-deps --require-hashes, then `pip check`; keyed by the locks' text."""
+    texts = [path.read_text() for path in locks]
+    args = ("--no-deps", "--require-hashes", *(a for path in locks for a in ("-r", str(path))))
+    return ensure_venv(name, [], extra_key="\n".join(texts), install_args=args, check=True)
+
+
 def ensure_venv(name: str, requirements: list[str], extra_key: str = "",
-                install_args: tuple[str, ...] = ()) -> Path:
-    """Path of a ready venv with `requirements` installed (pip output shown as progress)."""
+                install_args: tuple[str, ...] = (), check: bool = False) -> Path:
+    """Path of a ready venv with `requirements` installed (pip output shown as progress);
+    `check`: run `pip check` after the install (a lock that is not closed fails it)."""
     venv = cache_dir() / "venvs" / f"{name}-{venv_key(requirements, extra_key)}"
     if (venv / ".complete").exists():
         return venv
@@ -39,21 +61,24 @@ def ensure_venv(name: str, requirements: list[str], extra_key: str = "",
         with file_lock(venv.parent / f".{venv.name}.lock", _log):  # one creator, others wait
             if (venv / ".complete").exists():
                 return venv
-            return _create(venv, name, requirements, install_args)
+            return _create(venv, name, requirements, install_args, check)
     except OSError as exc:  # a read-only or full cache
         raise OverlayError(f"venv {name}: cannot create {venv}: {exc}") from exc
 
 
 def _create(venv: Path, name: str, requirements: list[str], install_args: tuple[str, ...],
-            ) -> Path:
+            check: bool) -> Path:
     shutil.rmtree(venv, ignore_errors=True)
-    _log.info(f"creating {name} environment in {venv} ({len(requirements)} requirement(s))")
+    _log.info(f"creating {name} environment in {venv} ({len(requirements)} requirement(s), "
+              f"{installer()})")
     started = time.monotonic()
     try:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         if requirements or install_args:
             subprocess.run([str(python_of(venv)), "-m", "pip", "install",
                             "--progress-bar", "off", *install_args, *requirements], check=True)
+        if check:
+            subprocess.run([str(python_of(venv)), "-m", "pip", "check"], check=True)
     except subprocess.CalledProcessError as exc:
         raise OverlayError(f"venv {name}: `{' '.join(map(str, exc.cmd[:4]))} ...` failed "
                            f"(exit {exc.returncode}); see pip's output above") from exc

@@ -63,11 +63,12 @@ def test_requirements(path: Path = TEST_REQUIREMENTS) -> list[str]:
 def ensure_base(arch: str = "x86_64", repo: Path = REPO) -> Path:
     """The cached base venv, no vLLM: the hash-locked runtime of the pin (locks/runtime-<arch>.txt,
     which make wheel publishes as constraints-<arch>.txt) and the locked test packages, installed
-    with --require-hashes: a missing or wrong hash fails the install, so each build proves the lock."""
+    exactly as locked (--no-deps --require-hashes, then pip check): a missing or wrong hash, or a
+    lock that is not closed, fails the install, so each build proves the lock."""
     files = [constraints.runtime_lock(arch, repo), constraints.test_lock(arch, repo)]
-    texts = [constraints.read_lock(path)[0] for path in files]
-    args = ("--require-hashes", *(a for path in files for a in ("-r", str(path))))
-    return venvs.ensure_venv("runtime", [], extra_key="\n".join(texts), install_args=args)
+    for path in files:
+        constraints.read_lock(path)  # a missing or unpinned lock: the error names `make lock`
+    return venvs.ensure_locked_venv("runtime", files)
 
 
 def site_packages(venv: Path) -> Path:
