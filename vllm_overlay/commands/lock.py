@@ -1,12 +1,12 @@
 """`lock`: resolve the hash-locked runtime and test packages into locks/ (uv; network)."""
 
-from vllm_overlay.build import constraints, fetch
+from vllm_overlay.build import constraints, fetch, lockmeta
 from vllm_overlay.common import pin
 
 
 def add(sub) -> None:
     p = sub.add_parser("lock", help="resolve locks/runtime-<arch>.txt and locks/test-<arch>.txt "
-                       "with hashes (uv pip compile; network)")
+                       "with hashes (uv pip compile; network), and locks/metadata-<arch>.json")
     p.add_argument("--arch", default="x86_64", choices=["x86_64", "aarch64"])
     p.set_defaults(func=run)
 
@@ -16,3 +16,4 @@ def run(args) -> None:
     art = the_pin.wheel(args.arch)
     constraints.make_lock(args.arch, fetch.fetch(art, the_pin.project), art.filename,
                           the_pin.upstream_version)
+    lockmeta.record(args.arch)  # what the no-network closure test reads

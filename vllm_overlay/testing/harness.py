@@ -196,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         # 2. the environment: base venv + one thin venv per vLLM wheel
         def environment():
             base = testenv.ensure_base(args.arch)
+            report["lock_metadata_checked"] = testenv.check_metadata(base, args.arch)
             overlay_env = testenv.ensure_vllm_env(base, wheel)
             art = the_pin.wheel(args.arch)
             pristine_env = testenv.ensure_vllm_env(base, upstream_wheel, art.sha256, art.filename)

@@ -71,6 +71,39 @@ def ensure_base(arch: str = "x86_64", repo: Path = REPO) -> Path:
     return venvs.ensure_locked_venv("runtime", files)
 
 
+_INSTALLED = ("import importlib.metadata as m, json; print(json.dumps({d.metadata['Name']: "
+              "[d.version, d.requires or []] for d in m.distributions()}))")
+
+
+def check_metadata(base: Path, arch: str = "x86_64", repo: Path = REPO) -> int:
+    """The recorded lock metadata (locks/metadata-<arch>.json, read by the closure test) must
+    be what the hash-checked install put into the venv: same version, same Requires-Dist.
+    Returns the number of packages compared."""
+    import json
+    import subprocess
+
+    from vllm_overlay.build import lockmeta
+    from vllm_overlay.common.requirements import normalize_name
+
+    path = lockmeta.metadata_path(arch, repo)
+    recorded = json.loads(path.read_text())["packages"]
+    out = subprocess.run([str(venvs.python_of(base)), "-c", _INSTALLED], capture_output=True,
+                         text=True, check=True).stdout
+    installed = {normalize_name(k): v for k, v in json.loads(out).items()}
+    wrong, missing = [], []
+    for name, meta in recorded.items():
+        if name not in installed:
+            missing.append(f"{name}: not installed")
+        elif installed[name][0] != meta["version"] or (
+                sorted(installed[name][1]) != sorted(meta["requires_dist"])):
+            wrong.append(f"{name}: recorded {meta['version']} {sorted(meta['requires_dist'])}, "
+                         f"installed {installed[name][0]} {sorted(installed[name][1])}")
+    if wrong or missing:
+        raise OverlayError(f"{path} does not describe the installed locks ({base}): "
+                           + "; ".join(wrong + missing))
+    return len(recorded)
+
+
 def site_packages(venv: Path) -> Path:
     found = sorted(venv.glob("lib/python*/site-packages"))
     if not found:
