@@ -4,11 +4,14 @@
 written to locks/runtime-<arch>.in) with `uv pip compile --generate-hashes` for CPython
 3.11 on manylinux_2_31, and the test packages on top of it (locks/test-<arch>.txt: only
 what the runtime lock does not already pin). Both are committed: a build never resolves.
-`make test` installs its runtime venv from exactly these files with --require-hashes, so
-every test run proves the lock; `make wheel` publishes the runtime lock plus the wheel's
-own hash as wheelhouse/constraints-<arch>.txt, for
-
-    pip install --require-hashes -c constraints-<arch>.txt vllm==<upstream version>
+`make test` installs its runtime venv from exactly these files (--no-deps --require-hashes,
+then pip check), so every test run proves the lock; `make wheel` publishes the runtime lock
+plus the wheel's own hash as wheelhouse/constraints-<arch>.txt, for the user's install
+(INSTALL_COMMAND, printed at the top of that file). It installs the complete lock without
+resolving: pip 23.2 (what a stock Python 3.11 venv brings) given `-c constraints vllm==X`
+resolves again, asks the index about `uvicorn[standard]` as a requirement of its own and
+refuses the newer uvicorn it finds there; with --no-deps no pip asks the index anything but
+the locked files, and `pip check` proves they fit together.
 """
 
 import hashlib
@@ -62,6 +65,9 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+INSTALL_COMMAND = "pip install --no-deps --require-hashes -r constraints-{arch}.txt && pip check"
+
+
 def constraints_text(arch: str, wheels: dict[str, str], version: str, repo: Path = REPO) -> str:
     """The runtime lock plus `vllm==<version>` with the sha256 of each wheel of it."""
     lock = runtime_lock(arch, repo)
@@ -70,7 +76,8 @@ def constraints_text(arch: str, wheels: dict[str, str], version: str, repo: Path
     hashes = "".join(f" \\\n    --hash=sha256:{wheels[name]}" for name in sorted(wheels))
     return (f"# Hash-locked runtime of vllm {version} ({arch}, CPython {PYTHON}), from "
             f"{lock.relative_to(repo)} (make lock).\n"
-            f"# pip install --require-hashes -c constraints-{arch}.txt vllm=={version.split('+')[0]}\n"
+            f"# Install (with the internal index in pip's index settings):\n"
+            f"# {INSTALL_COMMAND.format(arch=arch)}\n"
             f"{text}{names}vllm=={version}{hashes}\n")
 
 

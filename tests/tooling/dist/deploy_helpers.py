@@ -44,14 +44,15 @@ def _record_hash(data: bytes) -> str:
 
 
 def build_wheel(out_dir: Path, version: str, files: dict[str, bytes] | None = None,
-                with_symbol: bool = True, extra: str = "") -> Path:
+                with_symbol: bool = True, extra: str = "",
+                requires: tuple[str, ...] = ("torch==2.10.0",)) -> Path:
     """Write vllm-<version>-<TAG>.whl into out_dir (a valid wheel pip and twine accept)."""
     files = dict(files if files is not None else package_files(version, with_symbol, extra))
     info = f"vllm-{version}.dist-info"
     files[f"{info}/METADATA"] = (
         "Metadata-Version: 2.1\nName: vllm\n"
         f"Version: {version}\nSummary: synthetic vLLM for the overlay's tests\n"
-        "Requires-Python: >=3.10\nRequires-Dist: torch==2.10.0\n"
+        "Requires-Python: >=3.10\n" + "".join(f"Requires-Dist: {r}\n" for r in requires) +
         "Description-Content-Type: text/markdown\n\n# vllm (synthetic)\n").encode()
     files[f"{info}/WHEEL"] = (f"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: false\n"
                               f"Tag: {TAG}\n\n").encode()
