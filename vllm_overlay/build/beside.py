@@ -21,7 +21,10 @@ from vllm_overlay.dist import index
 def inputs(arch: str, repo: Path) -> list[str]:
     """What the files beside the wheel depend on beyond the wheel's inputs (for build keys)."""
     lock_text = constraints.read_lock(constraints.runtime_lock(arch, repo))[0]
+    meta = constraints.lock_dir(repo) / f"metadata-{arch}.json"
+    meta_text = meta.read_text() if meta.is_file() else ""
     return [f"lock={constraints.sha256_text(lock_text)}",
+            f"lock-metadata={constraints.sha256_text(meta_text)}",
             f"supply={constraints.sha256_text(supplyenv.REQUIREMENTS.read_text())}"]
 
 

@@ -31,13 +31,13 @@ def _applies(marker: Marker | None, env: dict[str, str], extras: frozenset[str])
 
 
 def problems(locked: dict[str, str], packages: dict, roots: list[str], arch: str,
-             python: str, lock: str) -> list[str]:
+             python: str, lock: str, root: str = "the roots") -> list[str]:
     """What keeps the lock (`locked`: name -> version, called `lock` in messages) from being
     closed over `roots`, one line each naming the package and the requirement at fault."""
     env = target_env(arch, python)
     found: list[str] = []
     seen: set[tuple[str, frozenset[str]]] = set()
-    queue: list[tuple[str, str, frozenset[str]]] = [("the roots", line, frozenset())
+    queue: list[tuple[str, str, frozenset[str]]] = [(root, line, frozenset())
                                                     for line in roots]
     while queue:
         who, line, who_extras = queue.pop()

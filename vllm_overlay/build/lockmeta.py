@@ -26,7 +26,7 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from vllm_overlay.build import constraints, fetch
+from vllm_overlay.build import constraints, fetch, supplyenv
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.fs import atomic_write
 from vllm_overlay.common.paths import REPO
@@ -236,3 +236,19 @@ def closure_request(arch: str, lock: str, repo: Path = REPO,
         locked = {**locked, **constraints.read_lock(constraints.test_lock(arch, repo))[1]}
     return {"locked": locked, "packages": packages, "roots": roots, "arch": arch,
             "python": constraints.PYTHON, "lock": lock}
+
+
+def check_wheel_requirements(arch: str, requires_dist: list[str], what: str,
+                             repo: Path = REPO) -> None:
+    """Refuse a runtime lock that does not satisfy `what`'s own Requires-Dist (specifiers,
+    markers for the arch, extras, and what those need in turn): the SBOM, the constraints
+    file and the test environment are all made from that lock."""
+    if not requires_dist:
+        return
+    request = {**closure_request(arch, "runtime", repo, roots=requires_dist), "root": what}
+    proc = supplyenv.run_module("lockcheck", [], json.dumps(request))
+    if proc.returncode:
+        found = proc.stdout.strip().splitlines()
+        raise OverlayError(f"{constraints.runtime_lock(arch, repo)} does not satisfy {what} "
+                           f"({len(found)} problem(s)): " + "; ".join(found[:5])
+                           + f"; run `make lock ARCH={arch}`")

@@ -21,7 +21,7 @@ import uuid
 import zipfile
 from pathlib import Path
 
-from vllm_overlay.build import constraints, supplyenv
+from vllm_overlay.build import constraints, lockmeta, supplyenv
 from vllm_overlay.build.zipraw import RawZipWriter
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.paths import REPO
@@ -49,7 +49,10 @@ def urls(values: list[str]) -> list[str]:
 def facts(the_pin: Pin, arch: str, version: str, patches: list[Patch], series_sha: str,
           epoch: int, tree: Path, shipped: dict[str, str], requires_dist: list[str],
           repo: Path = REPO) -> dict:
-    """Everything the document says, as plain data (the input of cdx.render)."""
+    """Everything the document says, as plain data (the input of cdx.render). The runtime
+    lock must satisfy `requires_dist` first: every component then has its locked version."""
+    lockmeta.check_wheel_requirements(arch, requires_dist, f"the Requires-Dist of vllm "
+                                      f"{the_pin.upstream_version} ({arch})", repo)
     lock = constraints.runtime_lock(arch, repo)
     lock_text, locked = constraints.read_lock(lock)
     upstream = [("sdist", the_pin.sdist), ("wheel", the_pin.wheel(arch))]

@@ -127,3 +127,26 @@ def test_record_is_checked_against_what_an_install_put_in_a_venv(tmp_path):
     path.write_text(json.dumps(record))
     with pytest.raises(OverlayError, match="no-such-package: not installed"):
         testenv.check_metadata(Path(sys.prefix), "x86_64", tmp_path)
+
+
+def real_requires_dist() -> list[str]:
+    """vllm 0.19.1's runtime Requires-Dist as `make lock` recorded them (locks/runtime-x86_64.in)."""
+    return lockmeta.lock_roots("x86_64")["runtime"]
+
+
+def test_build_accepts_the_committed_lock_for_the_pin():
+    lockmeta.check_wheel_requirements("x86_64", real_requires_dist(), "vllm 0.19.1", REPO)
+
+
+@pytest.mark.parametrize("edit, named", [
+    (("torch", "2.9.0"), r"torch==2.9.0: does not satisfy vllm 0.19.1's 'torch==2.10.0'"),
+    (("tqdm", None), r"tqdm: required by vllm 0.19.1 \(tqdm\) but not in the runtime lock"),
+])
+def test_build_refuses_a_lock_edited_against_the_wheel(repo, edit, named):
+    """What make wheel runs before the SBOM (sbom.facts): the issue's case, torch==2.9.0
+    and tqdm dropped, each refused with the package named and the fix."""
+    from vllm_overlay.common.errors import OverlayError
+
+    edit_lock(repo, "x86_64", "runtime", *edit)
+    with pytest.raises(OverlayError, match=named + r".*make lock ARCH=x86_64"):
+        lockmeta.check_wheel_requirements("x86_64", real_requires_dist(), "vllm 0.19.1", repo)

@@ -10,6 +10,7 @@ from vllm_overlay.build import export
 from vllm_overlay.build import fetch
 from vllm_overlay.common import pin
 from vllm_overlay.build import overlay_mode
+from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.paths import REPO
 
 pytestmark = pytest.mark.network
@@ -33,6 +34,15 @@ def test_real_overlay_build_with_a_trivial_patch(tmp_path):
     apply.git(tree, "commit", "-q", "-am",
               "Trivial\n\nOrigin: vendor\nRisk: none\nProbe: defines vllm/a.py::X\n")
     export.export(tree, repo / "patches")
+
+    # a lock edited against the wheel's own Requires-Dist is refused, nothing written
+    lock = repo / "locks" / "runtime-x86_64.txt"
+    good = lock.read_text()
+    lock.write_text(good.replace("\ntorch==2.10.0 \\", "\ntorch==2.9.0 \\"))
+    with pytest.raises(OverlayError, match=r"torch==2.9.0: does not satisfy .*make lock"):
+        overlay_mode.build_overlay_wheel("x86_64", repo / "wheelhouse", repo / "patches", repo)
+    assert not list((repo / "wheelhouse").glob("*.whl"))
+    lock.write_text(good)
 
     wheel = overlay_mode.build_overlay_wheel("x86_64", repo / "wheelhouse", repo / "patches", repo)
 
