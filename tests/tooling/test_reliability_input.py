@@ -118,3 +118,19 @@ def test_make_changelog_previous_is_one_line(previous, tmp_path):
     proc = make("changelog", f"PREVIOUS={previous}")
     line = one_error_line(proc)
     assert f"{previous}: not a release record or manifest" in line, line
+
+
+# --- make status ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", [",", ",,", " , "])
+def test_a_release_list_that_names_nothing_is_refused(spec):
+    from vllm_overlay.upstream import releases
+
+    with pytest.raises(OverlayError, match="names no release"):
+        releases.select(["0.19.1", "0.20.0"], "0.19.1", spec)
+
+
+def test_make_status_with_an_empty_list_is_one_line_before_any_download():
+    line = one_error_line(make("status", "RELEASES=,", timeout=60))
+    assert "RELEASES=',' names no release" in line, line
