@@ -134,3 +134,45 @@ def test_a_release_list_that_names_nothing_is_refused(spec):
 def test_make_status_with_an_empty_list_is_one_line_before_any_download():
     line = one_error_line(make("status", "RELEASES=,", timeout=60))
     assert "RELEASES=',' names no release" in line, line
+
+
+# --- make docker: the revision label ------------------------------------------------------------
+
+
+@pytest.fixture
+def checkout(tmp_path):
+    """A committed copy of what `make docker` MODE=source reads: VERSION, the pin, patches/."""
+    from vllm_overlay.common.git import git
+
+    root = tmp_path / "checkout"
+    root.mkdir()
+    for name in ("VERSION", "upstream.lock.json"):
+        shutil.copy(REPO / name, root / name)
+    shutil.copytree(REPO / "patches", root / "patches")
+    git(root, "init", "-q")
+    git(root, "remote", "add", "origin", "https://deploy:s3cr3t-token@git.example/overlay.git")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "release")
+    return root
+
+
+def test_the_image_revision_says_dirty_after_an_uncommitted_series_change(checkout):
+    from vllm_overlay.common.git import git_value
+    from vllm_overlay.dist import docker
+
+    head = git_value(checkout, "rev-parse", "HEAD")
+    assert docker.build_args("source", repo=checkout)["VCS_REF"] == head
+    series_file = checkout / "patches" / "series"
+    series_file.write_text(series_file.read_text() + "# an uncommitted change\n")
+    args = docker.build_args("source", repo=checkout)
+    assert args["VCS_REF"] == f"{head}-dirty"  # never HEAD as if the image were HEAD's
+    (checkout / "patches" / "0099-new.patch").write_text("")  # an untracked file, too
+    git_value(checkout, "checkout", "--", "patches/series")
+    assert docker.build_args("source", repo=checkout)["VCS_REF"] == f"{head}-dirty"
+
+
+def test_the_source_label_never_carries_the_remote_s_credentials(checkout):
+    from vllm_overlay.dist import docker
+
+    source = docker.build_args("source", repo=checkout)["SOURCE_URL"]
+    assert "s3cr3t" not in source and source == "https://git.example/overlay.git"
