@@ -58,7 +58,8 @@ test: check-patches  ## all CI runs: tooling, wheel, runtime venv, behaviour, up
 # --- distribution: internal index + Docker image (vllm_overlay/dist/) ---
 publish:          ## upload wheelhouse/ wheels: INDEX_URL=<upload URL> [SIMPLE_URL=] [WHEELHOUSE=]
 	@test -n $(call q,$(INDEX_URL)) || { echo "error: make publish needs INDEX_URL=<upload URL>" >&2; exit 2; }
-	$(OVERLAY) publish $(publish_args)
+	@$(OVERLAY) publish $(publish_args)
+# (not echoed: a URL may carry a password; publish names the index itself, without one)
 publish_args = --index-url $(call q,$(INDEX_URL)) $(if $(SIMPLE_URL),--simple-url $(call q,$(SIMPLE_URL)))\
   $(if $(WHEELHOUSE),--wheelhouse $(call q,$(WHEELHOUSE)))
 

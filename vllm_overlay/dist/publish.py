@@ -29,7 +29,7 @@ from pathlib import Path
 from vllm_overlay.common import log, venvs
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.fs import sha256_file
-from vllm_overlay.common.http import page_links
+from vllm_overlay.common.http import page_links, redact
 from vllm_overlay.common.requirements import normalize_name
 from vllm_overlay.dist import index
 
@@ -106,7 +106,8 @@ def check_simple_root(simple_url: str, index_url: str) -> None:
         raise OverlayError(f"SIMPLE_URL {simple_url} does not answer ({exc}); nothing uploaded "
                            f"(is INDEX_URL / SIMPLE_URL right?)") from exc
     if _host(final) != _host(simple_url):
-        raise OverlayError(f"SIMPLE_URL {simple_url} redirects to another host ({final}); "
+        raise OverlayError(f"SIMPLE_URL {simple_url} redirects to another host "
+                           f"({redact(final)}); "
                            f"nothing uploaded: give the index's own simple URL")
 
 
@@ -183,9 +184,14 @@ def twine(*args: str) -> None:
 
 def publish(index_url: str, wheelhouse: Path, simple_url: str | None = None) -> dict[str, str]:
     """Upload what the index lacks; returns filename -> 'uploaded' / 'already there'."""
+    for name, url in (("INDEX_URL", index_url), ("SIMPLE_URL", simple_url)):
+        if url and redact(url) != url:  # a user:password@ would show in every message
+            raise OverlayError(f"{name} {redact(url)}: no credentials in the URL (they would "
+                               f"be shown in logs); set TWINE_USERNAME / TWINE_PASSWORD")
     if not urllib.parse.urlparse(index_url).scheme.startswith("http"):
         raise OverlayError(f"INDEX_URL={index_url!r} is not an http(s) upload URL")
     simple_url = simple_url or simple_url_for(index_url)
+    _log.info(f"to {index_url} (simple index {simple_url}) from {wheelhouse}")
     wheels = local_wheels(wheelhouse)
     twine("check", "--strict", *map(str, wheels))
     project = next(iter(wheels)).name.split("-")[0]

@@ -2,11 +2,14 @@
 real pypiservers on loopback, as in test_publish.py."""
 
 import http.server
+import subprocess
 import threading
 
 import pytest
 
+from tests.tooling.dist.deploy_helpers import clean_env
 from tests.tooling.dist.test_publish import PASSWORD, Server, make_publish, wheelhouse_with
+from vllm_overlay.common.paths import REPO
 
 
 class Logger(http.server.BaseHTTPRequestHandler):
@@ -80,3 +83,25 @@ def test_a_wrong_password_is_refused_before_twine_sends_the_wheel(server_with_fa
     assert "Uploading" not in proc.stdout + proc.stderr  # twine never started the upload
     assert not (server_with_fallback.packages / wheel.name).exists()
 
+
+
+# --- issue 27, case 8: a password inside INDEX_URL / SIMPLE_URL ------------------------------
+SECRET = "pw-never-in-logs"
+
+
+@pytest.mark.parametrize(("variable", "url"), [
+    ("INDEX_URL", f"http://uploader:{SECRET}@127.0.0.1:9/"),
+    ("INDEX_URL", f"ftp://uploader:{SECRET}@127.0.0.1:9/"),
+    ("SIMPLE_URL", f"http://uploader:{SECRET}@127.0.0.1:9/simple/"),
+], ids=["index", "index-not-http", "simple"])
+def test_a_password_inside_the_url_is_never_echoed(tmp_path, variable, url):
+    house, wheel = wheelhouse_with(tmp_path, "0.19.1+secret.1")
+    variables = {"INDEX_URL": "http://127.0.0.1:9/", "WHEELHOUSE": str(house), variable: url}
+    proc = subprocess.run(["make", "-C", str(REPO), "publish",
+                           *(f"{k}={v}" for k, v in variables.items())],
+                          capture_output=True, text=True, env=clean_env(),
+                          stdin=subprocess.DEVNULL, timeout=300)
+    assert proc.returncode != 0
+    assert SECRET not in proc.stdout + proc.stderr  # not in make's echo, not in the error
+    [line] = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert f"{variable} " in line and "***@127.0.0.1:9" in line, line
