@@ -6,6 +6,8 @@ PYTHON ?= python3
 # Every variable reaches the CLI as one shell word: $(call q,$(VAR)) single-quotes it (and
 # its own single quotes), so ARCH='x86_64 --mode source' is an ARCH, never an option.
 q = '$(subst ','\'',$(1))'
+# A recipe is one line: make echoes it as the shell gets it (the optional arguments of the
+# longer ones are spelled in *_args below, where a backslash-newline is just a space).
 
 .PHONY: lock changelog wheel wheel-dry-run test-slow cross-check fetch apply export-patches check-patches test test-fast bench help publish docker
 
@@ -16,10 +18,10 @@ wheel:            ## fetch (sha256-checked), apply the series, build + verify th
 	$(OVERLAY) wheel --arch $(call q,$(ARCH)) --mode $(call q,$(MODE))
 
 lock:             ## resolve locks/runtime-<arch>.txt + locks/test-<arch>.txt with hashes (uv; network)
-	$(OVERLAY) lock --arch $(ARCH)
+	$(OVERLAY) lock --arch $(call q,$(ARCH))
 
 changelog:        ## release notes since the previous version -> wheelhouse/CHANGES-<VERSION>.md, README [PREVIOUS=]
-	$(OVERLAY) changelog --arch $(ARCH) $(if $(PREVIOUS),--previous '$(PREVIOUS)')
+	$(OVERLAY) changelog --arch $(call q,$(ARCH)) $(if $(PREVIOUS),--previous $(call q,$(PREVIOUS)))
 
 wheel-dry-run:    ## MODE=source preflight + the setup.py command it would run
 	$(OVERLAY) wheel --arch $(call q,$(ARCH)) --mode source --dry-run
@@ -56,13 +58,16 @@ test: check-patches  ## all CI runs: tooling, wheel, runtime venv, behaviour, up
 # --- distribution: internal index + Docker image (vllm_overlay/dist/) ---
 publish:          ## upload wheelhouse/ wheels: INDEX_URL=<upload URL> [SIMPLE_URL=] [WHEELHOUSE=]
 	@test -n $(call q,$(INDEX_URL)) || { echo "error: make publish needs INDEX_URL=<upload URL>" >&2; exit 2; }
-	$(OVERLAY) publish --index-url $(call q,$(INDEX_URL)) $(if $(SIMPLE_URL),--simple-url $(call q,$(SIMPLE_URL))) \
-	  $(if $(WHEELHOUSE),--wheelhouse $(call q,$(WHEELHOUSE)))
+	@$(OVERLAY) publish $(publish_args)
+# (not echoed: a URL may carry a password; publish names the index itself, without one)
+publish_args = --index-url $(call q,$(INDEX_URL)) $(if $(SIMPLE_URL),--simple-url $(call q,$(SIMPLE_URL)))\
+  $(if $(WHEELHOUSE),--wheelhouse $(call q,$(WHEELHOUSE)))
 
 docker:           ## build the image: [ARCH=] [IMAGE=] [MODE=source TORCH_CUDA_ARCH_LIST= MAX_JOBS=]
-	$(OVERLAY) docker --arch $(call q,$(ARCH)) $(if $(MODE),--mode $(call q,$(MODE))) $(if $(IMAGE),--image $(call q,$(IMAGE))) \
-	  $(if $(TORCH_CUDA_ARCH_LIST),--build-arg $(call q,TORCH_CUDA_ARCH_LIST=$(TORCH_CUDA_ARCH_LIST))) \
-	  $(if $(MAX_JOBS),--build-arg $(call q,MAX_JOBS=$(MAX_JOBS)))
+	$(OVERLAY) docker $(docker_args)
+docker_args = --arch $(call q,$(ARCH)) $(if $(MODE),--mode $(call q,$(MODE)))$(if $(IMAGE), --image $(call q,$(IMAGE)))\
+  $(if $(TORCH_CUDA_ARCH_LIST),--build-arg $(call q,TORCH_CUDA_ARCH_LIST=$(TORCH_CUDA_ARCH_LIST)))\
+  $(if $(MAX_JOBS),--build-arg $(call q,MAX_JOBS=$(MAX_JOBS)))
 
 # --- upstream releases: patch x release matrix and bisect (vllm_overlay/upstream/) ---
 # CMD goes to the recipe through the environment, unexpanded, so its quotes and $VARS survive.
@@ -76,8 +81,9 @@ status:           ## patch x release matrix + drift -> reports/status.{md,json},
 	$(OVERLAY) status --patches $(call q,$(PATCHES)) --out $(call q,$(STATUS_OUT)) $(if $(RELEASES),--releases $(call q,$(RELEASES)))
 
 bisect:           ## first failing release: GOOD=<tag> BAD=<tag> [CHECK=apply|test CMD='...']
-	$(OVERLAY) bisect --patches $(call q,$(PATCHES)) --check $(call q,$(CHECK)) $(if $(GOOD),--good $(call q,$(GOOD))) \
-	  $(if $(BAD),--bad $(call q,$(BAD))) $(if $(CMD),--cmd "$$BISECT_CMD")
+	$(OVERLAY) bisect $(bisect_args)
+bisect_args = --patches $(call q,$(PATCHES)) --check $(call q,$(CHECK)) $(if $(GOOD),--good $(call q,$(GOOD)))\
+  $(if $(BAD),--bad $(call q,$(BAD))) $(if $(CMD),--cmd "$$BISECT_CMD")
 
 bench-status:     ## time `status` per release, pin..newest, warm cache, with/without drift (figures)
 	$(PYTHON) benchmarks/bench_status.py --patches $(call q,$(PATCHES))
@@ -85,5 +91,6 @@ bench-status:     ## time `status` per release, pin..newest, warm cache, with/wi
 # --- moving the pin: the series onto a newer upstream release (vllm_overlay/upstream/rebase.py) ---
 .PHONY: rebase
 rebase:           ## TO=<release>|latest: new lock + VERSION, patches dropped/rebased, wheel; CONTINUE=1 after a conflict, ABORT=1
-	$(OVERLAY) rebase $(if $(CONTINUE),--continue,$(if $(ABORT),--abort,$(if $(TO),--to $(call q,$(TO))))) \
-	  --arch $(call q,$(ARCH)) $(if $(NO_WHEEL),--no-wheel)
+	$(OVERLAY) rebase $(rebase_args)
+rebase_args = $(if $(CONTINUE),--continue,$(if $(ABORT),--abort,$(if $(TO),--to $(call q,$(TO)))))\
+  --arch $(call q,$(ARCH)) $(if $(NO_WHEEL),--no-wheel)

@@ -38,18 +38,59 @@ def record(arch: str = "x86_64", repo: Path = REPO) -> dict:
     }
 
 
-def _version_key(version: str) -> list:
-    return [int(x) if x.isdigit() else x for x in re.split(r"[.+]", version)]
+def _version_key(version: str) -> tuple:
+    """Orders overlay versions as PEP 440 does: the public part, then the local part (none
+    first), where a numeric segment sorts after a word (0.19.1+1 > 0.19.1+mmcg.1)."""
+    public, _, local = version.partition("+")
+
+    def parts(text: str) -> tuple:
+        return tuple((1, int(x), "") if x.isdigit() else (0, 0, x)
+                     for x in re.split(r"[.\-_]", text) if x)
+    return parts(public), parts(local)
+
+
+def _not_a_record(data) -> str | None:
+    """What makes `data` no release record (or manifest), or None: the keys render reads."""
+    if not isinstance(data, dict):
+        return f"a JSON {type(data).__name__}, not an object"
+    if not isinstance(data.get("version"), str) or not data["version"]:
+        return "no \"version\" string"
+    if not isinstance(data.get("upstream"), dict) or \
+            not isinstance(data["upstream"].get("version"), str):
+        return "no \"upstream\": {\"version\": ...}"
+    patches = data.get("series", {}).get("patches") if isinstance(data.get("series"), dict) \
+        else None
+    if not isinstance(patches, list):
+        return "no \"series\": {\"patches\": [...]}"
+    for number, patch in enumerate(patches, 1):
+        if not isinstance(patch, dict) or not all(isinstance(patch.get(k), str)
+                                                  for k in ("name", "sha256")):
+            return f"series patch {number} has no \"name\" and \"sha256\" strings"
+    lock = data.get("runtime_lock", {})
+    if not isinstance(lock, dict) or not all(isinstance(v, str) for v in lock.values()):
+        return "\"runtime_lock\" is not a {package: version} object"
+    return None
+
+
+def load_record(path: Path) -> dict:
+    """A release record or wheelhouse manifest, checked; else one error naming the file."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise OverlayError(f"{path}: not a release record or manifest: {exc}") from exc
+    if problem := _not_a_record(data):
+        raise OverlayError(f"{path}: not a release record or manifest: {problem}")
+    return data
 
 
 def previous_record(version: str, repo: Path = REPO) -> tuple[Path | None, dict | None]:
     """The newest releases/*.json of an older version (None, None for the first one)."""
     found = []
-    for path in (repo / "releases").glob("*.json"):
-        data = json.loads(path.read_text())
+    for path in sorted((repo / "releases").glob("*.json")):
+        data = load_record(path)
         if _version_key(data["version"]) < _version_key(version):
-            found.append((_version_key(data["version"]), path, data))
-    return max(found)[1:] if found else (None, None)
+            found.append((_version_key(data["version"]), path.name, path, data))
+    return max(found)[2:] if found else (None, None)
 
 
 def _urls(patch: dict) -> list[str]:
@@ -60,10 +101,11 @@ def _urls(patch: dict) -> list[str]:
 
 def render(new: dict, old: dict | None, old_name: str | None) -> str:
     lines = [f"## {new['version']}", ""]
-    since = f"since {old['version']} ({old_name})" if old else "first overlay version"
+    since = f"since {old['version']} ({old_name})" if old is not None else \
+        "first overlay version"
     lines += [f"Upstream vLLM {new['upstream']['version']}, patch series sha256 "
               f"`{new['series']['sha256'][:16]}`; {since}.", ""]
-    if old and old["upstream"]["version"] != new["upstream"]["version"]:
+    if old is not None and old["upstream"]["version"] != new["upstream"]["version"]:
         lines += [f"- **Upstream pin**: {old['upstream']['version']} -> "
                   f"{new['upstream']['version']}", ""]
     before = {p["name"]: p for p in (old or {}).get("series", {}).get("patches", [])}
@@ -75,7 +117,7 @@ def render(new: dict, old: dict | None, old_name: str | None) -> str:
     for title, names in groups.items():
         lines.append(f"### {title} ({len(names)})")
         source = before if title == "Patches dropped" else after
-        lines += [f"- `{n}`: {source[n]['subject']} (Origin: {source[n].get('origin', '?')})"
+        lines += [f"- `{n}`: {source[n].get('subject', '?')} (Origin: {source[n].get('origin', '?')})"
                   for n in names] or ["- none"]
         lines.append("")
     lines.append("### Upstream changes carried")
@@ -95,7 +137,8 @@ def render(new: dict, old: dict | None, old_name: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_readme(readme: Path, notes: str, version: str) -> None:
+def readme_with(readme: Path, notes: str, version: str) -> str:
+    """The README's text with `notes` as this version's changelog entry."""
     text = readme.read_text()
     if START not in text or END not in text:
         raise OverlayError(f"{readme}: no changelog section ({START} ... {END})")
@@ -104,26 +147,24 @@ def update_readme(readme: Path, notes: str, version: str) -> None:
     demoted = re.sub(r"(?m)^(#+) ", r"#\1 ", notes).strip()  # below the section's heading
     entries = [e.strip() for e in re.split(r"(?m)^(?=### )", body) if e.strip()]
     entries = [e for e in entries if not e.startswith(f"### {version}\n")]
-    atomic_write(readme, f"{head}{START}\n" + "\n\n".join([demoted, *entries]) + f"\n{END}{tail}")
+    return f"{head}{START}\n" + "\n\n".join([demoted, *entries]) + f"\n{END}{tail}"
 
 
 def make_changelog(arch: str = "x86_64", previous: Path | None = None, repo: Path = REPO,
                    wheelhouse: Path | None = None) -> Path:
     new = record(arch, repo)
     if previous is not None:
-        try:
-            old, old_name = json.loads(previous.read_text()), previous.name
-        except (OSError, ValueError) as exc:
-            raise OverlayError(f"{previous}: not a release record or manifest: {exc}") from exc
+        old, old_name = load_record(previous), previous.name
     else:
         path, old = previous_record(new["version"], repo)
         old_name = path.name if path else None
     notes = render(new, old, old_name)
     wheelhouse = wheelhouse or repo / "wheelhouse"
     out = wheelhouse / f"CHANGES-{new['version']}.md"
+    readme = readme_with(repo / "README.md", notes, new["version"])  # fails before any write
     for folder in (wheelhouse, repo / "releases"):
         folder.mkdir(parents=True, exist_ok=True)
     atomic_write(out, notes)
     atomic_write(repo / "releases" / f"{new['version']}.json", json.dumps(new, indent=2) + "\n")
-    update_readme(repo / "README.md", notes, new["version"])
+    atomic_write(repo / "README.md", readme)
     return out

@@ -16,12 +16,12 @@ _log = log.stage("status")
 def _releases(the_pin: pin.Pin, spec: str | None, pre: bool) -> tuple[list[str], dict | None]:
     """The selected versions and the index's URLs (None when only the cache is used)."""
     explicit = bool(spec) and ".." not in spec
+    names = releases.listed(spec) if explicit else []  # before any download
     try:
         urls = releases.list_sdists(the_pin.project)
     except OverlayError:
         if not explicit:
             raise
-        names = [n.strip() for n in spec.split(",") if n.strip()]
         _log.info("no index reachable; using cached sdists only")
         return releases.select(names, the_pin.upstream_version, spec, pre), None
     return releases.select(urls, the_pin.upstream_version, spec, pre), urls

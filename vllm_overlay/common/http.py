@@ -77,6 +77,17 @@ def download(url: str, part: Path, label: str, advance) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+def redact(url: str, mark: str = "***@") -> str:
+    """`url` with its userinfo (user:password@) replaced by `mark`, for messages and labels."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return url.rpartition("@")[2] if "@" in url else url
+    if "@" not in parts.netloc:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=mark + parts.netloc.rpartition("@")[2]))
+
+
 class _LinkParser(html.parser.HTMLParser):
     def __init__(self):
         super().__init__()

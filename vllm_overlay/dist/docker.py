@@ -21,6 +21,7 @@ from vllm_overlay.common import series
 from vllm_overlay.common import log
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.git import git_value
+from vllm_overlay.common.http import redact
 from vllm_overlay.common.paths import REPO
 
 DOCKERFILES = {"overlay": Path("Dockerfile"), "source": Path("docker") / "source.Dockerfile"}
@@ -64,14 +65,23 @@ def declared_args(dockerfile: Path) -> dict[str, str | None]:
     return found
 
 
+def revision(repo: Path = REPO) -> str:
+    """HEAD, or HEAD-dirty when the checkout has uncommitted changes or untracked files (the
+    image is then built from something no commit holds, e.g. an edited series)."""
+    head = git_value(repo, "rev-parse", "HEAD")
+    if head and git_value(repo, "status", "--porcelain", "--untracked-files=normal"):
+        return f"{head}-dirty"
+    return head
+
+
 def build_args(mode: str = "overlay", arch: str = "x86_64", repo: Path = REPO,
                wheelhouse: Path | None = None) -> dict[str, str]:
     the_pin = pin.load(repo)
     args = {"VLLM_BASE_IMAGE": base_image(the_pin.upstream_version),
             "UPSTREAM_VERSION": the_pin.upstream_version,
             "OVERLAY_VERSION": the_pin.overlay_version,
-            "SOURCE_URL": git_value(repo, "config", "--get", "remote.origin.url"),
-            "VCS_REF": git_value(repo, "rev-parse", "HEAD")}
+            "SOURCE_URL": redact(git_value(repo, "config", "--get", "remote.origin.url"), ""),
+            "VCS_REF": revision(repo)}
     patches_dir = repo / "patches"
     series_sha = series.series_digest(series.read_series(patches_dir), patches_dir)
     args["SERIES_SHA256"] = series_sha

@@ -14,11 +14,17 @@ but only to the host (and port) of INDEX_URL: never across a redirect to another
 simple index root must answer, and one empty authenticated POST to INDEX_URL checks the
 credentials (an index refusing them answers 401/403 before twine sends any wheel).
 twine runs from a venv the project creates (venvs.ensure_venv), pinned below.
+
+Every network wait is bounded: no answer (not a byte) within VLLM_OVERLAY_PUBLISH_TIMEOUT
+seconds (default 120) is one error naming the host, ours or twine's (twine runs through
+TWINE_MAIN, which gives its requests that timeout and sends each wheel once: twine itself
+waits forever and sends a wheel answered 5xx five times).
 """
 
 import base64
 import hashlib
 import os
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -29,12 +35,66 @@ from pathlib import Path
 from vllm_overlay.common import log, venvs
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.fs import sha256_file
-from vllm_overlay.common.http import page_links
+from vllm_overlay.common.http import page_links, redact
 from vllm_overlay.common.requirements import normalize_name
 from vllm_overlay.dist import index
 
 TWINE_REQUIREMENTS = ["twine==6.2.0"]
+TIMEOUT_ENV, DEFAULT_TIMEOUT = "VLLM_OVERLAY_PUBLISH_TIMEOUT", 120.0
 _log = log.stage("publish")
+# twine's main, run by the publish venv's python: argv = [-c, timeout, twine args...].
+# Exit 75: no answer within the timeout; 76: no connection (the line before says which).
+TWINE_TIMED_OUT, TWINE_NO_CONNECTION = 75, 76
+TWINE_MAIN = """
+import sys
+import requests
+from twine.__main__ import main
+from twine.repository import Repository
+
+timeout = float(sys.argv.pop(1))
+plain_request = requests.Session.request
+
+
+def request(self, method, url, **kwargs):
+    if kwargs.get("timeout") is None:
+        kwargs["timeout"] = timeout
+    return plain_request(self, method, url, **kwargs)
+
+
+requests.Session.request = request
+Repository.upload = lambda self, package, max_redirects=5: self._upload(package)  # once
+try:
+    sys.exit(main())
+except requests.exceptions.ConnectionError as exc:  # a blocked send: ("aborted", timeout)
+    if isinstance(exc, requests.exceptions.Timeout) or "timed out" in repr(exc):
+        print(f"twine: no answer within {timeout:g} s: {exc}", file=sys.stderr)
+        sys.exit(75)
+    print(f"twine: no connection: {exc}", file=sys.stderr)
+    sys.exit(76)
+except requests.exceptions.Timeout as exc:
+    print(f"twine: no answer within {timeout:g} s: {exc}", file=sys.stderr)
+    sys.exit(75)
+"""
+
+
+def timeout() -> float:
+    """Seconds any one network wait of publish may take (VLLM_OVERLAY_PUBLISH_TIMEOUT)."""
+    value = os.environ.get(TIMEOUT_ENV, "")
+    try:
+        seconds = float(value) if value else DEFAULT_TIMEOUT
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise OverlayError(f"{TIMEOUT_ENV}={value!r}: not a number of seconds > 0")
+    return seconds
+
+
+def _why(exc: BaseException, url: str) -> str:
+    """A failed request in a few words: a timeout names the host and the limit."""
+    reason = getattr(exc, "reason", exc)  # URLError wraps the socket's error
+    if isinstance(reason, (TimeoutError, socket.timeout)):
+        return f"no answer within {timeout():g} s from {urllib.parse.urlsplit(url).netloc}"
+    return str(exc)
 
 
 def simple_url_for(index_url: str) -> str:
@@ -73,7 +133,7 @@ class _CredentialsStayHome(urllib.request.HTTPRedirectHandler):
 
 
 def _open(url: str, index_url: str, headers: dict[str, str] | None = None,
-          data: bytes | None = None, timeout: int = 60):
+          data: bytes | None = None):
     """urlopen with the credentials sent to INDEX_URL's host only (never redirected)."""
     home, auth = _host(index_url), _auth_header()
     request = urllib.request.Request(url, data=data, headers=headers or {})
@@ -81,14 +141,17 @@ def _open(url: str, index_url: str, headers: dict[str, str] | None = None,
         for key, value in auth.items():
             request.add_unredirected_header(key, value)  # urllib copies other headers
     return urllib.request.build_opener(_CredentialsStayHome(home, auth)).open(request,
-                                                                              timeout=timeout)
+                                                                              timeout=timeout())
 
 
 def _sha256_of_url(url: str, index_url: str) -> str:
     digest = hashlib.sha256()
-    with _open(url, index_url, timeout=120) as resp:
-        while chunk := resp.read(1 << 20):
-            digest.update(chunk)
+    try:
+        with _open(url, index_url) as resp:
+            while chunk := resp.read(1 << 20):
+                digest.update(chunk)
+    except (OSError, ValueError) as exc:  # HTTPError is an OSError
+        raise OverlayError(f"{url}: cannot read it to hash it: {_why(exc, url)}") from exc
     return digest.hexdigest()
 
 
@@ -103,10 +166,12 @@ def check_simple_root(simple_url: str, index_url: str) -> None:
                            f"(HTTP {exc.code} {exc.reason}); nothing uploaded (is INDEX_URL / "
                            f"SIMPLE_URL right?)") from exc
     except (OSError, ValueError) as exc:
-        raise OverlayError(f"SIMPLE_URL {simple_url} does not answer ({exc}); nothing uploaded "
+        raise OverlayError(f"SIMPLE_URL {simple_url} does not answer ({_why(exc, simple_url)}); "
+                           f"nothing uploaded "
                            f"(is INDEX_URL / SIMPLE_URL right?)") from exc
     if _host(final) != _host(simple_url):
-        raise OverlayError(f"SIMPLE_URL {simple_url} redirects to another host ({final}); "
+        raise OverlayError(f"SIMPLE_URL {simple_url} redirects to another host "
+                           f"({redact(final)}); "
                            f"nothing uploaded: give the index's own simple URL")
 
 
@@ -126,8 +191,9 @@ def check_credentials(index_url: str) -> None:
                 f"{index_url} refuses the credentials of TWINE_USERNAME="
                 f"{os.environ.get('TWINE_USERNAME')!r} (HTTP {exc.code} {exc.reason}); "
                 f"nothing uploaded") from exc
-    except (OSError, ValueError):
-        pass  # unreachable now: twine reports it with its own words
+    except (OSError, ValueError) as exc:  # twine would wait on it as long (or forever)
+        raise OverlayError(f"INDEX_URL {index_url} does not answer an empty POST "
+                           f"({_why(exc, index_url)}); nothing uploaded") from exc
 
 
 def remote_files(simple_url: str, project: str, index_url: str) -> dict[str, str]:
@@ -145,7 +211,7 @@ def remote_files(simple_url: str, project: str, index_url: str) -> dict[str, str
         hint = " (set TWINE_USERNAME / TWINE_PASSWORD)" if exc.code in (401, 403) else ""
         raise OverlayError(f"index page {page}: HTTP {exc.code} {exc.reason}{hint}") from exc
     except (OSError, ValueError) as exc:
-        raise OverlayError(f"index page {page}: cannot read it: {exc} "
+        raise OverlayError(f"index page {page}: cannot read it: {_why(exc, page)} "
                            f"(is INDEX_URL / SIMPLE_URL right?)") from exc
     found = {}
     for name, url in page_links(body, page).items():
@@ -173,19 +239,36 @@ def local_wheels(wheelhouse: Path) -> dict[Path, str]:
     return wheels
 
 
-def twine(*args: str) -> None:
+def twine(*args: str, url: str | None = None) -> None:
+    """twine with every request bounded (TWINE_MAIN); `url`: the index it talks to."""
+    seconds = timeout()
     venv = venvs.ensure_venv("publish", TWINE_REQUIREMENTS)
-    command = [str(venv / "bin" / "twine"), *args]
-    if subprocess.run(command).returncode:
-        files = ", ".join(Path(a).name for a in args if a.endswith(".whl"))
-        raise OverlayError(f"`twine {args[0]}` failed for {files} (see twine's output above)")
+    command = [str(venvs.python_of(venv)), "-c", TWINE_MAIN, f"{seconds:g}", *args]
+    code = subprocess.run(command).returncode
+    if not code:
+        return
+    files = ", ".join(Path(a).name for a in args if a.endswith(".whl"))
+    host = urllib.parse.urlsplit(url).netloc if url else "the index"
+    if code == TWINE_TIMED_OUT:
+        raise OverlayError(f"twine {args[0]} to {host}: no answer within {seconds:g} s "
+                           f"({TIMEOUT_ENV}) for {files}; what the index kept of it is unknown")
+    if code == TWINE_NO_CONNECTION:
+        raise OverlayError(f"twine {args[0]} to {host}: no connection for {files} "
+                           f"(see twine's line above)")
+    raise OverlayError(f"`twine {args[0]}` failed for {files} (see twine's output above)")
 
 
 def publish(index_url: str, wheelhouse: Path, simple_url: str | None = None) -> dict[str, str]:
     """Upload what the index lacks; returns filename -> 'uploaded' / 'already there'."""
+    for name, url in (("INDEX_URL", index_url), ("SIMPLE_URL", simple_url)):
+        if url and redact(url) != url:  # a user:password@ would show in every message
+            raise OverlayError(f"{name} {redact(url)}: no credentials in the URL (they would "
+                               f"be shown in logs); set TWINE_USERNAME / TWINE_PASSWORD")
     if not urllib.parse.urlparse(index_url).scheme.startswith("http"):
         raise OverlayError(f"INDEX_URL={index_url!r} is not an http(s) upload URL")
     simple_url = simple_url or simple_url_for(index_url)
+    _log.info(f"to {index_url} (simple index {simple_url}) from {wheelhouse}")
+    timeout()  # a bad VLLM_OVERLAY_PUBLISH_TIMEOUT is refused before anything runs
     wheels = local_wheels(wheelhouse)
     twine("check", "--strict", *map(str, wheels))
     project = next(iter(wheels)).name.split("-")[0]
@@ -208,8 +291,13 @@ def publish(index_url: str, wheelhouse: Path, simple_url: str | None = None) -> 
         args = ["upload", "--repository-url", index_url, "--disable-progress-bar"]
         if not sys.stdin.isatty():
             args.append("--non-interactive")  # never hang on a password prompt in CI
-        twine(*args, *map(str, upload))
-        remote = remote_files(simple_url, project, index_url)
+        twine(*args, *map(str, upload), url=index_url)
+        try:
+            remote = remote_files(simple_url, project, index_url)
+        except OverlayError as exc:
+            raise OverlayError(f"{', '.join(p.name for p in upload)}: uploaded (the index "
+                               f"answered the upload), but reading it back failed: {exc}") \
+                from exc
         for path in upload:
             if remote.get(path.name) != wheels[path]:
                 raise OverlayError(f"{path.name}: uploaded, but {simple_url} serves "

@@ -79,6 +79,14 @@ def list_sdists(project: str, indexes: list[str] | None = None) -> dict[str, str
     return found
 
 
+def listed(spec: str) -> list[str]:
+    """The names of an 'A,B,C' list; refused when it names none (RELEASES=,)."""
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    if not names:
+        raise OverlayError(f"RELEASES={spec!r} names no release: give 'A,B,C' or 'A..B'")
+    return names
+
+
 def select(available, pin_version: str, spec: str | None, pre: bool = False) -> list[str]:
     """The releases to look at, in order.
 
@@ -96,7 +104,7 @@ def select(available, pin_version: str, spec: str | None, pre: bool = False) -> 
         return newest if name == "latest" else name
 
     if spec and ".." not in spec:
-        names = [resolve(n, "") for n in spec.split(",") if n.strip()]
+        names = [resolve(n, "") for n in listed(spec)]
         missing = [n for n in names if n not in available]
         if missing:
             raise OverlayError(f"release(s) {', '.join(missing)} not on the index "

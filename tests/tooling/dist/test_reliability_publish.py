@@ -2,11 +2,18 @@
 real pypiservers on loopback, as in test_publish.py."""
 
 import http.server
+import os
+import signal
+import socket
+import subprocess
 import threading
+import time
 
 import pytest
 
+from tests.tooling.dist.deploy_helpers import clean_env, package_files
 from tests.tooling.dist.test_publish import PASSWORD, Server, make_publish, wheelhouse_with
+from vllm_overlay.common.paths import REPO
 
 
 class Logger(http.server.BaseHTTPRequestHandler):
@@ -80,3 +87,189 @@ def test_a_wrong_password_is_refused_before_twine_sends_the_wheel(server_with_fa
     assert "Uploading" not in proc.stdout + proc.stderr  # twine never started the upload
     assert not (server_with_fallback.packages / wheel.name).exists()
 
+
+
+# --- issue 27, case 8: a password inside INDEX_URL / SIMPLE_URL ------------------------------
+SECRET = "pw-never-in-logs"
+
+
+@pytest.mark.parametrize(("variable", "url"), [
+    ("INDEX_URL", f"http://uploader:{SECRET}@127.0.0.1:9/"),
+    ("INDEX_URL", f"ftp://uploader:{SECRET}@127.0.0.1:9/"),
+    ("SIMPLE_URL", f"http://uploader:{SECRET}@127.0.0.1:9/simple/"),
+], ids=["index", "index-not-http", "simple"])
+def test_a_password_inside_the_url_is_never_echoed(tmp_path, variable, url):
+    house, wheel = wheelhouse_with(tmp_path, "0.19.1+secret.1")
+    variables = {"INDEX_URL": "http://127.0.0.1:9/", "WHEELHOUSE": str(house), variable: url}
+    proc = subprocess.run(["make", "-C", str(REPO), "publish",
+                           *(f"{k}={v}" for k, v in variables.items())],
+                          capture_output=True, text=True, env=clean_env(),
+                          stdin=subprocess.DEVNULL, timeout=300)
+    assert proc.returncode != 0
+    assert SECRET not in proc.stdout + proc.stderr  # not in make's echo, not in the error
+    [line] = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert f"{variable} " in line and "***@127.0.0.1:9" in line, line
+
+
+# --- issue 27, case 3: every network wait of publish is bounded, and names the host ----------
+# A scripted index on 127.0.0.1 (pypiserver cannot be told to hang): its simple pages answer,
+# an empty POST (the credentials check) gets pypiserver's 400, and the upload POST hangs,
+# fails with HTTP 500, or succeeds while the page read back afterwards fails.
+WAIT = "3"  # VLLM_OVERLAY_PUBLISH_TIMEOUT for these tests: seconds without an answer
+
+
+class Scripted(http.server.BaseHTTPRequestHandler):
+    upload = "hang"  # or "500", or "ok-then-500" (the upload works, the re-read fails)
+    uploads = 0
+    release = threading.Event()  # ends the hanging handlers at teardown
+
+    def do_GET(self):
+        if self.path == "/simple/":
+            self._answer(200, b"<html><body></body></html>")
+        elif self.path == "/simple/vllm/" and Scripted.uploads and Scripted.upload != "hang":
+            self._answer(500, b"broken")
+        else:
+            self._answer(404, b"not found")
+
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        if not length:
+            self._answer(400, b"Missing ':action' field!")  # as pypiserver answers
+            return
+        Scripted.uploads += 1
+        if Scripted.upload == "hang":
+            Scripted.release.wait(120)  # takes the connection, reads nothing, never answers
+            return
+        self.rfile.read(length)
+        self._answer(500 if Scripted.upload == "500" else 200, b"")
+
+    def _answer(self, code, body):
+        self.send_response(code)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def scripted():
+    Scripted.uploads = 0
+    Scripted.release.clear()
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Scripted)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    Scripted.release.set()
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def silent():
+    """Accepts every connection and never sends a byte."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    held = []
+    stop = threading.Event()
+
+    def accept():
+        sock.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(sock.accept()[0])
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    sock.close()
+
+
+def bounded_publish(index: str, house, limit: float = 90) -> tuple[subprocess.CompletedProcess,
+                                                                     float]:
+    """`make publish` with a short network timeout; the whole process group is killed (and
+    the test fails) if it runs past `limit` seconds."""
+    env = clean_env(TWINE_USERNAME="uploader", TWINE_PASSWORD="pw",
+                    VLLM_OVERLAY_PUBLISH_TIMEOUT=WAIT)
+    started = time.monotonic()
+    proc = subprocess.Popen(["make", "-C", str(REPO), "publish", f"INDEX_URL={index}/",
+                             f"WHEELHOUSE={house}"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"make publish still waited after {limit} s:\n{out}{err}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), \
+        time.monotonic() - started
+
+
+def error_line(proc) -> str:
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1, proc.stdout + proc.stderr
+    return errors[0]
+
+
+def test_an_index_that_never_answers_is_one_error_naming_the_host(silent, tmp_path):
+    house, _ = wheelhouse_with(tmp_path, "0.19.1+silent.1")
+    proc, took = bounded_publish(silent, house)
+    line = error_line(proc)
+    assert silent.removeprefix("http://") in line and f"no answer within {WAIT} s" in line, line
+    assert took < 45, took  # one bounded wait, not 60 s per call
+
+
+@pytest.mark.parametrize("big", [False, True], ids=["sent-then-silence", "never-read"])
+def test_an_upload_that_is_never_answered_is_one_error_naming_the_host(scripted, tmp_path, big):
+    """Small: the wheel fits the socket buffers, twine then waits for the answer. Big (32 MB
+    of random bytes): the index reads none of it, twine's send blocks."""
+    Scripted.upload = "hang"
+    version = "0.19.1+hang.1"
+    files = {**package_files(version, True), "vllm/big.bin": os.urandom(32 << 20)} if big \
+        else None
+    house, wheel = wheelhouse_with(tmp_path, version, files=files)
+    proc, took = bounded_publish(scripted, house)
+    line = error_line(proc)
+    host = scripted.removeprefix("http://")
+    assert f"twine upload to {host}: no answer within {WAIT} s" in line, line
+    assert wheel.name in line and "Traceback" not in proc.stderr, proc.stderr
+    assert Scripted.uploads == 1
+
+
+def test_an_upload_answered_500_is_sent_once(scripted, tmp_path):
+    Scripted.upload = "500"
+    house, wheel = wheelhouse_with(tmp_path, "0.19.1+err.1")
+    proc, _ = bounded_publish(scripted, house)
+    assert "500" in error_line(proc) or "500" in proc.stdout + proc.stderr
+    assert Scripted.uploads == 1  # twine would send the whole wheel five times
+
+
+def test_a_failed_read_back_says_the_upload_went_through(scripted, tmp_path):
+    Scripted.upload = "ok-then-500"
+    house, wheel = wheelhouse_with(tmp_path, "0.19.1+reread.1")
+    proc, _ = bounded_publish(scripted, house)
+    line = error_line(proc)
+    assert f"{wheel.name}: uploaded (the index answered the upload)" in line, line
+    assert "HTTP 500" in line
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-1", "inf"])
+def test_a_bad_timeout_setting_is_named(monkeypatch, value):
+    from vllm_overlay.common.errors import OverlayError
+    from vllm_overlay.dist import publish
+
+    monkeypatch.setenv("VLLM_OVERLAY_PUBLISH_TIMEOUT", value)
+    with pytest.raises(OverlayError, match=f"VLLM_OVERLAY_PUBLISH_TIMEOUT='{value}': not a"):
+        publish.timeout()
