@@ -2,10 +2,14 @@
 encoder-graph lifecycle on the CPU, with the real tiny Qwen3-VL under the CUDA-graph
 emulation (cuda_graph_emulation.py, qwen3_vl_cpu.py)::
 
-    runner = cpu_runner(vllm_config, model, monkeypatch, emu)   # stubs installed
-    start_up(runner, fitted_max_model_len=None)   # profile -> (auto-fit) -> capture
-    got = encode(runner, [("image", [[1, 8, 8]]), ("video", [[2, 8, 8]])])
-    # got: what _execute_mm_encoder returned, one tensor per item, in order
+    emu = install_device_stubs(monkeypatch)        # the emulation + the stubs below
+    config = runner_config(model_dir, max_model_len=-1, compilation={...})
+    model = build_qwen3_vl(config)                 # from the runner's own config
+    runner = cpu_runner(config, model, monkeypatch, "FULL_AND_PIECEWISE")
+    with capture_safe_vit(model, emu):             # the ViT as on a GPU with flash-attn
+        start_up(runner, fitted_max_model_len=128) # profile -> auto-fit -> capture
+        got, items = encode(runner, [("image", [[1, 8, 8]]), ("video", [[2, 8, 8]])])
+    assert_items_match(got, eager_embeddings(model, items), tol)
 
 What is real: ``CPUModelRunner.__init__`` and ``load_model``, and the GPUModelRunner
 methods ``profile_cudagraph_memory``, ``update_max_model_len`` (through the GPU worker's
@@ -32,9 +36,9 @@ not under test), by ``install_device_stubs``:
 ``requires_sequential_video_encoding`` (``GPUModelRunner.load_model`` does, after the
 weights): ``cpu_runner`` computes them the way GPUModelRunner.load_model does.
 
-``enforce_eager`` and the CPU platform force ``cudagraph_mode`` to NONE while the config
-is built; ``runner_config`` sets the mode under test afterwards, as a GPU platform
-would leave it.
+``enforce_eager`` and the CPU platform force ``cudagraph_mode`` to NONE while a config
+is built; ``cpu_runner`` sets the mode under test once the runner is built (see
+``set_cudagraph_mode``), as a GPU platform would leave it.
 """
 
 from __future__ import annotations
@@ -44,7 +48,6 @@ from typing import Any
 
 import torch
 
-# The engine's encoder inputs: random pixels per item (qwen3_vl_cpu.encoder_inputs).
 from qwen3_vl_cpu import encoder_inputs, fa_attention
 
 FREE_MEMORY = 64 << 30
@@ -107,8 +110,8 @@ def install_device_stubs(monkeypatch):
 
 def cpu_runner(vllm_config, model, monkeypatch, cudagraph_mode: str):
     """vLLM's CPUModelRunner for ``vllm_config`` with ``model`` (built from the same
-    config) loaded; the decoder's ``cudagraph_mode`` set first. Stubs of the module
-    docstring: ``install_device_stubs`` first."""
+    config) loaded, then the decoder's ``cudagraph_mode`` set. Call
+    ``install_device_stubs`` first; the per-runner stubs are installed here."""
     import vllm.v1.worker.cpu_model_runner as cmr
     from vllm.config import set_current_vllm_config
     from vllm.model_executor.models.interfaces import supports_multimodal_pruning

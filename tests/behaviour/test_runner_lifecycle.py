@@ -130,7 +130,7 @@ _request = st.one_of(
 )
 
 
-@settings(max_examples=6, deadline=None, derandomize=True,
+@settings(max_examples=6, deadline=None, derandomize=True, database=None,
           phases=[Phase.explicit, Phase.generate],  # no shrinking: bounded run time
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(requests=st.lists(_request, min_size=1, max_size=3))
