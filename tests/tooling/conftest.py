@@ -182,3 +182,57 @@ def synth(tmp_path, monkeypatch, supply_venv) -> Synth:
     (repo / "locks").mkdir()
     (repo / "locks" / "runtime-x86_64.txt").write_text(SYNTH_LOCK)
     return Synth(tmp_path, repo, dist, cache)
+
+
+# --- once per inputs: the minutes-long real checks ---------------------------------------
+# A test marked `once_per_inputs` runs when what it checks changed since it last passed on
+# this machine, and is skipped (with the reason in the report) otherwise. Its inputs: the
+# pipeline's code, the series, the pin, the locks and the test's own module and conftests.
+# VLLM_OVERLAY_RERUN=1 runs them all anyway.
+INPUT_PATHS = ("vllm_overlay", "patches", "locks", "VERSION", "upstream.lock.json")
+
+
+def inputs_key(test_file: Path) -> str:
+    repo = Path(__file__).resolve().parents[2]
+    files = []
+    for name in INPUT_PATHS:
+        path = repo / name
+        files += [path] if path.is_file() else sorted(
+            p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    files += [test_file, *(folder / "conftest.py" for folder in test_file.parents
+                           if repo in folder.parents and (folder / "conftest.py").is_file())]
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(os.path.relpath(file, repo).encode() + b"\0" + file.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _passed_marker(item) -> Path:
+    from vllm_overlay.common.paths import cache_dir
+
+    key = inputs_key(Path(str(item.fspath)))
+    name = hashlib.sha256(f"{item.nodeid}\n{key}".encode()).hexdigest()[:24]
+    return cache_dir() / "passed-checks" / f"{name}.json"
+
+
+@pytest.hookimpl(tryfirst=True)  # before the fixtures (a real wheel build) are set up
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("once_per_inputs") and not os.environ.get("VLLM_OVERLAY_RERUN"):
+        marker = _passed_marker(item)
+        if marker.is_file():
+            when = json.loads(marker.read_text())["passed"]
+            pytest.skip(f"passed {when} for the same inputs (pipeline code, series, pin, "
+                        f"locks, test module): not rerun; VLLM_OVERLAY_RERUN=1 reruns it")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if (report.when == "call" and report.passed and item.get_closest_marker("once_per_inputs")):
+        import datetime
+
+        marker = _passed_marker(item)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"test": item.nodeid, "passed": datetime.datetime.now(
+            datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}) + "\n")

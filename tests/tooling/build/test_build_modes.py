@@ -237,6 +237,7 @@ EXPECTED_DIFFERENCES = {
 @pytest.mark.slow
 @pytest.mark.network
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="precompiled builds for the host")
+@pytest.mark.once_per_inputs
 def test_cross_check_overlay_vs_precompiled_installed_trees(tmp_path):
     house = tmp_path / "wheelhouse"  # never the real one: `make publish` uploads what is there
     overlay = overlay_mode.build_overlay_wheel("x86_64", house)

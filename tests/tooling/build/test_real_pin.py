@@ -18,6 +18,7 @@ pytestmark = pytest.mark.network
 TARGET = "vllm/v1/worker/encoder_cudagraph.py"
 
 
+@pytest.mark.once_per_inputs
 def test_real_overlay_build_with_a_trivial_patch(tmp_path):
     repo = tmp_path / "repo"
     (repo / "patches").mkdir(parents=True)

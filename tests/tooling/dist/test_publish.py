@@ -106,6 +106,7 @@ def wheelhouse_with(tmp_path: Path, version: str, **kwargs) -> tuple[Path, Path]
     return house, wheel
 
 
+@pytest.mark.once_per_inputs
 def test_publish_then_pip_install_from_the_index(server, tmp_path):
     house, wheel = wheelhouse_with(tmp_path, "0.19.1+test.1")
     proc = make_publish(server, house)

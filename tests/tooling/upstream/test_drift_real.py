@@ -19,6 +19,7 @@ QWEN = "vllm/model_executor/models/qwen3_vl.py"
 CONFIG = "Qwen3VLForConditionalGeneration.get_encoder_cudagraph_config"
 
 
+@pytest.mark.once_per_inputs
 def test_drift_of_the_series_0_19_1_to_0_22_0(tmp_path):
     out = tmp_path / "reports"
     proc = subprocess.run(["make", "--no-print-directory", "status", "RELEASES=0.19.1..0.22.0",

@@ -51,6 +51,7 @@ def continue_am(tree: Path, files: list[str]) -> None:
     git(tree, "am", "--continue")
 
 
+@pytest.mark.once_per_inputs
 def test_make_rebase_to_0_20_0(tmp_path):
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
