@@ -42,18 +42,21 @@ def python_of(venv: Path) -> Path:
     return venv / "bin" / "python"
 
 
-def ensure_locked_venv(name: str, locks: list[Path]) -> Path:
+def ensure_locked_venv(name: str, locks: list[Path], log: Path | None = None) -> Path:
     """A venv holding exactly the packages of `locks` (hash-locked, complete): installed
     with --no-deps --require-hashes, then `pip check`; keyed by the locks' text."""
     texts = [path.read_text() for path in locks]
     args = ("--no-deps", "--require-hashes", *(a for path in locks for a in ("-r", str(path))))
-    return ensure_venv(name, [], extra_key="\n".join(texts), install_args=args, check=True)
+    return ensure_venv(name, [], extra_key="\n".join(texts), install_args=args, check=True,
+                       log=log)
 
 
 def ensure_venv(name: str, requirements: list[str], extra_key: str = "",
-                install_args: tuple[str, ...] = (), check: bool = False) -> Path:
-    """Path of a ready venv with `requirements` installed (pip output shown as progress);
-    `check`: run `pip check` after the install (a lock that is not closed fails it)."""
+                install_args: tuple[str, ...] = (), check: bool = False,
+                log: Path | None = None) -> Path:
+    """Path of a ready venv with `requirements` installed (pip output shown as progress, or
+    written to `log` when the venv is made beside other work); `check`: run `pip check`
+    after the install (a lock that is not closed fails it)."""
     venv = cache_dir() / "venvs" / f"{name}-{venv_key(requirements, extra_key)}"
     if (venv / ".complete").exists():
         return venv
@@ -61,27 +64,33 @@ def ensure_venv(name: str, requirements: list[str], extra_key: str = "",
         with file_lock(venv.parent / f".{venv.name}.lock", _log):  # one creator, others wait
             if (venv / ".complete").exists():
                 return venv
-            return _create(venv, name, requirements, install_args, check)
+            return _create(venv, name, requirements, install_args, check, log)
     except OSError as exc:  # a read-only or full cache
         raise OverlayError(f"venv {name}: cannot create {venv}: {exc}") from exc
 
 
 def _create(venv: Path, name: str, requirements: list[str], install_args: tuple[str, ...],
-            check: bool) -> Path:
+            check: bool, log: Path | None) -> Path:
     shutil.rmtree(venv, ignore_errors=True)
     _log.info(f"creating {name} environment in {venv} ({len(requirements)} requirement(s), "
-              f"{installer()})")
+              f"{installer()}{', output in ' + str(log) if log else ''})")
     started = time.monotonic()
+    out = open(log, "w") if log else None
     try:
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        run = {"check": True, "stdout": out, "stderr": out and subprocess.STDOUT}
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], **run)
         if requirements or install_args:
             subprocess.run([str(python_of(venv)), "-m", "pip", "install",
-                            "--progress-bar", "off", *install_args, *requirements], check=True)
+                            "--progress-bar", "off", *install_args, *requirements], **run)
         if check:
-            subprocess.run([str(python_of(venv)), "-m", "pip", "check"], check=True)
+            subprocess.run([str(python_of(venv)), "-m", "pip", "check"], **run)
     except subprocess.CalledProcessError as exc:
         raise OverlayError(f"venv {name}: `{' '.join(map(str, exc.cmd[:4]))} ...` failed "
-                           f"(exit {exc.returncode}); see pip's output above") from exc
+                           f"(exit {exc.returncode}); see pip's output "
+                           f"{'in ' + str(log) if log else 'above'}") from exc
+    finally:
+        if out:
+            out.close()
     (venv / ".complete").write_text(f"{time.monotonic() - started:.0f} s\n")
     _log.info(f"{name} ready in {time.monotonic() - started:.0f} s")
     return venv

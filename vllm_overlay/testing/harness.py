@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 import time
 from pathlib import Path
 
@@ -173,6 +174,11 @@ def main(argv: list[str] | None = None) -> int:
                 problems.append(f"{what}: {r.test_id} {r.outcome}: {r.message}")
         return c
 
+    # The runtime venv (11 GB from the locks, minutes on a fresh machine: mostly download)
+    # is made beside the tooling tests (mostly CPU); the environment stage waits for it.
+    runtime = ThreadPoolExecutor(1, thread_name_prefix="runtime-venv")
+    base_future = runtime.submit(testenv.ensure_base, args.arch, REPO, REPORTS / "runtime-venv.log")
+    runtime.shutdown(wait=False)
     try:
         # 1. tooling tests, in the tools venv
         def tooling():
@@ -195,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # 2. the environment: base venv + one thin venv per vLLM wheel
         def environment():
-            base = testenv.ensure_base(args.arch)
+            base = base_future.result()
             report["lock_metadata_checked"] = testenv.check_metadata(base, args.arch)
             overlay_env = testenv.ensure_vllm_env(base, wheel)
             art = the_pin.wheel(args.arch)

@@ -60,7 +60,7 @@ def test_requirements(path: Path = TEST_REQUIREMENTS) -> list[str]:
     return requirement_lines(path.read_text())
 
 
-def ensure_base(arch: str = "x86_64", repo: Path = REPO) -> Path:
+def ensure_base(arch: str = "x86_64", repo: Path = REPO, log: Path | None = None) -> Path:
     """The cached base venv, no vLLM: the hash-locked runtime of the pin (locks/runtime-<arch>.txt,
     which make wheel publishes as constraints-<arch>.txt) and the locked test packages, installed
     exactly as locked (--no-deps --require-hashes, then pip check): a missing or wrong hash, or a
@@ -68,7 +68,7 @@ def ensure_base(arch: str = "x86_64", repo: Path = REPO) -> Path:
     files = [constraints.runtime_lock(arch, repo), constraints.test_lock(arch, repo)]
     for path in files:
         constraints.read_lock(path)  # a missing or unpinned lock: the error names `make lock`
-    return venvs.ensure_locked_venv("runtime", files)
+    return venvs.ensure_locked_venv("runtime", files, log)
 
 
 _INSTALLED = ("import importlib.metadata as m, json; print(json.dumps({d.metadata['Name']: "
