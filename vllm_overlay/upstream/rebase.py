@@ -13,9 +13,14 @@
      anything else                              -> conflict: stop, the merge stays in the tree
 3. A stop leaves patches/, the lock and VERSION untouched. After the human's
    `git am --continue` (or `git am --skip`, which drops the patch), `--continue` goes on.
-4. When every patch is placed: the tree's commits are exported to patches/ (the messages,
-   trailers included, are the patches' own), the lock and VERSION written, the log
-   reports/rebase-<from>-<to>.{md,json} written, and the wheel built.
+4. When every patch is placed: patches/, locks/, the lock and VERSION are copied to
+   work/rebase/before/ (ABORT=1 restores them from there), the tree's commits are exported
+   to patches/ (the messages, trailers included, are the patches' own), the lock and
+   VERSION written; then the runtime locks are made for the new pin as `make lock` makes
+   them (network). If that fails, it stops and prints the `make lock ARCH=..` to run before
+   CONTINUE=1. Then the log reports/rebase-<from>-<to>.{md,json}, and the wheel.
+A kill at any point leaves state.json saying where it was: CONTINUE=1 goes on from there
+(a patch being placed is placed again), ABORT=1 puts the repository back as it was.
 """
 
 import datetime
@@ -26,7 +31,7 @@ import tarfile
 import urllib.request
 from pathlib import Path
 
-from vllm_overlay.build import apply, export, fetch, setup_py
+from vllm_overlay.build import apply, export, fetch, lockmeta, setup_py
 from vllm_overlay.build.overlay_mode import build_overlay_wheel
 from vllm_overlay.common import log, pin, series
 from vllm_overlay.common.errors import OverlayError
@@ -39,6 +44,7 @@ from vllm_overlay.upstream import releases, status
 WORK = Path("work") / "rebase"  # relative to the repository
 STATE = "state.json"
 PINNED_FILES = ("patches", "VERSION", "upstream.lock.json")
+LOCKS = "locks"  # re-locked for the new pin at the end
 _log = log.stage("rebase")
 
 
@@ -286,20 +292,40 @@ def start(repo: Path, to: str) -> dict | None:
     return state
 
 
+def _save(work: Path, state: dict) -> None:
+    atomic_write(work / STATE, json.dumps(state, indent=1))
+
+
+def _roll_back_placement(tree: Path, current: dict) -> None:
+    """A kill while a patch was being placed: the tree back to before that patch (the
+    patch is still first in "todo" and is placed again)."""
+    if (tree / ".git" / "rebase-apply").exists():
+        git(tree, "am", "--abort", check=False)
+    git(tree, "reset", "-q", "--hard", current["head"])
+    _log.info(f"{current['patch']}: was being placed when the last run ended; placed again")
+
+
 def resume(repo: Path) -> dict:
-    """The state of a stopped rebase, with the human's resolution of the stopped patch."""
+    """The state of a stopped (or killed) rebase, with the human's resolution of the stopped
+    patch."""
     work = repo / WORK
     if not (work / STATE).exists():
         raise OverlayError(f"no rebase in progress ({work / STATE} does not exist): start one "
                            f"with `make rebase TO=<release>`")
     state = json.loads((work / STATE).read_text())
+    if state.get("phase"):  # patches/, the lock and VERSION are being (or were) written
+        return state
     tree = work / f"vllm-{state['to']}"
-    stopped = state["stopped"]
+    stopped = state.get("stopped")
+    if stopped is None and state.get("current"):
+        _roll_back_placement(tree, state["current"])
+        state["current"] = None
+        _save(work, state)
     if (tree / ".git" / "rebase-apply").exists():
+        which = f"to drop {stopped['patch']}" if stopped else "to drop the patch"
         raise OverlayError(f"`git am` is still in progress in {tree}: resolve the conflicts, "
                            f"`git add` the files and run `git am --continue` there (or "
-                           f"`git am --skip` to drop {stopped['patch']}), then `make rebase "
-                           f"CONTINUE=1`")
+                           f"`git am --skip` {which}), then `make rebase CONTINUE=1`")
     dirty = git(tree, "status", "--porcelain", "--untracked-files=no").stdout.strip()
     if dirty:
         raise OverlayError(f"{tree} has uncommitted changes: commit them (`git am --continue`"
@@ -308,6 +334,8 @@ def resume(repo: Path) -> dict:
     if series.series_digest(patches, repo / "patches") != state["series_sha256"]:
         raise OverlayError("patches/ changed since the rebase started; restore it "
                            "(`git checkout -- patches`) or start over (`make rebase ABORT=1`)")
+    if stopped is None:  # killed between two patches: nothing to record
+        return state
     count = int(git(tree, "rev-list", "--count", f"{stopped['head']}..HEAD").stdout)
     outcome = state["done"][-1]
     outcome["resolution"] = ("dropped by hand (nothing committed for it)" if count == 0 else
@@ -319,43 +347,118 @@ def resume(repo: Path) -> dict:
 
 def run(repo: Path, state: dict, build_wheel: bool = True, arch: str = "x86_64") -> dict:
     """Place the remaining patches; stop at a conflict, else finish. Returns the state."""
-    work, the_pin = repo / WORK, pin.load(repo)
+    work = repo / WORK
     tree = work / f"vllm-{state['to']}"
-    patches = {p.name: p for p in series.read_series(repo / "patches")}
-    objects = _pin_objects(the_pin, list(patches.values()))
-    (tree / ".git" / "objects" / "info" / "alternates").write_text(f"{objects}\n")
-    total = len(patches)
+    if state["todo"]:
+        patches = {p.name: p for p in series.read_series(repo / "patches")}
+        objects = _pin_objects(pin.load(repo), list(patches.values()))
+        (tree / ".git" / "objects" / "info" / "alternates").write_text(f"{objects}\n")
+        total = len(state["done"]) + len(state["todo"])
     while state["todo"]:
-        name = state["todo"].pop(0)
-        head = _head(tree)
+        name = state["todo"][0]
+        state["current"] = {"patch": name, "head": _head(tree)}
+        _save(work, state)  # a kill from here on: resume rolls the tree back to "head"
         outcome = place(tree, patches[name], state["probes"][name])
         if outcome["result"] in ("dropped-upstream", "flagged"):
             outcome["release"] = state["first_release"][name]
+        state["todo"].pop(0)
         state["done"].append(outcome)
         _log.info(f"[{len(state['done'])}/{total}] {name[:4]} {outcome['result']}: "
                   f"{outcome['detail']}")
         if outcome["result"] == "conflict":
-            state["stopped"] = {"patch": name, "head": head}
-            atomic_write(work / STATE, json.dumps(state, indent=1))
+            state["stopped"], state["current"] = state["current"], None
+            _save(work, state)
             write_log(repo, state)
             print(stop_message(repo, state, tree))
             return state
-        atomic_write(work / STATE, json.dumps(state, indent=1))
-    finish(repo, state, tree, the_pin, build_wheel, arch)
+        state["current"] = None
+        _save(work, state)
+    finish(repo, state, tree, build_wheel, arch)
     return state
 
 
-def finish(repo: Path, state: dict, tree: Path, the_pin: pin.Pin, build_wheel: bool,
-           arch: str) -> None:
-    export.export(tree, repo / "patches")
-    atomic_write(repo / "upstream.lock.json", json.dumps(state["lock"], indent=2) + "\n")
-    atomic_write(repo / "VERSION", state["version"] + "\n")
-    pin.load(repo)  # the new pin reads back
+BEFORE = "before"  # work/rebase/before/: the repository's pinned files as they were
+
+
+def _backup(repo: Path, work: Path) -> None:
+    """Copy patches/, VERSION, upstream.lock.json and locks/ to work/rebase/before/ (whole,
+    or not at all), so that ABORT=1 can put them back."""
+    tmp = work / (BEFORE + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for name in (*PINNED_FILES, LOCKS):
+        src = repo / name
+        if src.is_dir():
+            shutil.copytree(src, tmp / name, symlinks=True)
+        elif src.exists():
+            shutil.copy2(src, tmp / name)
+    tmp.rename(work / BEFORE)
+
+
+def _restore(repo: Path, work: Path) -> None:
+    before = work / BEFORE
+    for name in (*PINNED_FILES, LOCKS):
+        dest, src = repo / name, before / name
+        if dest.is_dir():
+            shutil.rmtree(dest)
+        elif dest.exists():
+            dest.unlink()
+        if src.is_dir():
+            shutil.copytree(src, dest, symlinks=True)
+        elif src.exists():
+            shutil.copy2(src, dest)
+
+
+def lock_arches(state: dict) -> list[str]:
+    """The arches whose runtime lock must follow the new pin: those it pins a wheel for."""
+    return [key[6:] for key in state["lock"]["artifacts"] if key.startswith("wheel-")]
+
+
+def relock(repo: Path, arches: list[str]) -> dict[str, str]:
+    """`make lock ARCH=<arch>` for each arch whose lock does not follow the pin yet;
+    arch -> why it failed (network, resolution), for those that could not be locked."""
+    failed = {}
+    for arch in arches:
+        if lockmeta.lock_follows(arch, repo):
+            continue
+        _log.info(f"re-locking the runtime for {arch} (= make lock ARCH={arch}; network)")
+        try:
+            lockmeta.lock_pin(arch, repo)  # = make lock ARCH=<arch>
+        except (OverlayError, OSError) as exc:
+            failed[arch] = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        else:
+            if not lockmeta.lock_follows(arch, repo):
+                failed[arch] = "make lock finished, but the lock still does not follow the pin"
+    return failed
+
+
+def finish(repo: Path, state: dict, tree: Path, build_wheel: bool, arch: str) -> None:
+    """Write patches/, upstream.lock.json and VERSION, re-lock, then build. Every step can be
+    killed: CONTINUE=1 redoes what is missing, ABORT=1 restores the backup."""
+    work = repo / WORK
+    if state.get("phase") in (None, "writing"):
+        if state.get("phase") is None:
+            _backup(repo, work)
+            state["phase"] = "writing"
+            _save(work, state)
+        export.export(tree, repo / "patches")
+        atomic_write(repo / "upstream.lock.json", json.dumps(state["lock"], indent=2) + "\n")
+        atomic_write(repo / "VERSION", state["version"] + "\n")
+        pin.load(repo)  # the new pin reads back
+        state["phase"] = "locking"
+        _save(work, state)
+        print(f"rebase: {state['from']} -> {state['to']}: patches/, upstream.lock.json and "
+              f"VERSION ({state['version']}) written")
+    failed = relock(repo, lock_arches(state))
+    if failed:
+        write_log(repo, state)
+        print(lock_stop_message(state, failed))
+        return
     state["complete"] = True
     md, _ = write_log(repo, state)
-    shutil.rmtree(repo / WORK)
-    print(f"rebase: {state['from']} -> {state['to']} done; patches/, upstream.lock.json and "
-          f"VERSION ({state['version']}) written; log {md}")
+    shutil.rmtree(work)
+    print(f"rebase: {state['from']} -> {state['to']} done; patches/, upstream.lock.json, "
+          f"VERSION ({state['version']}) and locks/ written; log {md}")
     for o in state["done"]:
         if o["result"] == "flagged":
             print(f"flagged for a human: {o['patch']}: {o['detail']}")
@@ -363,13 +466,21 @@ def finish(repo: Path, state: dict, tree: Path, the_pin: pin.Pin, build_wheel: b
         print(f"for a human: {note}")
     if build_wheel:
         print(build_overlay_wheel(arch, repo / "wheelhouse", repo / "patches", repo))
-    print("next: `make test` (its runtime venv follows the new pin's requirements)")
+    print(f"next: `make test` (its runtime venv installs locks/runtime-{arch}.txt, re-locked "
+          f"for {state['to']})")
 
 
 def abort(repo: Path) -> None:
     work = repo / WORK
     if not work.exists():
         raise OverlayError(f"no rebase in progress ({work} does not exist)")
+    state = json.loads((work / STATE).read_text()) if (work / STATE).exists() else {}
+    if state.get("phase"):
+        _restore(repo, work)
+        shutil.rmtree(work)
+        print(f"rebase: patches/, upstream.lock.json, VERSION and locks/ restored to "
+              f"{state['from']} (from {work / BEFORE}); {work} removed")
+        return
     shutil.rmtree(work)
     print(f"rebase: {work} removed; patches/, upstream.lock.json and VERSION were never touched")
 
@@ -393,6 +504,19 @@ def stop_message(repo: Path, state: dict, tree: Path) -> str:
     return "\n".join(lines)
 
 
+def lock_stop_message(state: dict, failed: dict[str, str]) -> str:
+    lines = [f"rebase: stopped before the build: the runtime lock does not follow "
+             f"{state['to']} yet", *(f"  make lock ARCH={a} failed: {why}" for a, why in
+                                      failed.items()),
+             f"patches/, upstream.lock.json and VERSION ({state['version']}) are written; "
+             f"locks/ is not. To go on (network: pip's indexes):",
+             *(f"  make lock ARCH={a}" for a in failed),
+             "  make rebase CONTINUE=1     # checks the locks follow the pin, then builds",
+             f"or `make rebase ABORT=1` puts patches/, upstream.lock.json, VERSION and locks/ "
+             f"back as they were on {state['from']}"]
+    return "\n".join(lines)
+
+
 def log_paths(repo: Path, state: dict) -> tuple[Path, Path]:
     base = repo / "reports" / f"rebase-{state['from']}-{state['to']}"
     return base.with_name(base.name + ".md"), base.with_name(base.name + ".json")
@@ -404,8 +528,10 @@ def to_json(state: dict) -> dict:
             "version": state["version"], "state": "complete" if done else "stopped",
             "patches": state["done"] + [{"patch": n, "result": "pending"} for n in state["todo"]],
             "lock": state["lock"], "notes": state["notes"],
-            "next": ["make test"] if done else ["git am --continue (in the work tree)",
-                                                "make rebase CONTINUE=1"]}
+            "next": ["make test"] if done else
+            [*(f"make lock ARCH={a}" for a in lock_arches(state)), "make rebase CONTINUE=1"]
+            if state.get("phase") else ["git am --continue (in the work tree)",
+                                        "make rebase CONTINUE=1"]}
 
 
 def to_markdown(data: dict) -> str:

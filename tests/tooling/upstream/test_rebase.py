@@ -16,6 +16,7 @@ import base64
 import hashlib
 import io
 import json
+import re
 import shutil
 import tarfile
 import zipfile
@@ -24,11 +25,12 @@ from pathlib import Path
 import pytest
 
 from tests.tooling.conftest import SYNTH_LOCK, link_supply_venv
-from vllm_overlay.build import apply, export, fetch, setup_py
+from vllm_overlay.build import apply, constraints, export, fetch, lockmeta, setup_py
 from vllm_overlay.commands import rebase as rebase_command
 from vllm_overlay.common import pin, series
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.git import git
+from vllm_overlay.common.requirements import normalize_name, requirement_lines
 from vllm_overlay.testing import testenv
 from vllm_overlay.upstream import rebase
 
@@ -105,7 +107,9 @@ def make_wheel(path: Path, version: str) -> None:
     members = {n: t.encode() for n, t in release_files(version).items() if n.startswith("vllm/")}
     members["vllm/_C.abi3.so"] = hashlib.sha256(version.encode()).digest() * 1000
     info = f"vllm-{version}.dist-info/"
-    members[info + "METADATA"] = f"Metadata-Version: 2.4\nName: vllm\nVersion: {version}\n".encode()
+    requires = REQUIRES_DIST if version == TARGET else ""  # the pin's lock lacks numpy
+    members[info + "METADATA"] = (f"Metadata-Version: 2.4\nName: vllm\nVersion: {version}\n"
+                                  f"{requires}").encode()
     members[info + "WHEEL"] = b"Wheel-Version: 1.0\nRoot-Is-Purelib: false\n" \
                               b"Tag: cp38-abi3-linux_x86_64\n\n"
     record = "".join(f"{n},{_record_hash(d)},{len(d)}\n" for n, d in members.items())
@@ -113,6 +117,9 @@ def make_wheel(path: Path, version: str) -> None:
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, data in members.items():
             zf.writestr(zipfile.ZipInfo(name, (2024, 1, 2, 3, 4, 6)), data)
+
+
+REQUIRES_DIST = "Requires-Dist: numpy>=1.0\nRequires-Dist: pytest; extra == \"test\"\n"
 
 
 def wheel_name(version: str) -> str:
@@ -137,8 +144,42 @@ def git_commit_all(repo: Path, message: str) -> None:
     git(repo, "commit", "-q", "-m", message)
 
 
+class NetworkLock:
+    """What `make lock` gets from the network, faked: `uv pip compile` pins every requirement
+    of its sources at 1.0 (one made-up hash each), and PyPI's metadata of a locked package
+    has no requirements. Everything else of the lock step runs as `make lock` runs it."""
+
+    def __init__(self):
+        self.calls: list[str] = []
+        self.fail: str | None = None
+
+    def compile_lock(self, sources, out, arch, cwd, constraints=()):
+        self.calls.append(f"compile {out}")
+        if self.fail:
+            raise OverlayError(f"uv pip compile ({out}) failed (exit 2):\n{self.fail}")
+        names = sorted({normalize_name(re.split(r"[\s;<>=!~\[]", line, 1)[0])
+                        for source in sources
+                        for line in requirement_lines((cwd / source).read_text())})
+        text = "".join(f"{n}==1.0 \\\n    --hash=sha256:{hashlib.sha256(n.encode()).hexdigest()}\n"
+                       for n in names)
+        (cwd / out).write_text(f"#    make lock ARCH={arch}\n{text}")
+        return (cwd / out).read_text()
+
+    def package_metadata(self, name, version, hashes, arch):
+        return {"version": version, "from": f"{name}-{version}.whl", "requires_dist": [],
+                "requires_python": ""}
+
+
 @pytest.fixture
-def repo(tmp_path, monkeypatch, supply_venv) -> Path:
+def network_lock(monkeypatch) -> NetworkLock:
+    fake = NetworkLock()
+    monkeypatch.setattr(constraints, "compile_lock", fake.compile_lock)
+    monkeypatch.setattr(lockmeta, "package_metadata", fake.package_metadata)
+    return fake
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch, supply_venv, network_lock) -> Path:
     monkeypatch.setenv("VLLM_OVERLAY_CACHE", str(tmp_path / "cache"))
     link_supply_venv(tmp_path / "cache", supply_venv)
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
@@ -159,6 +200,8 @@ def repo(tmp_path, monkeypatch, supply_venv) -> Path:
         "source_build": SOURCE_BUILD}, indent=2) + "\n")
     (repo / "locks").mkdir()
     (repo / "locks" / "runtime-x86_64.txt").write_text(SYNTH_LOCK)
+    (repo / constraints.TEST_REQUIREMENTS).parent.mkdir(parents=True)
+    (repo / constraints.TEST_REQUIREMENTS).write_text("pytest\n")
     (repo / ".gitignore").write_text("/work/\n/reports/\n/wheelhouse/\n")
     write_patches(repo / "patches", dist / f"vllm-{PIN}.tar.gz", tmp_path, PATCHES)
     git(repo, "init", "-q")
@@ -173,7 +216,9 @@ class Args:
 
 
 def pinned_bytes(repo: Path) -> dict[str, bytes]:
-    files = [repo / "VERSION", repo / "upstream.lock.json", *sorted((repo / "patches").iterdir())]
+    """patches/, VERSION, upstream.lock.json and locks/, byte for byte (and which exist)."""
+    files = [repo / "VERSION", repo / "upstream.lock.json", *sorted((repo / "patches").iterdir()),
+             *sorted((repo / "locks").rglob("*"))]
     return {str(p.relative_to(repo)): p.read_bytes() for p in files}
 
 
@@ -219,6 +264,8 @@ def test_rebase_stops_at_a_conflict_then_continue_completes(repo, tmp_path, caps
     assert rebase_command.run(Args(resume=True), repo) == 0
     out = capsys.readouterr().out
     assert "make test" in out and "flagged for a human: 0003" in out
+    assert out.rstrip().endswith(f"next: `make test` (its runtime venv installs "
+                                 f"locks/runtime-x86_64.txt, re-locked for {TARGET})")
 
     log = json.loads((repo / "reports" / f"rebase-{PIN}-{TARGET}.json").read_text())
     outcomes = by_subject(log)
@@ -270,12 +317,81 @@ def test_rebase_stops_at_a_conflict_then_continue_completes(repo, tmp_path, caps
     assert (repo / "wheelhouse" / f"vllm-{TARGET}+test.1-cp38-abi3-manylinux_2_31_x86_64.whl"
             ).is_file()
     assert not (repo / "work" / "rebase").exists()
+    # the runtime lock follows the new pin, made by make lock's own code before the build
+    # (the build refuses a lock without the target's numpy): the wheel's Requires-Dist, the
+    # lock, its metadata record and the constraints file agree
+    assert (repo / "locks" / "runtime-x86_64.in").read_text().startswith(
+        f"# Requires-Dist of vllm {TARGET} ({wheel_name(TARGET)})")
+    assert constraints.read_lock(constraints.runtime_lock("x86_64", repo))[1] == {"numpy": "1.0"}
+    assert lockmeta.lock_follows("x86_64", repo)
+    published = (repo / "wheelhouse" / "constraints-x86_64.txt").read_text()
+    assert "numpy==1.0 " in published and f"vllm=={TARGET}+test.1 " in published
     # a second rebase to the same release is a no-op
     git_commit_all(repo, "rebased")
     after = pinned_bytes(repo)
     assert rebase_command.run(Args(to=TARGET), repo) == 0
     assert "nothing to do" in capsys.readouterr().out
     assert pinned_bytes(repo) == after
+
+
+def test_rebase_relocks_before_it_builds_and_stops_with_the_command_when_it_cannot(
+        repo, network_lock, capsys, monkeypatch):
+    built = []
+    monkeypatch.setattr(rebase, "build_overlay_wheel",
+                        lambda *a: built.append(network_lock.calls[:]) or "wheel built")
+    assert rebase_command.run(Args(to=TARGET), repo) == 1
+    tree = repo / "work" / "rebase" / f"vllm-{TARGET}"
+    git(tree, "am", "--skip")
+    network_lock.fail = "error: Failed to fetch: `https://pypi.org/simple/numpy/` (offline)"
+    assert rebase_command.run(Args(resume=True), repo) == 1
+    out = capsys.readouterr().out
+    assert "stopped before the build: the runtime lock does not follow 1.1.0" in out
+    assert "make lock ARCH=x86_64 failed: uv pip compile (runtime-x86_64.txt) failed" in out
+    assert "\n  make lock ARCH=x86_64\n  make rebase CONTINUE=1" in out
+    assert built == [] and (repo / "VERSION").read_text() == f"{TARGET}+test.1\n"
+    log = json.loads((repo / "reports" / f"rebase-{PIN}-{TARGET}.json").read_text())
+    assert log["state"] == "stopped" and log["next"] == ["make lock ARCH=x86_64",
+                                                         "make rebase CONTINUE=1"]
+    # the human runs `make lock ARCH=x86_64` (the command's own code), then CONTINUE=1
+    network_lock.fail = None
+    lockmeta.lock_pin("x86_64", repo)
+    network_lock.calls.clear()
+    assert rebase_command.run(Args(resume=True), repo) == 0
+    assert built == [[]]  # the lock already followed the pin: not made again, then built
+    assert "next: `make test`" in capsys.readouterr().out
+    assert not (repo / "work" / "rebase").exists()
+
+
+def test_continue_after_a_failed_lock_locks_itself_then_builds(repo, network_lock, monkeypatch):
+    built = []
+    monkeypatch.setattr(rebase, "build_overlay_wheel",
+                        lambda *a: built.append(network_lock.calls[:]) or "wheel built")
+    assert rebase_command.run(Args(to=TARGET), repo) == 1
+    git(repo / "work" / "rebase" / f"vllm-{TARGET}", "am", "--skip")
+    network_lock.fail = "offline"
+    assert rebase_command.run(Args(resume=True), repo) == 1
+    network_lock.fail = None
+    network_lock.calls.clear()
+    assert rebase_command.run(Args(resume=True), repo) == 0
+    assert built == [["compile runtime-x86_64.txt", "compile .test-x86_64.joint.txt"]]
+    assert lockmeta.lock_follows("x86_64", repo)
+
+
+def test_abort_at_the_lock_stop_puts_everything_back(repo, network_lock, capsys):
+    before = pinned_bytes(repo)
+    assert rebase_command.run(Args(to=TARGET), repo) == 1
+    git(repo / "work" / "rebase" / f"vllm-{TARGET}", "am", "--skip")
+    network_lock.fail = "offline"
+    assert rebase_command.run(Args(resume=True), repo) == 1
+    assert pinned_bytes(repo) != before
+    assert (repo / "locks" / "runtime-x86_64.in").exists()  # left by the failed lock step
+    capsys.readouterr()
+    rebase_command.run(Args(abort=True), repo)
+    out = capsys.readouterr().out
+    assert "never touched" not in out and "restored" in out
+    assert pinned_bytes(repo) == before
+    assert git(repo, "status", "--porcelain").stdout == ""
+    assert not (repo / "work" / "rebase").exists()
 
 
 def test_skipping_the_conflicting_patch_drops_it(repo, capsys):
