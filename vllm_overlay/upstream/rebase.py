@@ -10,6 +10,8 @@
                                                    hold (the probe or the patch is wrong)
      `git am --3way` against the pinned tree's objects (borrowed as `make status` does)
                                                 -> applied-3way
+     a file it changes was deleted upstream     -> deleted: stop; the advice is `git rm` and
+                                                   port the hunk to where drift finds the code
      anything else                              -> conflict: stop, the merge stays in the tree
 3. A stop leaves patches/, the lock and VERSION untouched. After the human's
    `git am --continue` (or `git am --skip`, which drops the patch), `--continue` goes on.
@@ -39,7 +41,7 @@ from vllm_overlay.common.fs import atomic_write
 from vllm_overlay.common.git import git
 from vllm_overlay.common.http import BatchProgress
 from vllm_overlay.common.requirements import requirement_names
-from vllm_overlay.upstream import releases, status
+from vllm_overlay.upstream import drift, releases, status
 
 WORK = Path("work") / "rebase"  # relative to the repository
 STATE = "state.json"
@@ -186,6 +188,7 @@ def place(tree: Path, patch: series.Patch, probe_results: list[dict]) -> dict:
     if not check.files:
         raise OverlayError(f"{patch.name}: git apply failed in {tree}: {check.detail}")
     hunks = check.detail.splitlines()  # git apply names the first failing hunk per file
+    gone = status.deleted_targets(tree, check.files)  # before git am writes them back
     proc = git(tree, "am", "-q", "--3way", "--keep-cr", "--committer-date-is-author-date",
                      str(patch.path), check=False)
     if proc.returncode == 0:
@@ -193,6 +196,13 @@ def place(tree: Path, patch: series.Patch, probe_results: list[dict]) -> dict:
                 "hunks": hunks, "detail": "plain apply failed; the 3-way merge against the "
                                           "pinned file succeeded"}
     unmerged = _unmerged(tree)
+    if gone:  # not a merge to resolve: the code is elsewhere now, or gone
+        header = outcome["applied_upstream_header"]
+        return {**outcome, "result": "deleted", "hunks": hunks, "deleted": gone,
+                "files": sorted(set(check.files) | set(unmerged)),
+                "unmerged": [f for f in unmerged if f not in gone],
+                "detail": f"upstream deleted {', '.join(gone)}, which it changes"
+                          + (f" (its Applied-Upstream header says {header})" if header else "")}
     output = (proc.stdout + proc.stderr).strip()
     detail = ("the 3-way merge left conflicts in " + ", ".join(unmerged) if unmerged else
               f"3-way merge impossible ({output.splitlines()[-1] if output else 'no output'}): "
@@ -365,7 +375,10 @@ def run(repo: Path, state: dict, build_wheel: bool = True, arch: str = "x86_64")
         state["done"].append(outcome)
         _log.info(f"[{len(state['done'])}/{total}] {name[:4]} {outcome['result']}: "
                   f"{outcome['detail']}")
-        if outcome["result"] == "conflict":
+        if outcome["result"] == "deleted":
+            outcome["moved_to"] = where_it_went(objects.parent.parent, list(patches.values()),
+                                                name, tree, state)
+        if outcome["result"] in ("conflict", "deleted"):
             state["stopped"], state["current"] = state["current"], None
             _save(work, state)
             write_log(repo, state)
@@ -432,6 +445,29 @@ def relock(repo: Path, arches: list[str]) -> dict[str, str]:
     return failed
 
 
+def where_it_went(pin_tree: Path, patches: list[series.Patch], name: str, tree: Path,
+                  state: dict) -> dict[str, list[str]]:
+    """deleted file -> where drift finds the definitions the patch changes in it on the
+    target ("file::name"); {} when drift cannot tell (it is advice, never a failure)."""
+    deleted = set(state["done"][-1]["deleted"])
+    try:
+        data = drift.compute(pin_tree, patches, [(state["to"], tree)], state["from"]).data
+    except (OverlayError, OSError, ValueError) as exc:
+        _log.info(f"{name}: drift cannot tell where the code went ({exc})")
+        return {}
+    out: dict[str, list[str]] = {}
+    for report in data["patches"]:
+        if report["name"] != name:
+            continue
+        for definition in report["definitions"]:
+            if definition["file"] in deleted:
+                for change in definition["changes"]:
+                    if change["location"] and change["location"] not in out.get(
+                            definition["file"], []):
+                        out.setdefault(definition["file"], []).append(change["location"])
+    return out
+
+
 def finish(repo: Path, state: dict, tree: Path, build_wheel: bool, arch: str) -> None:
     """Write patches/, upstream.lock.json and VERSION, re-lock, then build. Every step can be
     killed: CONTINUE=1 redoes what is missing, ABORT=1 restores the backup."""
@@ -488,18 +524,35 @@ def abort(repo: Path) -> None:
 # --- messages and the log -------------------------------------------------------------------
 
 
+def _deleted_advice(outcome: dict) -> list[str]:
+    lines = []
+    for f in outcome.get("deleted", []):
+        went = outcome.get("moved_to", {}).get(f)
+        lines += [f"  {f}: upstream deleted it. Do not `git add` it (that would ship our old "
+                  f"copy of the whole file): `git rm {f}`, then port the hunk to where the code "
+                  f"went: " + (", ".join(went) + " (drift)" if went else
+                               "drift does not know; look for the definitions it changes")]
+    return lines
+
+
 def stop_message(repo: Path, state: dict, tree: Path) -> str:
     outcome = state["done"][-1]
-    lines = [f"rebase: stopped at {outcome['patch']} ({outcome['subject']}): conflict on "
-             f"{state['to']}", f"  {outcome['detail']}",
+    deleted = outcome.get("deleted", [])
+    header = outcome.get("applied_upstream_header")
+    skip = "git am --skip (drops the patch" + (
+        f"; right if upstream has it, as its Applied-Upstream: {header} says)" if header else ")")
+    lines = [f"rebase: stopped at {outcome['patch']} ({outcome['subject']}): "
+             f"{outcome['result']} on {state['to']}", f"  {outcome['detail']}",
              *(f"  plain apply failed: {h}" for h in outcome["hunks"]),
              *(f"  to resolve: {f}" for f in outcome["unmerged"]),
+             *_deleted_advice(outcome),
              f"the work tree keeps it for you: {tree}",
              "patches/, upstream.lock.json and VERSION are unchanged. To go on:",
              f"  cd {tree}",
-             "  # edit the files, then",
+             *([f"  git rm -q {' '.join(deleted)}   # then port the hunk, `git add` the files "
+                f"you ported it to"] if deleted else ["  # edit the files, then"]),
              f"  git add {' '.join(outcome['unmerged']) or '<files>'} && git am --continue"
-             "     # or: git am --skip (drops the patch)",
+             f"     # or: {skip}",
              f"  cd {repo} && make rebase CONTINUE=1     # = ./build.sh rebase --continue"]
     return "\n".join(lines)
 

@@ -54,6 +54,13 @@ def release_files(version: str) -> dict[str, str]:
              "requirements/common.txt": "numpy\n",
              "requirements/cuda.txt": "-r common.txt\ntorch==2.10.0\n",
              "requirements/build.txt": "ninja\ntorch==2.10.0\n"}
+    files["vllm/m.py"] = "class Runner:\n" + "".join(
+        f"    def m{k}(self):\n        return {k}\n" for k in range(6))
+    if version == TARGET:  # vllm/m.py deleted, Runner rewritten in vllm/gpu/runner.py
+        files["vllm/gpu/runner.py"] = '"""The runner, rewritten."""\n\nBASE = 10\n\n\n' \
+            "class Runner:\n" + "".join(f"    def m{k}(self):\n        value = BASE + {k}\n"
+                                         f"        return value\n" for k in range(6))
+        del files["vllm/m.py"]
     if version == TARGET:  # newer torch; build requirements moved, as in vLLM 0.20
         files["requirements/cuda.txt"] = "-r common.txt\ntorch==2.11.0\n"
         files["requirements/build/cuda.txt"] = files.pop("requirements/build.txt").replace(
@@ -392,6 +399,35 @@ def test_abort_at_the_lock_stop_puts_everything_back(repo, network_lock, capsys)
     assert pinned_bytes(repo) == before
     assert git(repo, "status", "--porcelain").stdout == ""
     assert not (repo / "work" / "rebase").exists()
+
+
+def test_a_stop_on_a_file_upstream_deleted_says_git_rm_and_where_the_code_went(
+        repo, tmp_path, capsys):
+    shutil.rmtree(repo / "patches")
+    write_patches(repo / "patches", tmp_path / "dist" / f"vllm-{PIN}.tar.gz", tmp_path / "m", {
+        "M: change Runner.m3": ({"vllm/m.py": lambda t: t.replace("return 3", "return 'ours'")},
+                                ["defines vllm/m.py::Runner.never"])})
+    git_commit_all(repo, "series M")
+    assert rebase_command.run(Args(to=TARGET), repo) == 1
+    out = capsys.readouterr().out
+    assert "): deleted on 1.1.0" in out and "upstream deleted vllm/m.py, which it changes" in out
+    assert "`git rm vllm/m.py`" in out and "git rm -q vllm/m.py" in out
+    assert "where the code went: vllm/gpu/runner.py::Runner.m3 (drift)" in out
+    assert "git add vllm/m.py" not in out and "to resolve: vllm/m.py" not in out
+    log = json.loads((repo / "reports" / f"rebase-{PIN}-{TARGET}.json").read_text())
+    outcome = log["patches"][0]
+    assert outcome["result"] == "deleted" and outcome["deleted"] == ["vllm/m.py"]
+    assert outcome["moved_to"] == {"vllm/m.py": ["vllm/gpu/runner.py::Runner.m3"]}
+    # the human follows the advice: the dead file removed, the hunk ported
+    tree = repo / "work" / "rebase" / f"vllm-{TARGET}"
+    git(tree, "rm", "-q", "vllm/m.py")
+    runner = tree / "vllm/gpu/runner.py"
+    runner.write_text(runner.read_text().replace("BASE + 3\n", "'ours'\n"))
+    git(tree, "add", "vllm/gpu/runner.py")
+    git(tree, "am", "--continue")
+    assert rebase_command.run(Args(resume=True), repo) == 0
+    (patch,) = series.read_series(repo / "patches")
+    assert patch.files == ["vllm/gpu/runner.py"]
 
 
 def test_skipping_the_conflicting_patch_drops_it(repo, capsys):
