@@ -5,6 +5,7 @@ indexes and unnumbered subjects, so re-exporting unchanged commits changes no by
 """
 
 import filecmp
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -27,6 +28,8 @@ def export(tree: Path, dest: Path) -> list[str]:
         raise OverlayError(f"{tree}: not a work tree (run `make apply` first)")
     dest = dest.resolve()  # git runs in the tree: a relative path would land there
     dest.mkdir(parents=True, exist_ok=True)
+    for stale in dest.glob(".export-*"):  # left by a killed export
+        shutil.rmtree(stale, ignore_errors=True)
     with tempfile.TemporaryDirectory(dir=dest, prefix=".export-") as tmp:
         git(tree, *FORMAT_PATCH_ARGS, "-o", tmp, f"{BASE_TAG}..HEAD")
         names = sorted(p.name for p in Path(tmp).glob("*.patch"))

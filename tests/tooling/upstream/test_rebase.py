@@ -430,6 +430,89 @@ def test_a_stop_on_a_file_upstream_deleted_says_git_rm_and_where_the_code_went(
     assert patch.files == ["vllm/gpu/runner.py"]
 
 
+class Killed(BaseException):
+    """What SIGKILL leaves: the run ends where it is, nothing of ours cleans up."""
+
+
+def _results(repo: Path) -> dict[str, str]:
+    log = json.loads((repo / "reports" / f"rebase-{PIN}-{TARGET}.json").read_text())
+    return {k: o["result"] for k, o in by_subject(log).items()}
+
+
+UNINTERRUPTED = {"U": "dropped-upstream", "A": "applied-clean", "C": "flagged",
+                 "D": "applied-3way", "B": "conflict", "E": "pending"}
+
+
+@pytest.mark.parametrize("where", ["after git am committed", "inside a 3-way git am"])
+def test_continue_after_a_kill_while_placing_a_patch_places_it_again(repo, monkeypatch, where):
+    real_place = rebase.place
+
+    def killed(tree, patch, probe_results):
+        if patch.subject.startswith("D"):
+            if where == "after git am committed":
+                real_place(tree, patch, probe_results)
+            else:  # git am stopped half-way: its rebase-apply/ and a dirty index are left
+                git(tree, "am", "-q", str(patch.path), check=False)
+                assert (tree / ".git" / "rebase-apply").exists()
+            raise Killed
+        return real_place(tree, patch, probe_results)
+
+    monkeypatch.setattr(rebase, "place", killed)
+    with pytest.raises(Killed):
+        rebase_command.run(Args(to=TARGET), repo)
+    monkeypatch.setattr(rebase, "place", real_place)
+    assert rebase_command.run(Args(resume=True), repo) == 1  # no TypeError: on to B's stop
+    assert _results(repo) == UNINTERRUPTED
+    tree = repo / "work" / "rebase" / f"vllm-{TARGET}"
+    subjects = git(tree, "log", "--format=%s", f"{apply.BASE_TAG}..HEAD").stdout.split("\n")
+    assert [s[:1] for s in subjects if s] == ["D", "C", "A"]  # D once, B being resolved
+
+
+@pytest.mark.parametrize("killed_at", ["VERSION", "upstream.lock.json"])
+def test_a_kill_while_the_pin_is_written_aborts_to_the_exact_state_before(
+        repo, monkeypatch, capsys, killed_at):
+    before = pinned_bytes(repo)
+    assert rebase_command.run(Args(to=TARGET), repo) == 1
+    git(repo / "work" / "rebase" / f"vllm-{TARGET}", "am", "--skip")
+    real_write = rebase.atomic_write
+
+    def write(dest, data, *a, **k):
+        if Path(dest).name == killed_at:
+            raise Killed
+        return real_write(dest, data, *a, **k)
+
+    monkeypatch.setattr(rebase, "atomic_write", write)
+    with pytest.raises(Killed):
+        rebase_command.run(Args(resume=True), repo)
+    monkeypatch.setattr(rebase, "atomic_write", real_write)
+    assert pinned_bytes(repo) != before  # patches/ (at least) already rewritten
+    capsys.readouterr()
+    rebase_command.run(Args(abort=True), repo)
+    out = capsys.readouterr().out
+    assert "never touched" not in out and f"restored to {PIN}" in out
+    assert pinned_bytes(repo) == before
+    assert git(repo, "status", "--porcelain", "--untracked-files=all").stdout == ""
+
+
+def test_continue_after_a_kill_while_the_pin_is_written_completes(repo, monkeypatch):
+    assert rebase_command.run(Args(to=TARGET), repo) == 1
+    git(repo / "work" / "rebase" / f"vllm-{TARGET}", "am", "--skip")
+    real_write = rebase.atomic_write
+    monkeypatch.setattr(rebase, "atomic_write", lambda dest, data, *a, **k: (_ for _ in ()).throw(
+        Killed) if Path(dest).name == "VERSION" else real_write(dest, data, *a, **k))
+    with pytest.raises(Killed):
+        rebase_command.run(Args(resume=True), repo)
+    monkeypatch.setattr(rebase, "atomic_write", real_write)
+    (repo / "patches" / ".export-killed").mkdir()  # what a kill inside the export leaves
+    (repo / "patches" / ".export-killed" / "0001-A.patch").write_text("half\n")
+    assert rebase_command.run(Args(resume=True), repo) == 0
+    assert not (repo / "patches" / ".export-killed").exists()
+    assert (repo / "VERSION").read_text() == f"{TARGET}+test.1\n"
+    assert pin.load(repo).upstream_version == TARGET and lockmeta.lock_follows("x86_64", repo)
+    assert [p.subject[0] for p in series.read_series(repo / "patches")] == ["A", "C", "D", "E"]
+    assert not (repo / "work" / "rebase").exists()
+
+
 def test_skipping_the_conflicting_patch_drops_it(repo, capsys):
     assert rebase_command.run(Args(to=TARGET), repo) == 1
     tree = repo / "work" / "rebase" / f"vllm-{TARGET}"
