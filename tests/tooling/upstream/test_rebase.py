@@ -26,6 +26,8 @@ import pytest
 
 from tests.tooling.conftest import SYNTH_LOCK, link_supply_venv
 from vllm_overlay.build import apply, constraints, export, fetch, lockmeta, setup_py
+from vllm_overlay.commands import apply as apply_command
+from vllm_overlay.commands import export as export_command
 from vllm_overlay.commands import rebase as rebase_command
 from vllm_overlay.common import pin, series
 from vllm_overlay.common.errors import OverlayError
@@ -511,6 +513,62 @@ def test_continue_after_a_kill_while_the_pin_is_written_completes(repo, monkeypa
     assert pin.load(repo).upstream_version == TARGET and lockmeta.lock_follows("x86_64", repo)
     assert [p.subject[0] for p in series.read_series(repo / "patches")] == ["A", "C", "D", "E"]
     assert not (repo / "work" / "rebase").exists()
+
+
+class TreeArgs:
+    def __init__(self, tree: Path):
+        self.tree = tree
+
+
+def test_make_apply_refuses_to_delete_commits_or_changes_not_exported(repo):
+    args = TreeArgs(repo / "work" / "tree")
+    apply_command.run(args, repo)
+    tree = args.tree / f"vllm-{PIN}"
+    (tree / "vllm/e.py").write_text("E = 2\n")
+    with pytest.raises(OverlayError, match=r"has 1 file\(s\) with uncommitted changes .*"
+                                           r"would delete them"):
+        apply_command.run(args, repo)
+    git(tree, "commit", "-q", "-a", "-m", "F: E = 2\n\nOrigin: vendor\nRisk: none\n")
+    head = git(tree, "rev-parse", "HEAD").stdout
+    with pytest.raises(OverlayError, match=r"has 1 commit\(s\) not exported to patches/"):
+        apply_command.run(args, repo)
+    assert git(tree, "rev-parse", "HEAD").stdout == head  # kept
+    export_command.run(args, repo)
+    assert len(series.read_series(repo / "patches")) == 7
+    apply_command.run(args, repo)  # everything is in patches/ now: a fresh tree is safe
+    assert git(tree, "log", "-1", "--format=%s").stdout.strip() == "F: E = 2"
+
+
+def test_make_export_patches_refuses_a_tree_older_than_the_series(repo, monkeypatch):
+    args = TreeArgs(repo / "work" / "tree")
+    apply_command.run(args, repo)
+    assert rebase_command.run(Args(to=TARGET), repo) == 1
+    git(repo / "work" / "rebase" / f"vllm-{TARGET}", "am", "--skip")
+    monkeypatch.setattr(rebase, "build_overlay_wheel", lambda *a: "wheel built")
+    assert rebase_command.run(Args(resume=True), repo) == 0
+    rebased = pinned_bytes(repo)
+    with pytest.raises(OverlayError, match=f"no work tree of the pin {TARGET} under .* \\(only "
+                                           f"vllm-{PIN}, made for another pin"):
+        export_command.run(args, repo)
+    assert pinned_bytes(repo) == rebased
+    apply_command.run(args, repo)  # the new pin's tree; the old one is left alone
+    export_command.run(args, repo)
+    assert pinned_bytes(repo) == rebased
+    # the same pin, but patches/ changed after `make apply` (a pull): the tree is stale
+    git_commit_all(repo, "rebased")
+    (repo / "patches" / "0001-A-change-A_20.patch").unlink()
+    (repo / "patches" / "series").write_text(
+        (repo / "patches" / "series").read_text().replace("0001-A-change-A_20.patch\n", ""))
+    changed = pinned_bytes(repo)
+    with pytest.raises(OverlayError, match="no commits since `make apply`, and patches/ "
+                                           "changed since"):
+        export_command.run(args, repo)
+    tree = args.tree / f"vllm-{TARGET}"
+    (tree / "vllm/e.py").write_text("E = 3\n")
+    git(tree, "commit", "-q", "-a", "-m", "F: E = 3\n\nOrigin: vendor\nRisk: none\n")
+    with pytest.raises(OverlayError, match="has new commits, but patches/ also changed"):
+        export_command.run(args, repo)
+    assert pinned_bytes(repo) == changed
 
 
 def test_skipping_the_conflicting_patch_drops_it(repo, capsys):
