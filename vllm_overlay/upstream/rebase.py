@@ -82,6 +82,16 @@ def fetch_target(files: dict[str, str], key: str, filename: str) -> pin.Artifact
     blob = fetch.blob_path(sha256)
     size = blob.stat().st_size if blob.exists() else _content_length(url)
     art = pin.Artifact(key, filename, size, sha256)
+    if blob.exists():  # a copy under the index's sha256 that is not that file: say how big
+        try:
+            fetch.cached(art)
+        except OverlayError as exc:
+            expected = _content_length(url)
+            raise OverlayError(
+                f"{filename}: the cached copy {blob} has {size} bytes, the index's file "
+                f"{expected}" + (f" ({expected - size} missing: truncated)" if size < expected
+                                 else "") + f", and its sha256 is not the index's {sha256}: "
+                f"delete it to fetch it again") from exc
     fetch.fetch(art)  # downloads on a cold cache; size and sha256 checked either way
     return art
 

@@ -18,6 +18,7 @@ import io
 import json
 import re
 import shutil
+import subprocess
 import tarfile
 import zipfile
 from pathlib import Path
@@ -616,6 +617,58 @@ def test_pin_is_a_noop_and_older_or_unknown_releases_are_errors(repo, capsys):
     with pytest.raises(OverlayError, match=r"release\(s\) 7.0.0 not on the index"):
         rebase_command.run(Args(to="7.0.0"), repo)
     assert pinned_bytes(repo) == before and not (repo / "work").exists()
+
+
+@pytest.mark.parametrize("to", [f"{MID}..{TARGET}", "..", f"{MID},{TARGET}", " "])
+def test_a_target_that_is_not_one_release_is_refused(repo, to):
+    before = pinned_bytes(repo)
+    with pytest.raises(OverlayError, match=f"TO={to!r} is not one release"):
+        rebase_command.run(Args(to=to), repo)
+    assert pinned_bytes(repo) == before and not (repo / "work").exists()
+
+
+def test_conflicting_options_are_refused_by_make_too(repo):
+    with pytest.raises(OverlayError, match=f"rebase: TO={TARGET} and CONTINUE=1 conflict"):
+        rebase_command.run(Args(to=TARGET, resume=True), repo)
+    with pytest.raises(OverlayError, match="rebase: CONTINUE=1 and ABORT=1 conflict"):
+        rebase_command.run(Args(resume=True, abort=True), repo)
+    # the Makefile passes every one it is given (it used to drop TO when CONTINUE was set)
+    make = subprocess.run(["make", "-n", "rebase", "CONTINUE=1", f"TO={TARGET}"],
+                          cwd=Path(__file__).resolve().parents[3], capture_output=True,
+                          text=True, check=True).stdout
+    assert "--continue" in make and f"--to '{TARGET}'" in make
+
+
+def test_an_unreachable_index_is_named(repo, tmp_path, monkeypatch):
+    monkeypatch.setenv("PIP_INDEX_URL", (tmp_path / "no-such-index").as_uri())
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "")
+    with pytest.raises(OverlayError, match=r"vllm: pip's index cannot be read: "
+                                           r"file://\S*/no-such-index/vllm/ \("):
+        rebase_command.run(Args(to=TARGET), repo)
+
+
+def test_a_truncated_download_says_how_many_bytes_are_missing(tmp_path):
+    whole = tmp_path / "whole.bin"
+    whole.write_bytes(b"x" * 1000)
+    short = tmp_path / "short.bin"
+    short.write_bytes(b"x" * 600)  # what a connection closed early delivers
+    art = pin.Artifact("sdist", "vllm-9.tar.gz", 1000, hashlib.sha256(whole.read_bytes()).hexdigest())
+    with pytest.raises(OverlayError, match=r"vllm-9.tar.gz: download from \S+ truncated: got "
+                                           r"600 of 1000 bytes \(400 missing\)"):
+        fetch.download_pinned(short.as_uri(), tmp_path / "dest", art)
+    assert not list(tmp_path.glob("dest*"))
+
+
+def test_a_truncated_copy_in_the_cache_says_both_sizes(repo, tmp_path):
+    wheel = tmp_path / "dist" / wheel_name(TARGET)
+    blob = fetch.blob_path(lock_entry(wheel)["sha256"])
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    blob.write_bytes(wheel.read_bytes()[:500])
+    size = wheel.stat().st_size
+    with pytest.raises(OverlayError, match=rf"{wheel.name}: the cached copy \S+ has 500 bytes, "
+                                           rf"the index's file {size} \({size - 500} missing: "
+                                           rf"truncated\).*delete it"):
+        rebase_command.run(Args(to=TARGET), repo)
 
 
 def test_uncommitted_pin_files_are_refused(repo):
