@@ -47,6 +47,8 @@ WORK = Path("work") / "rebase"  # relative to the repository
 STATE = "state.json"
 PINNED_FILES = ("patches", "VERSION", "upstream.lock.json")
 LOCKS = "locks"  # re-locked for the new pin at the end
+DOCKERFILES = ("Dockerfile", "docker/source.Dockerfile")  # their ARG defaults name the pin
+WRITTEN = (*PINNED_FILES, LOCKS, *DOCKERFILES)  # what a rebase may change: backed up first
 _log = log.stage("rebase")
 
 
@@ -409,8 +411,9 @@ def _backup(repo: Path, work: Path) -> None:
     tmp = work / (BEFORE + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    for name in (*PINNED_FILES, LOCKS):
+    for name in WRITTEN:
         src = repo / name
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
         if src.is_dir():
             shutil.copytree(src, tmp / name, symlinks=True)
         elif src.exists():
@@ -420,7 +423,7 @@ def _backup(repo: Path, work: Path) -> None:
 
 def _restore(repo: Path, work: Path) -> None:
     before = work / BEFORE
-    for name in (*PINNED_FILES, LOCKS):
+    for name in WRITTEN:
         dest, src = repo / name, before / name
         if dest.is_dir():
             shutil.rmtree(dest)
@@ -430,6 +433,19 @@ def _restore(repo: Path, work: Path) -> None:
             shutil.copytree(src, dest, symlinks=True)
         elif src.exists():
             shutil.copy2(src, dest)
+
+
+def dockerfile_defaults(text: str, old: str, new: str, old_version: str,
+                        new_version: str) -> str:
+    """The Dockerfile with its ARG defaults moved to the new pin: the overlay version (in the
+    wheel and SBOM names too), then the upstream release (the base image tag)."""
+    release = re.compile(rf"(?<![\d.]){re.escape(old)}(?![\d]|\.\d)")
+    out = []
+    for line in text.splitlines(keepends=True):
+        if line.startswith("ARG "):
+            line = release.sub(new, line.replace(old_version, new_version))
+        out.append(line)
+    return "".join(out)
 
 
 def lock_arches(state: dict) -> list[str]:
@@ -491,6 +507,11 @@ def finish(repo: Path, state: dict, tree: Path, build_wheel: bool, arch: str) ->
         atomic_write(repo / "upstream.lock.json", json.dumps(state["lock"], indent=2) + "\n")
         atomic_write(repo / "VERSION", state["version"] + "\n")
         pin.load(repo)  # the new pin reads back
+        for name in DOCKERFILES:
+            if (repo / name).is_file():
+                text = (repo / name).read_text()
+                atomic_write(repo / name, dockerfile_defaults(
+                    text, state["from"], state["to"], state["version_from"], state["version"]))
         state["phase"] = "locking"
         _save(work, state)
         print(f"rebase: {state['from']} -> {state['to']}: patches/, upstream.lock.json and "
@@ -504,7 +525,8 @@ def finish(repo: Path, state: dict, tree: Path, build_wheel: bool, arch: str) ->
     md, _ = write_log(repo, state)
     shutil.rmtree(work)
     print(f"rebase: {state['from']} -> {state['to']} done; patches/, upstream.lock.json, "
-          f"VERSION ({state['version']}) and locks/ written; log {md}")
+          f"VERSION ({state['version']}), locks/ and the Dockerfiles' defaults written; "
+          f"log {md}")
     for o in state["done"]:
         if o["result"] == "flagged":
             print(f"flagged for a human: {o['patch']}: {o['detail']}")
@@ -524,7 +546,8 @@ def abort(repo: Path) -> None:
     if state.get("phase"):
         _restore(repo, work)
         shutil.rmtree(work)
-        print(f"rebase: patches/, upstream.lock.json, VERSION and locks/ restored to "
+        print(f"rebase: patches/, upstream.lock.json, VERSION, locks/ and the Dockerfiles "
+              f"restored to "
               f"{state['from']} (from {work / BEFORE}); {work} removed")
         return
     shutil.rmtree(work)

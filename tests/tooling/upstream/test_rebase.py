@@ -34,6 +34,7 @@ from vllm_overlay.common import pin, series
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.git import git
 from vllm_overlay.common.requirements import normalize_name, requirement_lines
+from vllm_overlay.dist import docker
 from vllm_overlay.testing import testenv
 from vllm_overlay.upstream import rebase
 
@@ -154,6 +155,17 @@ def git_commit_all(repo: Path, message: str) -> None:
     git(repo, "commit", "-q", "-m", message)
 
 
+DOCKERFILE = f"""# syntax=docker/dockerfile:1 (pinned {PIN}: these defaults follow the pin)
+ARG VLLM_BASE_IMAGE=vllm/vllm-openai:v{PIN}
+FROM ${{VLLM_BASE_IMAGE}}
+ARG UPSTREAM_VERSION={PIN}
+ARG OVERLAY_VERSION={PIN}+test.3
+ARG WHEEL=vllm-{PIN}+test.3-cp38-abi3-manylinux_2_31_x86_64.whl
+ARG CUDA=12.1.0.0
+LABEL io.vllm-overlay.upstream-version="${{UPSTREAM_VERSION}}"
+"""
+
+
 class NetworkLock:
     """What `make lock` gets from the network, faked: `uv pip compile` pins every requirement
     of its sources at 1.0 (one made-up hash each), and PyPI's metadata of a locked package
@@ -210,6 +222,9 @@ def repo(tmp_path, monkeypatch, supply_venv, network_lock) -> Path:
         "source_build": SOURCE_BUILD}, indent=2) + "\n")
     (repo / "locks").mkdir()
     (repo / "locks" / "runtime-x86_64.txt").write_text(SYNTH_LOCK)
+    (repo / "Dockerfile").write_text(DOCKERFILE)
+    (repo / "docker").mkdir()
+    (repo / "docker" / "source.Dockerfile").write_text(DOCKERFILE.replace("WHEEL", "SOURCE"))
     (repo / constraints.TEST_REQUIREMENTS).parent.mkdir(parents=True)
     (repo / constraints.TEST_REQUIREMENTS).write_text("pytest\n")
     (repo / ".gitignore").write_text("/work/\n/reports/\n/wheelhouse/\n")
@@ -228,7 +243,8 @@ class Args:
 def pinned_bytes(repo: Path) -> dict[str, bytes]:
     """patches/, VERSION, upstream.lock.json and locks/, byte for byte (and which exist)."""
     files = [repo / "VERSION", repo / "upstream.lock.json", *sorted((repo / "patches").iterdir()),
-             *sorted((repo / "locks").rglob("*"))]
+             *sorted((repo / "locks").rglob("*")), repo / "Dockerfile",
+             repo / "docker" / "source.Dockerfile"]
     return {str(p.relative_to(repo)): p.read_bytes() for p in files}
 
 
@@ -336,6 +352,14 @@ def test_rebase_stops_at_a_conflict_then_continue_completes(repo, tmp_path, caps
     assert lockmeta.lock_follows("x86_64", repo)
     published = (repo / "wheelhouse" / "constraints-x86_64.txt").read_text()
     assert "numpy==1.0 " in published and f"vllm=={TARGET}+test.1 " in published
+    # the Dockerfiles' defaults name the new pin (make docker and its tests read them)
+    assert docker.declared_args(repo / "Dockerfile") == {
+        "VLLM_BASE_IMAGE": f"vllm/vllm-openai:v{TARGET}", "UPSTREAM_VERSION": TARGET,
+        "OVERLAY_VERSION": f"{TARGET}+test.1",
+        "WHEEL": f"vllm-{TARGET}+test.1-cp38-abi3-manylinux_2_31_x86_64.whl", "CUDA": "12.1.0.0"}
+    assert docker.declared_args(repo / "docker" / "source.Dockerfile")["SOURCE"] == \
+        f"vllm-{TARGET}+test.1-cp38-abi3-manylinux_2_31_x86_64.whl"
+    assert (repo / "Dockerfile").read_text().startswith(f"# syntax=docker/dockerfile:1 (pinned {PIN}")
     # a second rebase to the same release is a no-op
     git_commit_all(repo, "rebased")
     after = pinned_bytes(repo)
