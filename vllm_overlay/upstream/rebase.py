@@ -544,6 +544,10 @@ def abort(repo: Path) -> None:
         raise OverlayError(f"no rebase in progress ({work} does not exist)")
     state = json.loads((work / STATE).read_text()) if (work / STATE).exists() else {}
     if state.get("phase"):
+        if not (work / BEFORE).is_dir():
+            raise OverlayError(f"{work / BEFORE} is missing, so ABORT cannot restore the files "
+                               f"the rebase wrote: restore them with `git checkout -- "
+                               f"{' '.join(WRITTEN)}`, then remove {work}")
         _restore(repo, work)
         shutil.rmtree(work)
         print(f"rebase: patches/, upstream.lock.json, VERSION, locks/ and the Dockerfiles "
