@@ -495,6 +495,20 @@ def test_continue_after_a_kill_while_placing_a_patch_places_it_again(repo, monke
     assert [s[:1] for s in subjects if s] == ["D", "C", "A"]  # D once, B being resolved
 
 
+def test_a_kill_while_the_rebase_starts_leaves_nothing_to_lose(repo, monkeypatch, capsys):
+    before = pinned_bytes(repo)
+    with monkeypatch.context() as patched, pytest.raises(Killed):
+        patched.setattr(rebase.status, "run_probes", lambda *a: (_ for _ in ()).throw(Killed))
+        rebase_command.run(Args(to=TARGET), repo)  # tree unpacked, state.json not written yet
+    assert (repo / "work" / "rebase" / f"vllm-{TARGET}").is_dir()
+    with pytest.raises(OverlayError, match="no rebase in progress .*state.json does not exist"):
+        rebase_command.run(Args(resume=True), repo)
+    rebase_command.run(Args(abort=True), repo)
+    assert "were never touched" in capsys.readouterr().out
+    assert pinned_bytes(repo) == before and not (repo / "work" / "rebase").exists()
+    assert rebase_command.run(Args(to=TARGET), repo) == 1  # and a new start works
+
+
 @pytest.mark.parametrize("killed_at", ["VERSION", "upstream.lock.json"])
 def test_a_kill_while_the_pin_is_written_aborts_to_the_exact_state_before(
         repo, monkeypatch, capsys, killed_at):
