@@ -640,6 +640,8 @@ def to_markdown(data: dict) -> str:
             detail += "; plain apply failed at: " + "; ".join(f"`{h}`" for h in o["hunks"])
         if o.get("unmerged"):
             detail += "; conflicts left in: " + ", ".join(f"`{f}`" for f in o["unmerged"])
+        for gone, went in o.get("moved_to", {}).items():
+            detail += f"; `{gone}`'s code went to " + ", ".join(f"`{w}`" for w in went)
         lines.append(f"| {o['patch']} | {result} | {detail.replace('|', '/')} |")
     lines += ["", f"## New lock ({'written' if data['state'] == 'complete' else 'not written yet'})",
               "", f"`{data['lock']['version']}`, released {data['lock']['released']}", "",

@@ -445,6 +445,9 @@ def test_a_stop_on_a_file_upstream_deleted_says_git_rm_and_where_the_code_went(
     outcome = log["patches"][0]
     assert outcome["result"] == "deleted" and outcome["deleted"] == ["vllm/m.py"]
     assert outcome["moved_to"] == {"vllm/m.py": ["vllm/gpu/runner.py::Runner.m3"]}
+    md = (repo / "reports" / f"rebase-{PIN}-{TARGET}.md").read_text()
+    assert "| deleted | upstream deleted vllm/m.py" in md
+    assert "`vllm/m.py`'s code went to `vllm/gpu/runner.py::Runner.m3`" in md
     # the human follows the advice: the dead file removed, the hunk ported
     tree = repo / "work" / "rebase" / f"vllm-{TARGET}"
     git(tree, "rm", "-q", "vllm/m.py")
