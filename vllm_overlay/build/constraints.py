@@ -122,6 +122,11 @@ def drop_entries(text: str, names: set[str]) -> str:
     return "".join(out)
 
 
+def source_header(upstream_version: str, wheel_name: str) -> str:
+    """The first line of locks/runtime-<arch>.in: which pin the lock was resolved for."""
+    return f"# Requires-Dist of vllm {upstream_version} ({wheel_name}), extras left out (make lock)\n"
+
+
 def make_lock(arch: str, upstream_wheel: Path, wheel_name: str, upstream_version: str,
               repo: Path = REPO) -> None:
     """Write locks/runtime-<arch>.{in,txt} and locks/test-<arch>.txt (network: PyPI)."""
@@ -129,8 +134,8 @@ def make_lock(arch: str, upstream_wheel: Path, wheel_name: str, upstream_version
     locks.mkdir(exist_ok=True)
     source = locks / f"runtime-{arch}.in"
     lines = requires_dist(upstream_wheel, upstream_version, wheel_name)
-    source.write_text(f"# Requires-Dist of vllm {upstream_version} ({wheel_name}), extras left "
-                      "out (make lock)\n" + "".join(f"{line}\n" for line in lines))
+    source.write_text(source_header(upstream_version, wheel_name)
+                      + "".join(f"{line}\n" for line in lines))
     runtime = compile_lock([source.name], runtime_lock(arch, repo).name, arch, locks)
     test_in = Path("..") / TEST_REQUIREMENTS
     joint = compile_lock([source.name, str(test_in)], f".test-{arch}.joint.txt", arch, locks,

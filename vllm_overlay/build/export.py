@@ -5,6 +5,7 @@ indexes and unnumbered subjects, so re-exporting unchanged commits changes no by
 """
 
 import filecmp
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -21,14 +22,17 @@ SERIES_HEADER = ("# Applied in this order with `git am` onto the pinned upstream
 REQUIRED_TRAILERS = ("Origin", "Risk", "Probe")
 
 
-def export(tree: Path, dest: Path) -> list[str]:
-    """Write one patch per commit since the base into dest, plus `series`. Returns names."""
+def export(tree: Path, dest: Path, rev: str = "HEAD") -> list[str]:
+    """Write one patch per commit since the base (up to `rev`) into dest, plus `series`.
+    Returns the names."""
     if not (tree / ".git").exists():
         raise OverlayError(f"{tree}: not a work tree (run `make apply` first)")
     dest = dest.resolve()  # git runs in the tree: a relative path would land there
     dest.mkdir(parents=True, exist_ok=True)
+    for stale in dest.glob(".export-*"):  # left by a killed export
+        shutil.rmtree(stale, ignore_errors=True)
     with tempfile.TemporaryDirectory(dir=dest, prefix=".export-") as tmp:
-        git(tree, *FORMAT_PATCH_ARGS, "-o", tmp, f"{BASE_TAG}..HEAD")
+        git(tree, *FORMAT_PATCH_ARGS, "-o", tmp, f"{BASE_TAG}..{rev}")
         names = sorted(p.name for p in Path(tmp).glob("*.patch"))
         for old in dest.glob("*.patch"):
             if old.name not in names:
@@ -37,6 +41,43 @@ def export(tree: Path, dest: Path) -> list[str]:
             (Path(tmp) / name).replace(dest / name)
     (dest / "series").write_text(SERIES_HEADER + "".join(f"{n}\n" for n in names))
     return names
+
+
+EXPORTED_REF = "refs/overlay/exported"  # a dev tree's commit that patches/ last equalled
+
+
+def mark_exported(tree: Path) -> None:
+    """Record that patches/ now equals the tree's HEAD (after `make apply` or an export)."""
+    git(tree, "update-ref", EXPORTED_REF, "HEAD")
+
+
+def same_export(tree: Path, rev: str, patches_dir: Path) -> bool:
+    """Whether the tree's commits up to `rev` export byte-identically to patches_dir."""
+    with tempfile.TemporaryDirectory(prefix="overlay-export-") as tmp:
+        export(tree, Path(tmp), rev)
+        return compare_exports(patches_dir, Path(tmp)) == []
+
+
+def exported_rev(tree: Path) -> str | None:
+    proc = git(tree, "rev-parse", "--verify", "-q", EXPORTED_REF, check=False)
+    return proc.stdout.strip() or None
+
+
+def unexported(tree: Path, patches_dir: Path) -> str | None:
+    """What the work tree holds that patches/ lacks (None: deleting it loses nothing)."""
+    if not (tree / ".git").exists():
+        return None
+    if (tree / ".git" / "rebase-apply").exists():
+        return "a `git am` in progress"
+    dirty = git(tree, "status", "--porcelain", "--untracked-files=no").stdout.splitlines()
+    if dirty:
+        return f"{len(dirty)} file(s) with uncommitted changes ({dirty[0].strip()}, ...)"
+    head = git(tree, "rev-parse", "HEAD").stdout.strip()
+    if head == exported_rev(tree) or same_export(tree, "HEAD", patches_dir):
+        return None  # nothing committed since `make apply` / the last export
+    since = exported_rev(tree) or BASE_TAG
+    count = git(tree, "rev-list", "--count", f"{since}..HEAD", check=False).stdout.strip()
+    return f"{count or 'some'} commit(s) not exported to {patches_dir.name}/"
 
 
 def check_trailers(patches: list[Patch]) -> list[str]:

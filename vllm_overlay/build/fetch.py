@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -94,14 +95,23 @@ def pip_index_urls() -> list[str]:
 def project_files(project: str, indexes: list[str] | None = None) -> dict[str, str]:
     """filename -> URL over pip's indexes (or `indexes`); the first index that has a file wins."""
     found: dict[str, str] = {}
+    unreachable: dict[str, str] = {}
     for index in pip_index_urls() if indexes is None else indexes:
-        for filename, url in index_files(index, project).items():
+        for filename, url in index_files(index, project, unreachable).items():
             found.setdefault(filename, url)
+    if unreachable:
+        where = "; ".join(f"{page} ({why})" for page, why in unreachable.items())
+        if not found:
+            raise OverlayError(f"{project}: pip's index cannot be read: {where} (check the "
+                               f"network, or PIP_INDEX_URL / PIP_EXTRA_INDEX_URL)")
+        _log.info(f"warning: {project}: skipped an index that cannot be read: {where}")
     return found
 
 
-def index_files(index_url: str, project: str) -> dict[str, str]:
-    """filename -> absolute URL for one project on one simple index (PEP 691 or 503)."""
+def index_files(index_url: str, project: str,
+                unreachable: dict[str, str] | None = None) -> dict[str, str]:
+    """filename -> absolute URL for one project on one simple index (PEP 691 or 503); an
+    index that cannot be read has none (and is noted in `unreachable`: page -> why)."""
     page = index_url.rstrip("/") + f"/{project}/"
     request = urllib.request.Request(page, headers={
         "Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1"})
@@ -112,7 +122,10 @@ def index_files(index_url: str, project: str) -> dict[str, str]:
         else:
             with urllib.request.urlopen(request, timeout=60) as resp:
                 body, ctype = resp.read(), resp.headers.get("Content-Type", "")
-    except (OSError, ValueError):
+    except (OSError, ValueError) as exc:
+        if unreachable is not None and not (isinstance(exc, urllib.error.HTTPError)
+                                            and exc.code == 404):  # 404: not on this index
+            unreachable[page] = str(getattr(exc, "reason", None) or exc)
         return {}
     if "json" in ctype:
         files = json.loads(body)["files"]
@@ -139,6 +152,9 @@ def download_pinned(url: str, dest: Path, art: Artifact) -> None:
     part = dest.with_name(dest.name + f".part{os.getpid()}")
     try:
         sha256, size = download(url, part, art.filename, Progress(art.filename, art.size).advance)
+        if size < art.size:
+            raise OverlayError(f"{art.filename}: download from {url} truncated: got {size} "
+                               f"of {art.size} bytes ({art.size - size} missing); try again")
         if size != art.size or sha256 != art.sha256:
             raise OverlayError(
                 f"{art.filename}: downloaded from {url} but got size {size}, sha256 "

@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from vllm_overlay.build import constraints, fetch, supplyenv
+from vllm_overlay.common import pin
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.fs import atomic_write
 from vllm_overlay.common.paths import REPO
@@ -212,6 +213,37 @@ def record(arch: str, repo: Path = REPO) -> Path:
     atomic_write(path, json.dumps(doc, indent=1, sort_keys=True) + "\n")
     print(f"lock: {path} ({len(found)} packages)", file=sys.stderr)
     return path
+
+
+def lock_pin(arch: str, repo: Path = REPO) -> None:
+    """`make lock ARCH=<arch>`: resolve the runtime and test locks of the repo's pin and record
+    their metadata (network). `make rebase` runs this same code for the new pin."""
+    the_pin = pin.load(repo)
+    art = the_pin.wheel(arch)
+    constraints.make_lock(arch, fetch.fetch(art, the_pin.project), art.filename,
+                          the_pin.upstream_version, repo)
+    record(arch, repo)  # what the no-network closure test reads
+
+
+def lock_follows(arch: str, repo: Path = REPO) -> bool:
+    """Whether `make lock ARCH=<arch>` completed for the repo's current pin: the runtime
+    roots were read from the pinned wheel, and the metadata record describes these very
+    locks (a lock step killed or failed half-way does not count)."""
+    the_pin = pin.load(repo)
+    art = the_pin.wheel(arch)
+    source = constraints.lock_dir(repo) / f"runtime-{arch}.in"
+    try:
+        if not source.read_text().startswith(
+                constraints.source_header(the_pin.upstream_version, art.filename)):
+            return False
+        doc = json.loads(metadata_path(arch, repo).read_text())
+        runtime = constraints.runtime_lock(arch, repo).read_text()
+        test = constraints.test_lock(arch, repo).read_text()
+        return (doc["roots"] == lock_roots(arch, repo)
+                and doc["locks"] == {"runtime": sorted(locked_hashes(runtime)),
+                                     "test": sorted(locked_hashes(test))})
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def closure_request(arch: str, lock: str, repo: Path = REPO,

@@ -1,7 +1,6 @@
 """`lock`: resolve the hash-locked runtime and test packages into locks/ (uv; network)."""
 
-from vllm_overlay.build import constraints, fetch, lockmeta
-from vllm_overlay.common import pin
+from vllm_overlay.build import lockmeta
 
 
 def add(sub) -> None:
@@ -12,8 +11,4 @@ def add(sub) -> None:
 
 
 def run(args) -> None:
-    the_pin = pin.load()
-    art = the_pin.wheel(args.arch)
-    constraints.make_lock(args.arch, fetch.fetch(art, the_pin.project), art.filename,
-                          the_pin.upstream_version)
-    lockmeta.record(args.arch)  # what the no-network closure test reads
+    lockmeta.lock_pin(args.arch)  # the same code `make rebase` runs for a new pin

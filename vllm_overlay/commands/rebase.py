@@ -4,14 +4,32 @@ from pathlib import Path
 
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.paths import REPO
-from vllm_overlay.upstream import rebase
+from vllm_overlay.upstream import rebase, releases
+
+
+def check_target(to: str) -> None:
+    """TO names one release (or 'latest'); a range or a list is not a rebase target."""
+    if not to.strip() or ".." in to or "," in to:
+        raise OverlayError(f"rebase: TO={to!r} is not one release: a rebase moves the pin to "
+                           f"one release (e.g. TO=0.20.0, or TO=latest); ranges and lists are "
+                           f"for `make status RELEASES=...`")
+    if to != "latest":
+        releases.version_key(to)  # names it if it is no version number
 
 
 def run(args, repo: Path = REPO) -> int:
     """0 when the rebase is done (or a no-op), 1 when it stopped at a conflict."""
-    if sum(map(bool, (args.to, args.resume, args.abort))) != 1:
+    given = [name for name, value in (("TO=" + str(args.to), args.to is not None),
+                                      ("CONTINUE=1", args.resume), ("ABORT=1", args.abort))
+             if value]
+    if len(given) > 1:
+        raise OverlayError(f"rebase: {' and '.join(given)} conflict: give one of TO=<release>, "
+                           f"CONTINUE=1, ABORT=1 (--to, --continue, --abort)")
+    if not given:
         raise OverlayError("rebase needs exactly one of --to <release>, --continue, --abort "
                            "(make rebase TO=<release> | CONTINUE=1 | ABORT=1)")
+    if args.to is not None:
+        check_target(args.to)
     if args.abort:
         rebase.abort(repo)
         return 0

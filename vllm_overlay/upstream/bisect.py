@@ -109,10 +109,12 @@ class Checks:
 
     @staticmethod
     def _conflicts(cells: dict[str, status.Cell], upstreamed_too: bool = True) -> str:
-        return "; ".join(f"{name} conflicts in {', '.join(cell.files) or '?'}"
+        return "; ".join(f"{name} " + ("conflicts in" if cell.apply == "conflict" else
+                                      "changes files upstream deleted:")
+                         + f" {', '.join(cell.files) or '?'}"
                          + (" (already upstream: its probes hold)"
                             if cell.status == "upstream" else "")
-                         for name, cell in cells.items() if cell.apply == "conflict"
+                         for name, cell in cells.items() if cell.apply in ("conflict", "deleted")
                          and (upstreamed_too or cell.status != "upstream"))
 
     def apply(self, version: str) -> tuple[str, str]:

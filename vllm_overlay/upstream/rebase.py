@@ -10,12 +10,19 @@
                                                    hold (the probe or the patch is wrong)
      `git am --3way` against the pinned tree's objects (borrowed as `make status` does)
                                                 -> applied-3way
+     a file it changes was deleted upstream     -> deleted: stop; the advice is `git rm` and
+                                                   port the hunk to where drift finds the code
      anything else                              -> conflict: stop, the merge stays in the tree
 3. A stop leaves patches/, the lock and VERSION untouched. After the human's
    `git am --continue` (or `git am --skip`, which drops the patch), `--continue` goes on.
-4. When every patch is placed: the tree's commits are exported to patches/ (the messages,
-   trailers included, are the patches' own), the lock and VERSION written, the log
-   reports/rebase-<from>-<to>.{md,json} written, and the wheel built.
+4. When every patch is placed: patches/, locks/, the lock and VERSION are copied to
+   work/rebase/before/ (ABORT=1 restores them from there), the tree's commits are exported
+   to patches/ (the messages, trailers included, are the patches' own), the lock and
+   VERSION written; then the runtime locks are made for the new pin as `make lock` makes
+   them (network). If that fails, it stops and prints the `make lock ARCH=..` to run before
+   CONTINUE=1. Then the log reports/rebase-<from>-<to>.{md,json}, and the wheel.
+A kill at any point leaves state.json saying where it was: CONTINUE=1 goes on from there
+(a patch being placed is placed again), ABORT=1 puts the repository back as it was.
 """
 
 import datetime
@@ -26,7 +33,7 @@ import tarfile
 import urllib.request
 from pathlib import Path
 
-from vllm_overlay.build import apply, export, fetch, setup_py
+from vllm_overlay.build import apply, export, fetch, lockmeta, setup_py
 from vllm_overlay.build.overlay_mode import build_overlay_wheel
 from vllm_overlay.common import log, pin, series
 from vllm_overlay.common.errors import OverlayError
@@ -34,11 +41,14 @@ from vllm_overlay.common.fs import atomic_write
 from vllm_overlay.common.git import git
 from vllm_overlay.common.http import BatchProgress
 from vllm_overlay.common.requirements import requirement_names
-from vllm_overlay.upstream import releases, status
+from vllm_overlay.upstream import drift, releases, status
 
 WORK = Path("work") / "rebase"  # relative to the repository
 STATE = "state.json"
 PINNED_FILES = ("patches", "VERSION", "upstream.lock.json")
+LOCKS = "locks"  # re-locked for the new pin at the end
+DOCKERFILES = ("Dockerfile", "docker/source.Dockerfile")  # their ARG defaults name the pin
+WRITTEN = (*PINNED_FILES, LOCKS, *DOCKERFILES)  # what a rebase may change: backed up first
 _log = log.stage("rebase")
 
 
@@ -74,6 +84,16 @@ def fetch_target(files: dict[str, str], key: str, filename: str) -> pin.Artifact
     blob = fetch.blob_path(sha256)
     size = blob.stat().st_size if blob.exists() else _content_length(url)
     art = pin.Artifact(key, filename, size, sha256)
+    if blob.exists():  # a copy under the index's sha256 that is not that file: say how big
+        try:
+            fetch.cached(art)
+        except OverlayError as exc:
+            expected = _content_length(url)
+            raise OverlayError(
+                f"{filename}: the cached copy {blob} has {size} bytes, the index's file "
+                f"{expected}" + (f" ({expected - size} missing: truncated)" if size < expected
+                                 else "") + f", and its sha256 is not the index's {sha256}: "
+                f"delete it to fetch it again") from exc
     fetch.fetch(art)  # downloads on a cold cache; size and sha256 checked either way
     return art
 
@@ -180,6 +200,7 @@ def place(tree: Path, patch: series.Patch, probe_results: list[dict]) -> dict:
     if not check.files:
         raise OverlayError(f"{patch.name}: git apply failed in {tree}: {check.detail}")
     hunks = check.detail.splitlines()  # git apply names the first failing hunk per file
+    gone = status.deleted_targets(tree, check.files)  # before git am writes them back
     proc = git(tree, "am", "-q", "--3way", "--keep-cr", "--committer-date-is-author-date",
                      str(patch.path), check=False)
     if proc.returncode == 0:
@@ -187,6 +208,13 @@ def place(tree: Path, patch: series.Patch, probe_results: list[dict]) -> dict:
                 "hunks": hunks, "detail": "plain apply failed; the 3-way merge against the "
                                           "pinned file succeeded"}
     unmerged = _unmerged(tree)
+    if gone:  # not a merge to resolve: the code is elsewhere now, or gone
+        header = outcome["applied_upstream_header"]
+        return {**outcome, "result": "deleted", "hunks": hunks, "deleted": gone,
+                "files": sorted(set(check.files) | set(unmerged)),
+                "unmerged": [f for f in unmerged if f not in gone],
+                "detail": f"upstream deleted {', '.join(gone)}, which it changes"
+                          + (f" (its Applied-Upstream header says {header})" if header else "")}
     output = (proc.stdout + proc.stderr).strip()
     detail = ("the 3-way merge left conflicts in " + ", ".join(unmerged) if unmerged else
               f"3-way merge impossible ({output.splitlines()[-1] if output else 'no output'}): "
@@ -286,20 +314,40 @@ def start(repo: Path, to: str) -> dict | None:
     return state
 
 
+def _save(work: Path, state: dict) -> None:
+    atomic_write(work / STATE, json.dumps(state, indent=1))
+
+
+def _roll_back_placement(tree: Path, current: dict) -> None:
+    """A kill while a patch was being placed: the tree back to before that patch (the
+    patch is still first in "todo" and is placed again)."""
+    if (tree / ".git" / "rebase-apply").exists():
+        git(tree, "am", "--abort", check=False)
+    git(tree, "reset", "-q", "--hard", current["head"])
+    _log.info(f"{current['patch']}: was being placed when the last run ended; placed again")
+
+
 def resume(repo: Path) -> dict:
-    """The state of a stopped rebase, with the human's resolution of the stopped patch."""
+    """The state of a stopped (or killed) rebase, with the human's resolution of the stopped
+    patch."""
     work = repo / WORK
     if not (work / STATE).exists():
         raise OverlayError(f"no rebase in progress ({work / STATE} does not exist): start one "
                            f"with `make rebase TO=<release>`")
     state = json.loads((work / STATE).read_text())
+    if state.get("phase"):  # patches/, the lock and VERSION are being (or were) written
+        return state
     tree = work / f"vllm-{state['to']}"
-    stopped = state["stopped"]
+    stopped = state.get("stopped")
+    if stopped is None and state.get("current"):
+        _roll_back_placement(tree, state["current"])
+        state["current"] = None
+        _save(work, state)
     if (tree / ".git" / "rebase-apply").exists():
+        which = f"to drop {stopped['patch']}" if stopped else "to drop the patch"
         raise OverlayError(f"`git am` is still in progress in {tree}: resolve the conflicts, "
                            f"`git add` the files and run `git am --continue` there (or "
-                           f"`git am --skip` to drop {stopped['patch']}), then `make rebase "
-                           f"CONTINUE=1`")
+                           f"`git am --skip` {which}), then `make rebase CONTINUE=1`")
     dirty = git(tree, "status", "--porcelain", "--untracked-files=no").stdout.strip()
     if dirty:
         raise OverlayError(f"{tree} has uncommitted changes: commit them (`git am --continue`"
@@ -308,6 +356,8 @@ def resume(repo: Path) -> dict:
     if series.series_digest(patches, repo / "patches") != state["series_sha256"]:
         raise OverlayError("patches/ changed since the rebase started; restore it "
                            "(`git checkout -- patches`) or start over (`make rebase ABORT=1`)")
+    if stopped is None:  # killed between two patches: nothing to record
+        return state
     count = int(git(tree, "rev-list", "--count", f"{stopped['head']}..HEAD").stdout)
     outcome = state["done"][-1]
     outcome["resolution"] = ("dropped by hand (nothing committed for it)" if count == 0 else
@@ -319,43 +369,164 @@ def resume(repo: Path) -> dict:
 
 def run(repo: Path, state: dict, build_wheel: bool = True, arch: str = "x86_64") -> dict:
     """Place the remaining patches; stop at a conflict, else finish. Returns the state."""
-    work, the_pin = repo / WORK, pin.load(repo)
+    work = repo / WORK
     tree = work / f"vllm-{state['to']}"
-    patches = {p.name: p for p in series.read_series(repo / "patches")}
-    objects = _pin_objects(the_pin, list(patches.values()))
-    (tree / ".git" / "objects" / "info" / "alternates").write_text(f"{objects}\n")
-    total = len(patches)
+    if state["todo"]:
+        patches = {p.name: p for p in series.read_series(repo / "patches")}
+        objects = _pin_objects(pin.load(repo), list(patches.values()))
+        (tree / ".git" / "objects" / "info" / "alternates").write_text(f"{objects}\n")
+        total = len(state["done"]) + len(state["todo"])
     while state["todo"]:
-        name = state["todo"].pop(0)
-        head = _head(tree)
+        name = state["todo"][0]
+        state["current"] = {"patch": name, "head": _head(tree)}
+        _save(work, state)  # a kill from here on: resume rolls the tree back to "head"
         outcome = place(tree, patches[name], state["probes"][name])
         if outcome["result"] in ("dropped-upstream", "flagged"):
             outcome["release"] = state["first_release"][name]
+        state["todo"].pop(0)
         state["done"].append(outcome)
         _log.info(f"[{len(state['done'])}/{total}] {name[:4]} {outcome['result']}: "
                   f"{outcome['detail']}")
-        if outcome["result"] == "conflict":
-            state["stopped"] = {"patch": name, "head": head}
-            atomic_write(work / STATE, json.dumps(state, indent=1))
+        if outcome["result"] == "deleted":
+            outcome["moved_to"] = where_it_went(objects.parent.parent, list(patches.values()),
+                                                name, tree, state)
+        if outcome["result"] in ("conflict", "deleted"):
+            state["stopped"], state["current"] = state["current"], None
+            _save(work, state)
             write_log(repo, state)
             print(stop_message(repo, state, tree))
             return state
-        atomic_write(work / STATE, json.dumps(state, indent=1))
-    finish(repo, state, tree, the_pin, build_wheel, arch)
+        state["current"] = None
+        _save(work, state)
+    finish(repo, state, tree, build_wheel, arch)
     return state
 
 
-def finish(repo: Path, state: dict, tree: Path, the_pin: pin.Pin, build_wheel: bool,
-           arch: str) -> None:
-    export.export(tree, repo / "patches")
-    atomic_write(repo / "upstream.lock.json", json.dumps(state["lock"], indent=2) + "\n")
-    atomic_write(repo / "VERSION", state["version"] + "\n")
-    pin.load(repo)  # the new pin reads back
+BEFORE = "before"  # work/rebase/before/: the repository's pinned files as they were
+
+
+def _backup(repo: Path, work: Path) -> None:
+    """Copy patches/, VERSION, upstream.lock.json and locks/ to work/rebase/before/ (whole,
+    or not at all), so that ABORT=1 can put them back."""
+    tmp = work / (BEFORE + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for name in WRITTEN:
+        src = repo / name
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, tmp / name, symlinks=True)
+        elif src.exists():
+            shutil.copy2(src, tmp / name)
+    tmp.rename(work / BEFORE)
+
+
+def _restore(repo: Path, work: Path) -> None:
+    before = work / BEFORE
+    for name in WRITTEN:
+        dest, src = repo / name, before / name
+        if dest.is_dir():
+            shutil.rmtree(dest)
+        elif dest.exists():
+            dest.unlink()
+        if src.is_dir():
+            shutil.copytree(src, dest, symlinks=True)
+        elif src.exists():
+            shutil.copy2(src, dest)
+
+
+def dockerfile_defaults(text: str, old: str, new: str, old_version: str,
+                        new_version: str) -> str:
+    """The Dockerfile with its ARG defaults moved to the new pin: the overlay version (in the
+    wheel and SBOM names too), then the upstream release (the base image tag)."""
+    release = re.compile(rf"(?<![\d.]){re.escape(old)}(?![\d]|\.\d)")
+    out = []
+    for line in text.splitlines(keepends=True):
+        if line.startswith("ARG "):
+            line = release.sub(new, line.replace(old_version, new_version))
+        out.append(line)
+    return "".join(out)
+
+
+def lock_arches(state: dict) -> list[str]:
+    """The arches whose runtime lock must follow the new pin: those it pins a wheel for."""
+    return [key[6:] for key in state["lock"]["artifacts"] if key.startswith("wheel-")]
+
+
+def relock(repo: Path, arches: list[str]) -> dict[str, str]:
+    """`make lock ARCH=<arch>` for each arch whose lock does not follow the pin yet;
+    arch -> why it failed (network, resolution), for those that could not be locked."""
+    failed = {}
+    for arch in arches:
+        if lockmeta.lock_follows(arch, repo):
+            continue
+        _log.info(f"re-locking the runtime for {arch} (= make lock ARCH={arch}; network)")
+        try:
+            lockmeta.lock_pin(arch, repo)  # = make lock ARCH=<arch>
+        except (OverlayError, OSError) as exc:
+            failed[arch] = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        else:
+            if not lockmeta.lock_follows(arch, repo):
+                failed[arch] = "make lock finished, but the lock still does not follow the pin"
+    return failed
+
+
+def where_it_went(pin_tree: Path, patches: list[series.Patch], name: str, tree: Path,
+                  state: dict) -> dict[str, list[str]]:
+    """deleted file -> where drift finds the definitions the patch changes in it on the
+    target ("file::name"); {} when drift cannot tell (it is advice, never a failure)."""
+    deleted = set(state["done"][-1]["deleted"])
+    try:
+        data = drift.compute(pin_tree, patches, [(state["to"], tree)], state["from"]).data
+    except (OverlayError, OSError, ValueError) as exc:
+        _log.info(f"{name}: drift cannot tell where the code went ({exc})")
+        return {}
+    out: dict[str, list[str]] = {}
+    for report in data["patches"]:
+        if report["name"] != name:
+            continue
+        for definition in report["definitions"]:
+            if definition["file"] in deleted:
+                for change in definition["changes"]:
+                    if change["location"] and change["location"] not in out.get(
+                            definition["file"], []):
+                        out.setdefault(definition["file"], []).append(change["location"])
+    return out
+
+
+def finish(repo: Path, state: dict, tree: Path, build_wheel: bool, arch: str) -> None:
+    """Write patches/, upstream.lock.json and VERSION, re-lock, then build. Every step can be
+    killed: CONTINUE=1 redoes what is missing, ABORT=1 restores the backup."""
+    work = repo / WORK
+    if state.get("phase") in (None, "writing"):
+        if state.get("phase") is None:
+            _backup(repo, work)
+            state["phase"] = "writing"
+            _save(work, state)
+        export.export(tree, repo / "patches")
+        atomic_write(repo / "upstream.lock.json", json.dumps(state["lock"], indent=2) + "\n")
+        atomic_write(repo / "VERSION", state["version"] + "\n")
+        pin.load(repo)  # the new pin reads back
+        for name in DOCKERFILES:
+            if (repo / name).is_file():
+                text = (repo / name).read_text()
+                atomic_write(repo / name, dockerfile_defaults(
+                    text, state["from"], state["to"], state["version_from"], state["version"]))
+        state["phase"] = "locking"
+        _save(work, state)
+        print(f"rebase: {state['from']} -> {state['to']}: patches/, upstream.lock.json and "
+              f"VERSION ({state['version']}) written")
+    failed = relock(repo, lock_arches(state))
+    if failed:
+        write_log(repo, state)
+        print(lock_stop_message(state, failed))
+        return
     state["complete"] = True
     md, _ = write_log(repo, state)
-    shutil.rmtree(repo / WORK)
-    print(f"rebase: {state['from']} -> {state['to']} done; patches/, upstream.lock.json and "
-          f"VERSION ({state['version']}) written; log {md}")
+    shutil.rmtree(work)
+    print(f"rebase: {state['from']} -> {state['to']} done; patches/, upstream.lock.json, "
+          f"VERSION ({state['version']}), locks/ and the Dockerfiles' defaults written; "
+          f"log {md}")
     for o in state["done"]:
         if o["result"] == "flagged":
             print(f"flagged for a human: {o['patch']}: {o['detail']}")
@@ -363,13 +534,26 @@ def finish(repo: Path, state: dict, tree: Path, the_pin: pin.Pin, build_wheel: b
         print(f"for a human: {note}")
     if build_wheel:
         print(build_overlay_wheel(arch, repo / "wheelhouse", repo / "patches", repo))
-    print("next: `make test` (its runtime venv follows the new pin's requirements)")
+    print(f"next: `make test` (its runtime venv installs locks/runtime-{arch}.txt, re-locked "
+          f"for {state['to']})")
 
 
 def abort(repo: Path) -> None:
     work = repo / WORK
     if not work.exists():
         raise OverlayError(f"no rebase in progress ({work} does not exist)")
+    state = json.loads((work / STATE).read_text()) if (work / STATE).exists() else {}
+    if state.get("phase"):
+        if not (work / BEFORE).is_dir():
+            raise OverlayError(f"{work / BEFORE} is missing, so ABORT cannot restore the files "
+                               f"the rebase wrote: restore them with `git checkout -- "
+                               f"{' '.join(WRITTEN)}`, then remove {work}")
+        _restore(repo, work)
+        shutil.rmtree(work)
+        print(f"rebase: patches/, upstream.lock.json, VERSION, locks/ and the Dockerfiles "
+              f"restored to "
+              f"{state['from']} (from {work / BEFORE}); {work} removed")
+        return
     shutil.rmtree(work)
     print(f"rebase: {work} removed; patches/, upstream.lock.json and VERSION were never touched")
 
@@ -377,19 +561,49 @@ def abort(repo: Path) -> None:
 # --- messages and the log -------------------------------------------------------------------
 
 
+def _deleted_advice(outcome: dict) -> list[str]:
+    lines = []
+    for f in outcome.get("deleted", []):
+        went = outcome.get("moved_to", {}).get(f)
+        lines += [f"  {f}: upstream deleted it. Do not `git add` it (that would ship our old "
+                  f"copy of the whole file): `git rm {f}`, then port the hunk to where the code "
+                  f"went: " + (", ".join(went) + " (drift)" if went else
+                               "drift does not know; look for the definitions it changes")]
+    return lines
+
+
 def stop_message(repo: Path, state: dict, tree: Path) -> str:
     outcome = state["done"][-1]
-    lines = [f"rebase: stopped at {outcome['patch']} ({outcome['subject']}): conflict on "
-             f"{state['to']}", f"  {outcome['detail']}",
+    deleted = outcome.get("deleted", [])
+    header = outcome.get("applied_upstream_header")
+    skip = "git am --skip (drops the patch" + (
+        f"; right if upstream has it, as its Applied-Upstream: {header} says)" if header else ")")
+    lines = [f"rebase: stopped at {outcome['patch']} ({outcome['subject']}): "
+             f"{outcome['result']} on {state['to']}", f"  {outcome['detail']}",
              *(f"  plain apply failed: {h}" for h in outcome["hunks"]),
              *(f"  to resolve: {f}" for f in outcome["unmerged"]),
+             *_deleted_advice(outcome),
              f"the work tree keeps it for you: {tree}",
              "patches/, upstream.lock.json and VERSION are unchanged. To go on:",
              f"  cd {tree}",
-             "  # edit the files, then",
+             *([f"  git rm -q {' '.join(deleted)}   # then port the hunk, `git add` the files "
+                f"you ported it to"] if deleted else ["  # edit the files, then"]),
              f"  git add {' '.join(outcome['unmerged']) or '<files>'} && git am --continue"
-             "     # or: git am --skip (drops the patch)",
+             f"     # or: {skip}",
              f"  cd {repo} && make rebase CONTINUE=1     # = ./build.sh rebase --continue"]
+    return "\n".join(lines)
+
+
+def lock_stop_message(state: dict, failed: dict[str, str]) -> str:
+    lines = [f"rebase: stopped before the build: the runtime lock does not follow "
+             f"{state['to']} yet", *(f"  make lock ARCH={a} failed: {why}" for a, why in
+                                      failed.items()),
+             f"patches/, upstream.lock.json and VERSION ({state['version']}) are written; "
+             f"locks/ is not. To go on (network: pip's indexes):",
+             *(f"  make lock ARCH={a}" for a in failed),
+             "  make rebase CONTINUE=1     # checks the locks follow the pin, then builds",
+             f"or `make rebase ABORT=1` puts patches/, upstream.lock.json, VERSION and locks/ "
+             f"back as they were on {state['from']}"]
     return "\n".join(lines)
 
 
@@ -404,8 +618,10 @@ def to_json(state: dict) -> dict:
             "version": state["version"], "state": "complete" if done else "stopped",
             "patches": state["done"] + [{"patch": n, "result": "pending"} for n in state["todo"]],
             "lock": state["lock"], "notes": state["notes"],
-            "next": ["make test"] if done else ["git am --continue (in the work tree)",
-                                                "make rebase CONTINUE=1"]}
+            "next": ["make test"] if done else
+            [*(f"make lock ARCH={a}" for a in lock_arches(state)), "make rebase CONTINUE=1"]
+            if state.get("phase") else ["git am --continue (in the work tree)",
+                                        "make rebase CONTINUE=1"]}
 
 
 def to_markdown(data: dict) -> str:
@@ -424,6 +640,8 @@ def to_markdown(data: dict) -> str:
             detail += "; plain apply failed at: " + "; ".join(f"`{h}`" for h in o["hunks"])
         if o.get("unmerged"):
             detail += "; conflicts left in: " + ", ".join(f"`{f}`" for f in o["unmerged"])
+        for gone, went in o.get("moved_to", {}).items():
+            detail += f"; `{gone}`'s code went to " + ", ".join(f"`{w}`" for w in went)
         lines.append(f"| {o['patch']} | {result} | {detail.replace('|', '/')} |")
     lines += ["", f"## New lock ({'written' if data['state'] == 'complete' else 'not written yet'})",
               "", f"`{data['lock']['version']}`, released {data['lock']['released']}", "",

@@ -35,6 +35,8 @@ LEGEND = {
     "offset": "applies at shifted lines (git apply offset; no fuzz is ever used)",
     "3-way": "applies only through a 3-way merge against the pinned file",
     "conflict": "does not apply, not even 3-way (files listed below)",
+    "deleted": "a file the patch changes was deleted upstream (not a merge conflict): port the "
+               "hunk to where the code went (drift), or drop the patch if upstream has it",
     "upstream": "all of the patch's probes hold in the release: already upstream",
     "present": "the change is textually in the release, but its probes do not hold",
     "no-probe": "",
@@ -43,8 +45,9 @@ LEGEND = {
 
 @dataclass
 class Cell:
-    status: str           # upstream | clean | offset | 3-way | present | conflict
-    apply: str            # how the patch itself fared: clean | offset | 3-way | present | conflict
+    status: str           # upstream | clean | offset | 3-way | present | conflict | deleted
+    apply: str            # how the patch itself fared: clean | offset | 3-way | present |
+                          # conflict | deleted
     detail: str = ""
     files: list[str] = field(default_factory=list)
     probes: list[dict] = field(default_factory=list)  # {"probe", "holds", "why"}
@@ -90,6 +93,12 @@ def _three_way(tree: Path, patch: Patch) -> tuple[bool, str]:
     return moved, output or "no change"
 
 
+def deleted_targets(tree: Path, failed: list[str] | tuple[str, ...]) -> list[str]:
+    """The files a patch failed on because the tree no longer has them (upstream deleted a
+    file the patch changes; a file the patch adds never fails this way)."""
+    return [f for f in failed if not (tree / f).exists() and not (tree / f).is_symlink()]
+
+
 def apply_three_way(tree: Path, patches: list[Patch]) -> dict[str, tuple[str, str, list[str]]]:
     """Apply in series order; patch name -> (apply status, detail, files). See module doc."""
     out = {}
@@ -106,10 +115,14 @@ def apply_three_way(tree: Path, patches: list[Patch]) -> dict[str, tuple[str, st
         elif not check.files:  # git named no file: not a conflict but a failure of ours
             raise OverlayError(f"{patch.name}: git apply failed in {tree}: {check.detail}")
         else:
+            gone = deleted_targets(tree, check.files)  # before git am writes them back
             merged, output = _three_way(tree, patch)
             if merged:
                 out[patch.name] = ("3-way", f"plain apply failed ({check.detail}); "
                                             "3-way merge succeeded", list(check.files))
+            elif gone:  # (a 3-way merge follows a file upstream only renamed)
+                out[patch.name] = ("deleted", f"upstream deleted {', '.join(gone)}, which it "
+                                              "changes", gone)
             elif "already applied" in output or output == "no change":
                 out[patch.name] = ("present", "3-way merge gives no change", list(check.files))
             else:
@@ -142,9 +155,9 @@ def _cells(patches, probe_results, applied) -> dict[str, Cell]:
         results = probe_results[patch.name]
         upstreamed = bool(results) and all(r["holds"] for r in results)
         cells[patch.name] = Cell("upstream" if upstreamed else status, status, detail,
-                                 files if status in ("conflict", "3-way") else [],
+                                 files if status in ("conflict", "3-way", "deleted") else [],
                                  results, list(left_out))
-        if status == "conflict":
+        if status in ("conflict", "deleted"):
             left_out.append(patch.name)
     return cells
 
@@ -208,6 +221,7 @@ def compute(pin: Pin, patches: list[Patch], versions: list[str], urls: dict[str,
     for patch in patches:
         holds = [r.version for r in releases if r.cells[patch.name].status == "upstream"]
         first = holds[0] if holds else None
+        _deleted_but_upstream(patch, first, releases)
         later_fail = [r.version for r in releases if first and upstream.version_key(r.version)
                       > upstream.version_key(first) and r.version not in holds]
         header = (patch.trailers.get("Applied-Upstream") or [None])[0]
@@ -218,6 +232,29 @@ def compute(pin: Pin, patches: list[Patch], versions: list[str], urls: dict[str,
                      "probes_fail_again_in": later_fail})
     return Matrix(pin.project, pin.upstream_version, str(patches_dir), info, releases, bad,
                   time.monotonic() - started)
+
+
+def _deleted_but_upstream(patch: Patch, first: str | None, releases: list[Release]) -> None:
+    """A patch whose file upstream deleted, in a release from the one its Applied-Upstream
+    header names (or the first where its probes held) on: upstream had it, then moved the
+    code; its probes cannot hold on a file that is gone. "upstream/deleted", not a cell to
+    port."""
+    header = (patch.trailers.get("Applied-Upstream") or [None])[0]
+    landed = [v for v in (header, first) if v]
+    for release in releases:
+        cell = release.cells[patch.name]
+        if cell.status != "deleted":
+            continue
+        key = upstream.version_key(release.version)
+        for version in landed:
+            try:
+                if upstream.version_key(version) <= key:
+                    cell.status = "upstream"
+                    cell.detail += (f"; upstream has it since {version} "
+                                    f"({'its Applied-Upstream header' if version == header else 'its probes held there'})")
+                    break
+            except OverlayError:  # a header that is no release number proves nothing
+                continue
 
 
 # --- rendering ----------------------------------------------------------------------------
@@ -282,7 +319,8 @@ def to_markdown(matrix: Matrix) -> str:
     grouped: dict[tuple, list[int]] = {}  # the same finding in several releases: one line
     for index, release in enumerate(matrix.releases):
         for name, cell in release.cells.items():
-            if cell.apply in ("conflict", "3-way", "offset", "present") or cell.without:
+            if cell.apply in ("conflict", "deleted", "3-way", "offset", "present") \
+                    or cell.without:
                 text = cell.detail.replace("\n", "; ")
                 if cell.without:
                     text += f" (judged without {', '.join(w[:4] for w in cell.without)})"

@@ -16,8 +16,11 @@ import pytest
 from vllm_overlay.build import cross_check, preflight, setup_py
 from vllm_overlay.build import overlay_mode, wheelhouse
 from vllm_overlay.build.overlay import record_hash
+from vllm_overlay.common import pin
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.paths import REPO
+
+TORCH = pin.load().source_build.torch  # the pin's torch (a rebase moves it)
 
 
 def fake_cuda(root: Path, release: str, exit_code: int = 0, headers: bool = True) -> Path:
@@ -49,12 +52,12 @@ def test_preflight_accepts_a_supported_cuda_with_defaults(tmp_path):
         MAX_JOBS="3", NVCC_THREADS="2"))
     assert (config.arch_list, config.max_jobs, config.nvcc_threads) == ("7.0;9.0a;12.0+PTX", 3, 2)
     assert config.torch_requirement() == (
-        "torch==2.10.0+cu128", ("--extra-index-url", "https://download.pytorch.org/whl/cu128"))
+        f"torch=={TORCH}+cu128", ("--extra-index-url", "https://download.pytorch.org/whl/cu128"))
 
 
 @pytest.mark.parametrize("case, expected", [
     ("missing", r"needs nvcc, but there is no .*/cuda/bin/nvcc .*\(12\.6, 12\.8, 13\.0\)"),
-    ("12.4", r"is CUDA 12\.4; torch 2\.10\.0 .* CUDA 12\.6, 12\.8, 13\.0 only"),
+    ("12.4", rf"is CUDA 12\.4; torch {re.escape(TORCH)} .* CUDA 12\.6, 12\.8, 13\.0 only"),
     ("broken", r"printed no 'release X\.Y'"),
     ("no-headers", r"no include/cuda_runtime\.h"),
     ("arch-7.0", r"'7\.0': CUDA 13\.0 .* builds only 7\.5"),
@@ -100,7 +103,7 @@ def test_source_dry_run_prints_the_command_and_builds_nothing(tmp_path):
         assert part in command, part
     version = (REPO / "VERSION").read_text().strip()
     assert f"VLLM_VERSION_OVERRIDE={version}.cu128" in command
-    assert "torch==2.10.0+cu128" in out and "whl/cu128" in out
+    assert f"torch=={TORCH}+cu128" in out and "whl/cu128" in out
     assert f"vllm-{version}.cu128-cp38-abi3-linux_x86_64.whl" in out
     assert sorted(p.name for p in (REPO / "wheelhouse").iterdir()) == before
     assert not (tmp_path / "c").exists()  # no venv, no download

@@ -3,14 +3,19 @@ extras and markers evaluated for the arch and CPython 3.11, is locked at a versi
 satisfies it. Installs use --no-deps (common/venvs.py), so a lock that is not closed would
 install a broken environment: this is what catches it before pip check does."""
 
+import re
 import shutil
 
 import pytest
 
 from vllm_overlay.build import constraints, lockcheck, lockmeta
+from vllm_overlay.common import pin
 from vllm_overlay.common.paths import REPO
 
 ARCHES = ["x86_64", "aarch64"]
+WHAT = f"vllm {pin.load().upstream_version}"  # the pin's, whichever a rebase made it
+ROOT_PINS = {m[1]: m[2] for line in lockmeta.lock_roots("x86_64")["runtime"]
+             if (m := re.match(r"^([A-Za-z0-9_.-]+)==([^;\s]+)$", line))}
 
 
 def closure(arch: str, lock: str, repo=REPO) -> list[str]:
@@ -130,17 +135,18 @@ def test_record_is_checked_against_what_an_install_put_in_a_venv(tmp_path):
 
 
 def real_requires_dist() -> list[str]:
-    """vllm 0.19.1's runtime Requires-Dist as `make lock` recorded them (locks/runtime-x86_64.in)."""
+    """The pin's runtime Requires-Dist as `make lock` recorded them (locks/runtime-x86_64.in)."""
     return lockmeta.lock_roots("x86_64")["runtime"]
 
 
 def test_build_accepts_the_committed_lock_for_the_pin():
-    lockmeta.check_wheel_requirements("x86_64", real_requires_dist(), "vllm 0.19.1", REPO)
+    lockmeta.check_wheel_requirements("x86_64", real_requires_dist(), WHAT, REPO)
 
 
 @pytest.mark.parametrize("edit, named", [
-    (("torch", "2.9.0"), r"torch==2.9.0: does not satisfy vllm 0.19.1's 'torch==2.10.0'"),
-    (("tqdm", None), r"tqdm: required by vllm 0.19.1 \(tqdm\) but not in the runtime lock"),
+    (("torch", "2.9.0"), rf"torch==2.9.0: does not satisfy {re.escape(WHAT)}'s "
+                         rf"'torch=={re.escape(ROOT_PINS['torch'])}'"),
+    (("tqdm", None), rf"tqdm: required by {re.escape(WHAT)} \(tqdm\) but not in the runtime lock"),
 ])
 def test_build_refuses_a_lock_edited_against_the_wheel(repo, edit, named):
     """What make wheel runs before the SBOM (sbom.facts): the issue's case, torch==2.9.0
@@ -149,4 +155,4 @@ def test_build_refuses_a_lock_edited_against_the_wheel(repo, edit, named):
 
     edit_lock(repo, "x86_64", "runtime", *edit)
     with pytest.raises(OverlayError, match=named + r".*make lock ARCH=x86_64"):
-        lockmeta.check_wheel_requirements("x86_64", real_requires_dist(), "vllm 0.19.1", repo)
+        lockmeta.check_wheel_requirements("x86_64", real_requires_dist(), WHAT, repo)

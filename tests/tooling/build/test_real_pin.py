@@ -1,5 +1,6 @@
-"""The real pinned 0.19.1 artifacts (downloaded on a cold cache) with a trivial patch."""
+"""The real pinned artifacts (downloaded on a cold cache) with a trivial patch."""
 
+import re
 import shutil
 import zipfile
 
@@ -39,7 +40,8 @@ def test_real_overlay_build_with_a_trivial_patch(tmp_path):
     # a lock edited against the wheel's own Requires-Dist is refused, nothing written
     lock = repo / "locks" / "runtime-x86_64.txt"
     good = lock.read_text()
-    lock.write_text(good.replace("\ntorch==2.10.0 \\", "\ntorch==2.9.0 \\"))
+    torch = re.search(r"^torch==(\S+) \\$", good, re.M)[1]  # the pin's (a rebase moves it)
+    lock.write_text(good.replace(f"\ntorch=={torch} \\", "\ntorch==2.9.0 \\"))
     with pytest.raises(OverlayError, match=r"torch==2.9.0: does not satisfy .*make lock"):
         overlay_mode.build_overlay_wheel("x86_64", repo / "wheelhouse", repo / "patches", repo)
     assert not list((repo / "wheelhouse").glob("*.whl"))
@@ -50,8 +52,8 @@ def test_real_overlay_build_with_a_trivial_patch(tmp_path):
     assert wheel.name == f"vllm-{the_pin.overlay_version}-cp38-abi3-manylinux_2_31_x86_64.whl"
     upstream = fetch.fetch(the_pin.wheel("x86_64"))
     with zipfile.ZipFile(wheel) as new, zipfile.ZipFile(upstream) as old:
-        assert len(old.namelist()) == 2116  # plus the SBOM (PEP 770) in ours
-        assert set(new.namelist()) - {n.replace("vllm-0.19.1.dist-info/",
+        assert len(old.namelist()) > 1000  # a real vLLM wheel (2116 files in 0.19.1)
+        assert set(new.namelist()) - {n.replace(f"vllm-{the_pin.upstream_version}.dist-info/",
                                                 f"vllm-{the_pin.overlay_version}.dist-info/")
                                       for n in old.namelist()} == {
             f"vllm-{the_pin.overlay_version}.dist-info/sboms/vllm.cdx.json"}

@@ -23,6 +23,28 @@ OUT_NAME = f"vllm-{VERSION}-cp38-abi3-manylinux_2_31_x86_64.whl"
 SERIES = {"Change A": {"vllm/a.py": "A = 'patched'\n"}, "Add new": {"vllm/new.py": "NEW = 1\n"}}
 
 
+# Each patch of the series (by its name without the number: a rebase renumbers and drops
+# them) -> its CycloneDX patch type and the upstream PRs it resolves.
+PEDIGREE = {
+    "Import-encoder-CUDA-graph-modules-from-where-they-li.patch": ("backport", ["38982", "38997"]),
+    "Run-Qwen3-VL-video-through-the-ViT-encoder-CUDA-grap.patch": ("backport", ["38061"]),
+    "nano-nemotron-vl-bound-mm-tokens-per-item-without-du.patch": ("backport", ["38727"]),
+    "Infer-the-encoder-CUDA-graph-frame-limit-from-the-mo.patch": ("backport", ["40445"]),
+    "Accept-encoder_cudagraph_max_images_per_batch-as-a-d.patch": ("unofficial", []),
+    "Run-videos-with-more-frames-than-the-encoder-graph-h.patch": ("unofficial", ["43403"]),  # Forwarded
+    "Cap-the-auto-encoder-CUDA-graph-budgets-at-max_model.patch": ("backport", ["40580"]),
+    "No-encoder-CUDA-graphs-while-video-pruning-is-on-val.patch": ("backport", ["38040"]),
+    "Share-one-memory-pool-across-encoder-CUDA-graphs-lar.patch": ("backport", ["41714"]),
+    "Keep-encoder-CUDA-graphs-off-with-a-capture-unsafe-V.patch": ("unofficial", []),
+}
+
+
+def root_pins() -> dict[str, str]:
+    """name -> version, for the pin's runtime Requires-Dist that pin one exactly."""
+    lines = requirement_lines((REPO / "locks" / "runtime-x86_64.in").read_text())
+    return {m[1]: m[2] for line in lines if (m := re.match(r"^([A-Za-z0-9_.-]+)==([^;\s]+)$", line))}
+
+
 def real_series_sbom() -> dict:
     """The SBOM of the real pin and the real series (no build: no changed files)."""
     the_pin, patches = pin.load(), series.read_series()
@@ -41,25 +63,19 @@ def test_real_series_sbom_is_valid_and_records_every_patch_with_its_upstream_lin
     pedigree = main["pedigree"]
     assert {a["hashes"][0]["content"] for a in pedigree["ancestors"]} == {
         the_pin.sdist.sha256, the_pin.wheel("x86_64").sha256}
-    assert all(a["purl"].startswith("pkg:pypi/vllm@0.19.1?file_name=") for a in pedigree["ancestors"])
+    assert all(a["purl"].startswith(f"pkg:pypi/vllm@{the_pin.upstream_version}?file_name=")
+               for a in pedigree["ancestors"])
     assert series.series_digest(patches) in pedigree["notes"]
     got = [(p["type"], p["diff"]["url"], sorted(r["references"][0].rsplit("/", 1)[1]
                                                 for r in p.get("resolves", [])))
            for p in pedigree["patches"]]
-    assert sorted(got) == sorted([("backport", f"patches/{patches[0].name}", ["38982", "38997"]),
-                   ("backport", f"patches/{patches[1].name}", ["38061"]),
-                   ("backport", f"patches/{patches[2].name}", ["38727"]),
-                   ("backport", f"patches/{patches[3].name}", ["40445"]),
-                   ("unofficial", f"patches/{patches[4].name}", []),
-                   ("unofficial", f"patches/{patches[5].name}", ["43403"]),  # Forwarded: the PR
-                   ("backport", f"patches/{patches[6].name}", ["40580"]),
-                   ("backport", f"patches/{patches[7].name}", ["38040"]),
-                   ("backport", f"patches/{patches[8].name}", ["41714"]),
-                   ("unofficial", f"patches/{patches[9].name}", [])])  # the library sorts them
+    assert sorted(got) == sorted((PEDIGREE[p.name[5:]][0], f"patches/{p.name}",
+                                  PEDIGREE[p.name[5:]][1]) for p in patches)
     assert sorted(p["diff"]["text"]["content"] for p in pedigree["patches"]) == sorted(
         p.path.read_text() for p in patches)
     deps = {c["name"]: c.get("version") for c in doc["components"]}
-    assert deps["torch"] == "2.10.0" and deps["torchvision"] == "0.25.0"
+    pins = root_pins()  # what the wheel's own Requires-Dist pins exactly
+    assert deps["torch"] == pins["torch"] and deps["torchvision"] == pins["torchvision"]
     assert "zentorch" not in deps and "six" not in deps  # an extra; a python > 3.11 marker
     assert [d["dependsOn"] for d in doc["dependencies"] if d["ref"] == main["bom-ref"]][0]
 
@@ -223,7 +239,8 @@ def test_real_locks_pin_every_runtime_requirement():
     """Every Requires-Dist of the pin (markers for x86_64, CPython 3.11) is in the lock."""
     _, locked = constraints.read_lock(constraints.runtime_lock("x86_64"))
     _, test_locked = constraints.read_lock(constraints.test_lock("x86_64"))
-    assert locked["torch"] == "2.10.0" and locked["torchvision"] == "0.25.0"
+    pins = root_pins()
+    assert locked["torch"] == pins["torch"] and locked["torchvision"] == pins["torchvision"]
     assert not set(locked) & set(test_locked)  # the test lock adds only what the runtime lacks
     doc = real_series_sbom()
     assert all(c.get("version") == locked[c["name"]] for c in doc["components"])

@@ -10,6 +10,8 @@ index, and a series of five patches written against the pin:
   D  changes vllm/d.py D_10    releases >= 1.0.5 change D_13, inside the hunk's context:
      (no probe)                                                          plain apply fails, 3-way works
   E  adds vllm/e.py            its probe (defines A_0) already holds on the pin: a bad probe
+Every release also has vllm/m.py's Runner (1.0.8 adds Runner.ours), which 1.0.9 deletes
+(moved to vllm/gpu/runner.py): no patch of these five touches it (test_deleted_* do).
 """
 
 import hashlib
@@ -31,6 +33,8 @@ CONFLICT_FROM = 7   # B conflicts from 1.0.7
 UPSTREAM_FROM = 4   # C's probes hold from 1.0.4
 OFFSET_FROM = 2
 THREE_WAY_FROM = 5
+RUNNER_UPSTREAM_FROM = 8  # Runner.ours: upstream in 1.0.8, then from 1.0.9 vllm/m.py is
+RUNNER_MOVED_FROM = 9      # deleted, Runner moved to vllm/gpu/runner.py (as GPUModelRunner in 0.34)
 
 
 def pytest_configure(config):
@@ -52,8 +56,18 @@ def release_files(i: int) -> dict[str, str]:
     d = "".join(f"D_{k} = {k}\n" for k in range(30))
     if i >= THREE_WAY_FROM:
         d = d.replace("D_13 = 13\n", "D_13 = 'upstream'\n")
-    return {"vllm/__init__.py": "", "vllm/a.py": a, "vllm/b.py": b, "vllm/c.py": c,
-            "vllm/d.py": d, "setup.py": "raise SystemExit('synthetic')\n"}
+    files = {"vllm/__init__.py": "", "vllm/a.py": a, "vllm/b.py": b, "vllm/c.py": c,
+             "vllm/d.py": d, "setup.py": "raise SystemExit('synthetic')\n"}
+    runner = "class Runner:\n" + "".join(f"    def m{k}(self):\n        return {k}\n"
+                                         for k in range(6))
+    if i >= RUNNER_UPSTREAM_FROM:
+        runner += "    def ours(self):\n        return 'upstream'\n"
+    if i >= RUNNER_MOVED_FROM:  # rewritten as it moved: no rename a 3-way merge could follow
+        runner = '"""The runner, rewritten."""\n\nBASE = 10\n\n\nclass Runner:\n' + "".join(
+            f"    def m{k}(self):\n        value = BASE + {k}\n        return value\n"
+            for k in range(6)) + "    def ours(self):\n        return 'upstream'\n"
+    files["vllm/gpu/runner.py" if i >= RUNNER_MOVED_FROM else "vllm/m.py"] = runner
+    return files
 
 
 def make_sdist(path: Path, version: str, files: dict[str, str]) -> None:
@@ -94,12 +108,13 @@ def write_patches(dest: Path, pin_sdist: Path, root: Path, patches=PATCHES) -> N
     tree = root / "dev"
     apply.unpack_sdist(pin_sdist, tree)
     apply.init_base(tree, "2024-01-02T03:04:05Z")
-    for subject, (edits, probes) in patches.items():
+    for subject, (edits, probes, *more) in patches.items():  # more: [other trailer lines]
         for name, edit in edits.items():
             path = tree / name
             path.write_text(edit(path.read_text() if path.exists() else ""))
         apply.git(tree, "add", "-A")
-        trailers = "".join(f"Probe: {p}\n" for p in probes or [])
+        trailers = "".join(f"Probe: {p}\n" for p in probes or []) + \
+            "".join(f"{line}\n" for line in (more[0] if more else []))
         apply.git(tree, "commit", "-q", "-m", f"{subject}\n\nOrigin: vendor\nRisk: none\n"
                   f"{trailers}", env={"GIT_AUTHOR_DATE": "2024-02-03T04:05:06Z"})
     export.export(tree, dest)

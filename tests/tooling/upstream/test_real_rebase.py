@@ -11,11 +11,12 @@ and checks the finished rebase: lock, VERSION, series, check-patches and the whe
 import json
 import re
 import subprocess
+import zipfile
 from pathlib import Path
 
 import pytest
 
-from vllm_overlay.build import fetch
+from vllm_overlay.build import constraints, fetch, lockmeta
 from vllm_overlay.common import pin, series
 from vllm_overlay.common.git import git
 from vllm_overlay.common.paths import REPO
@@ -98,6 +99,7 @@ def test_make_rebase_to_0_20_0(tmp_path):
         proc = make(clone, "CONTINUE=1")
         if proc.returncode == 0:
             break
+        assert "stopped before the build" not in proc.stdout, proc.stdout[-3000:]  # make lock
         stopped = next(n for n, o in log(clone).items() if n != "state"
                        and o["result"] == "conflict" and "resolution" not in o)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -120,6 +122,22 @@ def test_make_rebase_to_0_20_0(tmp_path):
     assert len(subjects) == len(kept) and [s.split()[0] for s in subjects][:2] == ["Accept", "Run"]
     assert (clone / "wheelhouse" / f"vllm-{TO}+mmcg.1-cp38-abi3-manylinux_2_35_x86_64.whl"
             ).is_file()
+    # the runtime locks were made for 0.20.0 before the build: the wheel's METADATA, the
+    # lock, the SBOM inside the wheel and the published constraints agree
+    for arch in ("x86_64", "aarch64"):
+        assert lockmeta.lock_follows(arch, clone), arch
+    _, locked = constraints.read_lock(clone / "locks" / "runtime-x86_64.txt")
+    info = f"vllm-{TO}+mmcg.1.dist-info/"
+    with zipfile.ZipFile(clone / "wheelhouse" / f"vllm-{TO}+mmcg.1-cp38-abi3-manylinux_2_35_"
+                                                 f"x86_64.whl") as zf:
+        metadata = zf.read(info + "METADATA").decode()
+        sbom = json.loads(zf.read(info + "sboms/vllm.cdx.json"))
+    torch = re.search(r"^Requires-Dist: torch==(\S+)$", metadata, re.M)[1]
+    assert torch == "2.11.0" and locked["torch"] == torch
+    components = {c["name"]: c.get("version") for c in sbom["components"]}
+    assert components["torch"] == torch and all(components.values())
+    published = (clone / "wheelhouse" / "constraints-x86_64.txt").read_text()
+    assert f"\ntorch=={torch} \\\n" in published
     check = subprocess.run(["make", "--no-print-directory", "check-patches"], cwd=clone,
                            capture_output=True, text=True, timeout=1800)
     assert check.returncode == 0, check.stderr[-3000:]

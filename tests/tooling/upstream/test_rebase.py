@@ -16,7 +16,9 @@ import base64
 import hashlib
 import io
 import json
+import re
 import shutil
+import subprocess
 import tarfile
 import zipfile
 from pathlib import Path
@@ -24,11 +26,15 @@ from pathlib import Path
 import pytest
 
 from tests.tooling.conftest import SYNTH_LOCK, link_supply_venv
-from vllm_overlay.build import apply, export, fetch, setup_py
+from vllm_overlay.build import apply, constraints, export, fetch, lockmeta, setup_py
+from vllm_overlay.commands import apply as apply_command
+from vllm_overlay.commands import export as export_command
 from vllm_overlay.commands import rebase as rebase_command
 from vllm_overlay.common import pin, series
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.git import git
+from vllm_overlay.common.requirements import normalize_name, requirement_lines
+from vllm_overlay.dist import docker
 from vllm_overlay.testing import testenv
 from vllm_overlay.upstream import rebase
 
@@ -52,6 +58,13 @@ def release_files(version: str) -> dict[str, str]:
              "requirements/common.txt": "numpy\n",
              "requirements/cuda.txt": "-r common.txt\ntorch==2.10.0\n",
              "requirements/build.txt": "ninja\ntorch==2.10.0\n"}
+    files["vllm/m.py"] = "class Runner:\n" + "".join(
+        f"    def m{k}(self):\n        return {k}\n" for k in range(6))
+    if version == TARGET:  # vllm/m.py deleted, Runner rewritten in vllm/gpu/runner.py
+        files["vllm/gpu/runner.py"] = '"""The runner, rewritten."""\n\nBASE = 10\n\n\n' \
+            "class Runner:\n" + "".join(f"    def m{k}(self):\n        value = BASE + {k}\n"
+                                         f"        return value\n" for k in range(6))
+        del files["vllm/m.py"]
     if version == TARGET:  # newer torch; build requirements moved, as in vLLM 0.20
         files["requirements/cuda.txt"] = "-r common.txt\ntorch==2.11.0\n"
         files["requirements/build/cuda.txt"] = files.pop("requirements/build.txt").replace(
@@ -105,7 +118,9 @@ def make_wheel(path: Path, version: str) -> None:
     members = {n: t.encode() for n, t in release_files(version).items() if n.startswith("vllm/")}
     members["vllm/_C.abi3.so"] = hashlib.sha256(version.encode()).digest() * 1000
     info = f"vllm-{version}.dist-info/"
-    members[info + "METADATA"] = f"Metadata-Version: 2.4\nName: vllm\nVersion: {version}\n".encode()
+    requires = REQUIRES_DIST if version == TARGET else ""  # the pin's lock lacks numpy
+    members[info + "METADATA"] = (f"Metadata-Version: 2.4\nName: vllm\nVersion: {version}\n"
+                                  f"{requires}").encode()
     members[info + "WHEEL"] = b"Wheel-Version: 1.0\nRoot-Is-Purelib: false\n" \
                               b"Tag: cp38-abi3-linux_x86_64\n\n"
     record = "".join(f"{n},{_record_hash(d)},{len(d)}\n" for n, d in members.items())
@@ -113,6 +128,9 @@ def make_wheel(path: Path, version: str) -> None:
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, data in members.items():
             zf.writestr(zipfile.ZipInfo(name, (2024, 1, 2, 3, 4, 6)), data)
+
+
+REQUIRES_DIST = "Requires-Dist: numpy>=1.0\nRequires-Dist: pytest; extra == \"test\"\n"
 
 
 def wheel_name(version: str) -> str:
@@ -137,8 +155,53 @@ def git_commit_all(repo: Path, message: str) -> None:
     git(repo, "commit", "-q", "-m", message)
 
 
+DOCKERFILE = f"""# syntax=docker/dockerfile:1 (pinned {PIN}: these defaults follow the pin)
+ARG VLLM_BASE_IMAGE=vllm/vllm-openai:v{PIN}
+FROM ${{VLLM_BASE_IMAGE}}
+ARG UPSTREAM_VERSION={PIN}
+ARG OVERLAY_VERSION={PIN}+test.3
+ARG WHEEL=vllm-{PIN}+test.3-cp38-abi3-manylinux_2_31_x86_64.whl
+ARG CUDA=12.1.0.0
+LABEL io.vllm-overlay.upstream-version="${{UPSTREAM_VERSION}}"
+"""
+
+
+class NetworkLock:
+    """What `make lock` gets from the network, faked: `uv pip compile` pins every requirement
+    of its sources at 1.0 (one made-up hash each), and PyPI's metadata of a locked package
+    has no requirements. Everything else of the lock step runs as `make lock` runs it."""
+
+    def __init__(self):
+        self.calls: list[str] = []
+        self.fail: str | None = None
+
+    def compile_lock(self, sources, out, arch, cwd, constraints=()):
+        self.calls.append(f"compile {out}")
+        if self.fail:
+            raise OverlayError(f"uv pip compile ({out}) failed (exit 2):\n{self.fail}")
+        names = sorted({normalize_name(re.split(r"[\s;<>=!~\[]", line, 1)[0])
+                        for source in sources
+                        for line in requirement_lines((cwd / source).read_text())})
+        text = "".join(f"{n}==1.0 \\\n    --hash=sha256:{hashlib.sha256(n.encode()).hexdigest()}\n"
+                       for n in names)
+        (cwd / out).write_text(f"#    make lock ARCH={arch}\n{text}")
+        return (cwd / out).read_text()
+
+    def package_metadata(self, name, version, hashes, arch):
+        return {"version": version, "from": f"{name}-{version}.whl", "requires_dist": [],
+                "requires_python": ""}
+
+
 @pytest.fixture
-def repo(tmp_path, monkeypatch, supply_venv) -> Path:
+def network_lock(monkeypatch) -> NetworkLock:
+    fake = NetworkLock()
+    monkeypatch.setattr(constraints, "compile_lock", fake.compile_lock)
+    monkeypatch.setattr(lockmeta, "package_metadata", fake.package_metadata)
+    return fake
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch, supply_venv, network_lock) -> Path:
     monkeypatch.setenv("VLLM_OVERLAY_CACHE", str(tmp_path / "cache"))
     link_supply_venv(tmp_path / "cache", supply_venv)
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
@@ -159,6 +222,11 @@ def repo(tmp_path, monkeypatch, supply_venv) -> Path:
         "source_build": SOURCE_BUILD}, indent=2) + "\n")
     (repo / "locks").mkdir()
     (repo / "locks" / "runtime-x86_64.txt").write_text(SYNTH_LOCK)
+    (repo / "Dockerfile").write_text(DOCKERFILE)
+    (repo / "docker").mkdir()
+    (repo / "docker" / "source.Dockerfile").write_text(DOCKERFILE.replace("WHEEL", "SOURCE"))
+    (repo / constraints.TEST_REQUIREMENTS).parent.mkdir(parents=True)
+    (repo / constraints.TEST_REQUIREMENTS).write_text("pytest\n")
     (repo / ".gitignore").write_text("/work/\n/reports/\n/wheelhouse/\n")
     write_patches(repo / "patches", dist / f"vllm-{PIN}.tar.gz", tmp_path, PATCHES)
     git(repo, "init", "-q")
@@ -173,7 +241,10 @@ class Args:
 
 
 def pinned_bytes(repo: Path) -> dict[str, bytes]:
-    files = [repo / "VERSION", repo / "upstream.lock.json", *sorted((repo / "patches").iterdir())]
+    """patches/, VERSION, upstream.lock.json and locks/, byte for byte (and which exist)."""
+    files = [repo / "VERSION", repo / "upstream.lock.json", *sorted((repo / "patches").iterdir()),
+             *sorted((repo / "locks").rglob("*")), repo / "Dockerfile",
+             repo / "docker" / "source.Dockerfile"]
     return {str(p.relative_to(repo)): p.read_bytes() for p in files}
 
 
@@ -219,6 +290,8 @@ def test_rebase_stops_at_a_conflict_then_continue_completes(repo, tmp_path, caps
     assert rebase_command.run(Args(resume=True), repo) == 0
     out = capsys.readouterr().out
     assert "make test" in out and "flagged for a human: 0003" in out
+    assert out.rstrip().endswith(f"next: `make test` (its runtime venv installs "
+                                 f"locks/runtime-x86_64.txt, re-locked for {TARGET})")
 
     log = json.loads((repo / "reports" / f"rebase-{PIN}-{TARGET}.json").read_text())
     outcomes = by_subject(log)
@@ -270,12 +343,274 @@ def test_rebase_stops_at_a_conflict_then_continue_completes(repo, tmp_path, caps
     assert (repo / "wheelhouse" / f"vllm-{TARGET}+test.1-cp38-abi3-manylinux_2_31_x86_64.whl"
             ).is_file()
     assert not (repo / "work" / "rebase").exists()
+    # the runtime lock follows the new pin, made by make lock's own code before the build
+    # (the build refuses a lock without the target's numpy): the wheel's Requires-Dist, the
+    # lock, its metadata record and the constraints file agree
+    assert (repo / "locks" / "runtime-x86_64.in").read_text().startswith(
+        f"# Requires-Dist of vllm {TARGET} ({wheel_name(TARGET)})")
+    assert constraints.read_lock(constraints.runtime_lock("x86_64", repo))[1] == {"numpy": "1.0"}
+    assert lockmeta.lock_follows("x86_64", repo)
+    published = (repo / "wheelhouse" / "constraints-x86_64.txt").read_text()
+    assert "numpy==1.0 " in published and f"vllm=={TARGET}+test.1 " in published
+    # the Dockerfiles' defaults name the new pin (make docker and its tests read them)
+    assert docker.declared_args(repo / "Dockerfile") == {
+        "VLLM_BASE_IMAGE": f"vllm/vllm-openai:v{TARGET}", "UPSTREAM_VERSION": TARGET,
+        "OVERLAY_VERSION": f"{TARGET}+test.1",
+        "WHEEL": f"vllm-{TARGET}+test.1-cp38-abi3-manylinux_2_31_x86_64.whl", "CUDA": "12.1.0.0"}
+    assert docker.declared_args(repo / "docker" / "source.Dockerfile")["SOURCE"] == \
+        f"vllm-{TARGET}+test.1-cp38-abi3-manylinux_2_31_x86_64.whl"
+    assert (repo / "Dockerfile").read_text().startswith(f"# syntax=docker/dockerfile:1 (pinned {PIN}")
     # a second rebase to the same release is a no-op
     git_commit_all(repo, "rebased")
     after = pinned_bytes(repo)
     assert rebase_command.run(Args(to=TARGET), repo) == 0
     assert "nothing to do" in capsys.readouterr().out
     assert pinned_bytes(repo) == after
+
+
+def test_rebase_relocks_before_it_builds_and_stops_with_the_command_when_it_cannot(
+        repo, network_lock, capsys, monkeypatch):
+    built = []
+    monkeypatch.setattr(rebase, "build_overlay_wheel",
+                        lambda *a: built.append(network_lock.calls[:]) or "wheel built")
+    assert rebase_command.run(Args(to=TARGET), repo) == 1
+    tree = repo / "work" / "rebase" / f"vllm-{TARGET}"
+    git(tree, "am", "--skip")
+    network_lock.fail = "error: Failed to fetch: `https://pypi.org/simple/numpy/` (offline)"
+    assert rebase_command.run(Args(resume=True), repo) == 1
+    out = capsys.readouterr().out
+    assert "stopped before the build: the runtime lock does not follow 1.1.0" in out
+    assert "make lock ARCH=x86_64 failed: uv pip compile (runtime-x86_64.txt) failed" in out
+    assert "\n  make lock ARCH=x86_64\n  make rebase CONTINUE=1" in out
+    assert built == [] and (repo / "VERSION").read_text() == f"{TARGET}+test.1\n"
+    log = json.loads((repo / "reports" / f"rebase-{PIN}-{TARGET}.json").read_text())
+    assert log["state"] == "stopped" and log["next"] == ["make lock ARCH=x86_64",
+                                                         "make rebase CONTINUE=1"]
+    # the human runs `make lock ARCH=x86_64` (the command's own code), then CONTINUE=1
+    network_lock.fail = None
+    lockmeta.lock_pin("x86_64", repo)
+    network_lock.calls.clear()
+    assert rebase_command.run(Args(resume=True), repo) == 0
+    assert built == [[]]  # the lock already followed the pin: not made again, then built
+    assert "next: `make test`" in capsys.readouterr().out
+    assert not (repo / "work" / "rebase").exists()
+
+
+def test_continue_after_a_failed_lock_locks_itself_then_builds(repo, network_lock, monkeypatch):
+    built = []
+    monkeypatch.setattr(rebase, "build_overlay_wheel",
+                        lambda *a: built.append(network_lock.calls[:]) or "wheel built")
+    assert rebase_command.run(Args(to=TARGET), repo) == 1
+    git(repo / "work" / "rebase" / f"vllm-{TARGET}", "am", "--skip")
+    network_lock.fail = "offline"
+    assert rebase_command.run(Args(resume=True), repo) == 1
+    network_lock.fail = None
+    network_lock.calls.clear()
+    assert rebase_command.run(Args(resume=True), repo) == 0
+    assert built == [["compile runtime-x86_64.txt", "compile .test-x86_64.joint.txt"]]
+    assert lockmeta.lock_follows("x86_64", repo)
+
+
+def test_abort_at_the_lock_stop_puts_everything_back(repo, network_lock, capsys):
+    before = pinned_bytes(repo)
+    assert rebase_command.run(Args(to=TARGET), repo) == 1
+    git(repo / "work" / "rebase" / f"vllm-{TARGET}", "am", "--skip")
+    network_lock.fail = "offline"
+    assert rebase_command.run(Args(resume=True), repo) == 1
+    assert pinned_bytes(repo) != before
+    assert (repo / "locks" / "runtime-x86_64.in").exists()  # left by the failed lock step
+    capsys.readouterr()
+    rebase_command.run(Args(abort=True), repo)
+    out = capsys.readouterr().out
+    assert "never touched" not in out and "restored" in out
+    assert pinned_bytes(repo) == before
+    assert git(repo, "status", "--porcelain").stdout == ""
+    assert not (repo / "work" / "rebase").exists()
+
+
+def test_a_stop_on_a_file_upstream_deleted_says_git_rm_and_where_the_code_went(
+        repo, tmp_path, capsys):
+    shutil.rmtree(repo / "patches")
+    write_patches(repo / "patches", tmp_path / "dist" / f"vllm-{PIN}.tar.gz", tmp_path / "m", {
+        "M: change Runner.m3": ({"vllm/m.py": lambda t: t.replace("return 3", "return 'ours'")},
+                                ["defines vllm/m.py::Runner.never"])})
+    git_commit_all(repo, "series M")
+    assert rebase_command.run(Args(to=TARGET), repo) == 1
+    out = capsys.readouterr().out
+    assert "): deleted on 1.1.0" in out and "upstream deleted vllm/m.py, which it changes" in out
+    assert "`git rm vllm/m.py`" in out and "git rm -q vllm/m.py" in out
+    assert "where the code went: vllm/gpu/runner.py::Runner.m3 (drift)" in out
+    assert "git add vllm/m.py" not in out and "to resolve: vllm/m.py" not in out
+    log = json.loads((repo / "reports" / f"rebase-{PIN}-{TARGET}.json").read_text())
+    outcome = log["patches"][0]
+    assert outcome["result"] == "deleted" and outcome["deleted"] == ["vllm/m.py"]
+    assert outcome["moved_to"] == {"vllm/m.py": ["vllm/gpu/runner.py::Runner.m3"]}
+    md = (repo / "reports" / f"rebase-{PIN}-{TARGET}.md").read_text()
+    assert "| deleted | upstream deleted vllm/m.py" in md
+    assert "`vllm/m.py`'s code went to `vllm/gpu/runner.py::Runner.m3`" in md
+    # the human follows the advice: the dead file removed, the hunk ported
+    tree = repo / "work" / "rebase" / f"vllm-{TARGET}"
+    git(tree, "rm", "-q", "vllm/m.py")
+    runner = tree / "vllm/gpu/runner.py"
+    runner.write_text(runner.read_text().replace("BASE + 3\n", "'ours'\n"))
+    git(tree, "add", "vllm/gpu/runner.py")
+    git(tree, "am", "--continue")
+    assert rebase_command.run(Args(resume=True), repo) == 0
+    (patch,) = series.read_series(repo / "patches")
+    assert patch.files == ["vllm/gpu/runner.py"]
+
+
+class Killed(BaseException):
+    """What SIGKILL leaves: the run ends where it is, nothing of ours cleans up."""
+
+
+def _results(repo: Path) -> dict[str, str]:
+    log = json.loads((repo / "reports" / f"rebase-{PIN}-{TARGET}.json").read_text())
+    return {k: o["result"] for k, o in by_subject(log).items()}
+
+
+UNINTERRUPTED = {"U": "dropped-upstream", "A": "applied-clean", "C": "flagged",
+                 "D": "applied-3way", "B": "conflict", "E": "pending"}
+
+
+@pytest.mark.parametrize("where", ["after git am committed", "inside a 3-way git am"])
+def test_continue_after_a_kill_while_placing_a_patch_places_it_again(repo, monkeypatch, where):
+    real_place = rebase.place
+
+    def killed(tree, patch, probe_results):
+        if patch.subject.startswith("D"):
+            if where == "after git am committed":
+                real_place(tree, patch, probe_results)
+            else:  # git am stopped half-way: its rebase-apply/ and a dirty index are left
+                git(tree, "am", "-q", str(patch.path), check=False)
+                assert (tree / ".git" / "rebase-apply").exists()
+            raise Killed
+        return real_place(tree, patch, probe_results)
+
+    monkeypatch.setattr(rebase, "place", killed)
+    with pytest.raises(Killed):
+        rebase_command.run(Args(to=TARGET), repo)
+    monkeypatch.setattr(rebase, "place", real_place)
+    assert rebase_command.run(Args(resume=True), repo) == 1  # no TypeError: on to B's stop
+    assert _results(repo) == UNINTERRUPTED
+    tree = repo / "work" / "rebase" / f"vllm-{TARGET}"
+    subjects = git(tree, "log", "--format=%s", f"{apply.BASE_TAG}..HEAD").stdout.split("\n")
+    assert [s[:1] for s in subjects if s] == ["D", "C", "A"]  # D once, B being resolved
+
+
+def test_a_kill_while_the_rebase_starts_leaves_nothing_to_lose(repo, monkeypatch, capsys):
+    before = pinned_bytes(repo)
+    with monkeypatch.context() as patched, pytest.raises(Killed):
+        patched.setattr(rebase.status, "run_probes", lambda *a: (_ for _ in ()).throw(Killed))
+        rebase_command.run(Args(to=TARGET), repo)  # tree unpacked, state.json not written yet
+    assert (repo / "work" / "rebase" / f"vllm-{TARGET}").is_dir()
+    with pytest.raises(OverlayError, match="no rebase in progress .*state.json does not exist"):
+        rebase_command.run(Args(resume=True), repo)
+    rebase_command.run(Args(abort=True), repo)
+    assert "were never touched" in capsys.readouterr().out
+    assert pinned_bytes(repo) == before and not (repo / "work" / "rebase").exists()
+    assert rebase_command.run(Args(to=TARGET), repo) == 1  # and a new start works
+
+
+@pytest.mark.parametrize("killed_at", ["VERSION", "upstream.lock.json"])
+def test_a_kill_while_the_pin_is_written_aborts_to_the_exact_state_before(
+        repo, monkeypatch, capsys, killed_at):
+    before = pinned_bytes(repo)
+    assert rebase_command.run(Args(to=TARGET), repo) == 1
+    git(repo / "work" / "rebase" / f"vllm-{TARGET}", "am", "--skip")
+    real_write = rebase.atomic_write
+
+    def write(dest, data, *a, **k):
+        if Path(dest).name == killed_at:
+            raise Killed
+        return real_write(dest, data, *a, **k)
+
+    monkeypatch.setattr(rebase, "atomic_write", write)
+    with pytest.raises(Killed):
+        rebase_command.run(Args(resume=True), repo)
+    monkeypatch.setattr(rebase, "atomic_write", real_write)
+    assert pinned_bytes(repo) != before  # patches/ (at least) already rewritten
+    capsys.readouterr()
+    rebase_command.run(Args(abort=True), repo)
+    out = capsys.readouterr().out
+    assert "never touched" not in out and f"restored to {PIN}" in out
+    assert pinned_bytes(repo) == before
+    assert git(repo, "status", "--porcelain", "--untracked-files=all").stdout == ""
+
+
+def test_continue_after_a_kill_while_the_pin_is_written_completes(repo, monkeypatch):
+    assert rebase_command.run(Args(to=TARGET), repo) == 1
+    git(repo / "work" / "rebase" / f"vllm-{TARGET}", "am", "--skip")
+    real_write = rebase.atomic_write
+    monkeypatch.setattr(rebase, "atomic_write", lambda dest, data, *a, **k: (_ for _ in ()).throw(
+        Killed) if Path(dest).name == "VERSION" else real_write(dest, data, *a, **k))
+    with pytest.raises(Killed):
+        rebase_command.run(Args(resume=True), repo)
+    monkeypatch.setattr(rebase, "atomic_write", real_write)
+    (repo / "patches" / ".export-killed").mkdir()  # what a kill inside the export leaves
+    (repo / "patches" / ".export-killed" / "0001-A.patch").write_text("half\n")
+    assert rebase_command.run(Args(resume=True), repo) == 0
+    assert not (repo / "patches" / ".export-killed").exists()
+    assert (repo / "VERSION").read_text() == f"{TARGET}+test.1\n"
+    assert pin.load(repo).upstream_version == TARGET and lockmeta.lock_follows("x86_64", repo)
+    assert [p.subject[0] for p in series.read_series(repo / "patches")] == ["A", "C", "D", "E"]
+    assert not (repo / "work" / "rebase").exists()
+
+
+class TreeArgs:
+    def __init__(self, tree: Path):
+        self.tree = tree
+
+
+def test_make_apply_refuses_to_delete_commits_or_changes_not_exported(repo):
+    args = TreeArgs(repo / "work" / "tree")
+    apply_command.run(args, repo)
+    tree = args.tree / f"vllm-{PIN}"
+    (tree / "vllm/e.py").write_text("E = 2\n")
+    with pytest.raises(OverlayError, match=r"has 1 file\(s\) with uncommitted changes .*"
+                                           r"would delete them"):
+        apply_command.run(args, repo)
+    git(tree, "commit", "-q", "-a", "-m", "F: E = 2\n\nOrigin: vendor\nRisk: none\n")
+    head = git(tree, "rev-parse", "HEAD").stdout
+    with pytest.raises(OverlayError, match=r"has 1 commit\(s\) not exported to patches/"):
+        apply_command.run(args, repo)
+    assert git(tree, "rev-parse", "HEAD").stdout == head  # kept
+    export_command.run(args, repo)
+    assert len(series.read_series(repo / "patches")) == 7
+    apply_command.run(args, repo)  # everything is in patches/ now: a fresh tree is safe
+    assert git(tree, "log", "-1", "--format=%s").stdout.strip() == "F: E = 2"
+
+
+def test_make_export_patches_refuses_a_tree_older_than_the_series(repo, monkeypatch):
+    args = TreeArgs(repo / "work" / "tree")
+    apply_command.run(args, repo)
+    assert rebase_command.run(Args(to=TARGET), repo) == 1
+    git(repo / "work" / "rebase" / f"vllm-{TARGET}", "am", "--skip")
+    monkeypatch.setattr(rebase, "build_overlay_wheel", lambda *a: "wheel built")
+    assert rebase_command.run(Args(resume=True), repo) == 0
+    rebased = pinned_bytes(repo)
+    with pytest.raises(OverlayError, match=f"no work tree of the pin {TARGET} under .* \\(only "
+                                           f"vllm-{PIN}, made for another pin"):
+        export_command.run(args, repo)
+    assert pinned_bytes(repo) == rebased
+    apply_command.run(args, repo)  # the new pin's tree; the old one is left alone
+    export_command.run(args, repo)
+    assert pinned_bytes(repo) == rebased
+    # the same pin, but patches/ changed after `make apply` (a pull): the tree is stale
+    git_commit_all(repo, "rebased")
+    (repo / "patches" / "0001-A-change-A_20.patch").unlink()
+    (repo / "patches" / "series").write_text(
+        (repo / "patches" / "series").read_text().replace("0001-A-change-A_20.patch\n", ""))
+    changed = pinned_bytes(repo)
+    with pytest.raises(OverlayError, match="no commits since `make apply`, and patches/ "
+                                           "changed since"):
+        export_command.run(args, repo)
+    tree = args.tree / f"vllm-{TARGET}"
+    (tree / "vllm/e.py").write_text("E = 3\n")
+    git(tree, "commit", "-q", "-a", "-m", "F: E = 3\n\nOrigin: vendor\nRisk: none\n")
+    with pytest.raises(OverlayError, match="has new commits, but patches/ also changed"):
+        export_command.run(args, repo)
+    assert pinned_bytes(repo) == changed
 
 
 def test_skipping_the_conflicting_patch_drops_it(repo, capsys):
@@ -323,6 +658,58 @@ def test_pin_is_a_noop_and_older_or_unknown_releases_are_errors(repo, capsys):
     with pytest.raises(OverlayError, match=r"release\(s\) 7.0.0 not on the index"):
         rebase_command.run(Args(to="7.0.0"), repo)
     assert pinned_bytes(repo) == before and not (repo / "work").exists()
+
+
+@pytest.mark.parametrize("to", [f"{MID}..{TARGET}", "..", f"{MID},{TARGET}", " "])
+def test_a_target_that_is_not_one_release_is_refused(repo, to):
+    before = pinned_bytes(repo)
+    with pytest.raises(OverlayError, match=f"TO={to!r} is not one release"):
+        rebase_command.run(Args(to=to), repo)
+    assert pinned_bytes(repo) == before and not (repo / "work").exists()
+
+
+def test_conflicting_options_are_refused_by_make_too(repo):
+    with pytest.raises(OverlayError, match=f"rebase: TO={TARGET} and CONTINUE=1 conflict"):
+        rebase_command.run(Args(to=TARGET, resume=True), repo)
+    with pytest.raises(OverlayError, match="rebase: CONTINUE=1 and ABORT=1 conflict"):
+        rebase_command.run(Args(resume=True, abort=True), repo)
+    # the Makefile passes every one it is given (it used to drop TO when CONTINUE was set)
+    make = subprocess.run(["make", "-n", "rebase", "CONTINUE=1", f"TO={TARGET}"],
+                          cwd=Path(__file__).resolve().parents[3], capture_output=True,
+                          text=True, check=True).stdout
+    assert "--continue" in make and f"--to '{TARGET}'" in make
+
+
+def test_an_unreachable_index_is_named(repo, tmp_path, monkeypatch):
+    monkeypatch.setenv("PIP_INDEX_URL", (tmp_path / "no-such-index").as_uri())
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "")
+    with pytest.raises(OverlayError, match=r"vllm: pip's index cannot be read: "
+                                           r"file://\S*/no-such-index/vllm/ \("):
+        rebase_command.run(Args(to=TARGET), repo)
+
+
+def test_a_truncated_download_says_how_many_bytes_are_missing(tmp_path):
+    whole = tmp_path / "whole.bin"
+    whole.write_bytes(b"x" * 1000)
+    short = tmp_path / "short.bin"
+    short.write_bytes(b"x" * 600)  # what a connection closed early delivers
+    art = pin.Artifact("sdist", "vllm-9.tar.gz", 1000, hashlib.sha256(whole.read_bytes()).hexdigest())
+    with pytest.raises(OverlayError, match=r"vllm-9.tar.gz: download from \S+ truncated: got "
+                                           r"600 of 1000 bytes \(400 missing\)"):
+        fetch.download_pinned(short.as_uri(), tmp_path / "dest", art)
+    assert not list(tmp_path.glob("dest*"))
+
+
+def test_a_truncated_copy_in_the_cache_says_both_sizes(repo, tmp_path):
+    wheel = tmp_path / "dist" / wheel_name(TARGET)
+    blob = fetch.blob_path(lock_entry(wheel)["sha256"])
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    blob.write_bytes(wheel.read_bytes()[:500])
+    size = wheel.stat().st_size
+    with pytest.raises(OverlayError, match=rf"{wheel.name}: the cached copy \S+ has 500 bytes, "
+                                           rf"the index's file {size} \({size - 500} missing: "
+                                           rf"truncated\).*delete it"):
+        rebase_command.run(Args(to=TARGET), repo)
 
 
 def test_uncommitted_pin_files_are_refused(repo):

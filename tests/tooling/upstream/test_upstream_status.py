@@ -14,8 +14,8 @@ from vllm_overlay.upstream import releases as upstream
 from vllm_overlay.commands import bisect as upstream_cli
 from vllm_overlay.common.errors import OverlayError
 
-from .conftest import (CONFLICT_FROM, OFFSET_FROM, PRE, THREE_WAY_FROM, UPSTREAM_FROM,
-                       VERSIONS)
+from .conftest import (CONFLICT_FROM, OFFSET_FROM, PRE, RUNNER_MOVED_FROM, THREE_WAY_FROM,
+                       UPSTREAM_FROM, VERSIONS, write_patches)
 
 
 def releases(u, spec=None, pre=False):
@@ -92,6 +92,46 @@ def test_matrix(synth_upstream, tmp_path):
     assert "## Bad probes" in text and "defines vllm/a.py::A_0" in text
     assert f"| {c[:4]} | - | {VERSIONS[UPSTREAM_FROM]} |" in text
     assert "1.0.7 .. 1.0.10 (4 releases) 0002 **conflict**: vllm/b.py" in text
+
+
+def _add_ours(text: str) -> str:
+    return text.replace("class Runner:\n", "class Runner:\n    def ours(self):\n        return 1\n")
+
+
+def test_a_patch_whose_file_upstream_deleted_is_not_a_conflict(synth_upstream, tmp_path):
+    u = synth_upstream
+    ours = ({"vllm/m.py": _add_ours}, ["defines vllm/m.py::Runner.ours"])
+    write_patches(tmp_path / "mp", u.sdist(VERSIONS[0]), tmp_path / "mp-dev", {
+        "M: add Runner.ours (upstream in 1.0.8)": (*ours, ["Applied-Upstream: 1.0.8"]),
+        "P: change Runner.m3 (ours only)": (
+            {"vllm/m.py": lambda t: t.replace("return 3", "return 'ours'")},
+            ["defines vllm/m.py::Runner.never"])})
+    write_patches(tmp_path / "n", u.sdist(VERSIONS[0]), tmp_path / "n-dev",
+                  {"N: add Runner.ours, no header (its probe holds in 1.0.8)": ours})
+    versions, urls = releases(u, "1.0.0,1.0.7,1.0.8,1.0.9,1.0.10")
+    matrix = status.compute(u.pin, series.read_series(tmp_path / "mp"), versions, urls,
+                            tmp_path / "mp", 2)
+    m, p = [x["name"] for x in matrix.patches]
+    cells = {r.version: r.cells for r in matrix.releases}
+    assert VERSIONS[RUNNER_MOVED_FROM] == "1.0.9"
+    for version in ("1.0.9", "1.0.10"):
+        # upstream had M (its header says so), then deleted the file: upstream, not conflict
+        assert cells[version][m].apply == "deleted" and cells[version][m].status == "upstream"
+        assert cells[version][m].short() == "upstream/deleted"
+        assert cells[version][m].files == ["vllm/m.py"]
+        assert "since 1.0.8 (its Applied-Upstream header)" in cells[version][m].detail
+        # P is ours alone: its file is gone, a port, not a merge conflict
+        assert cells[version][p].status == "deleted" and cells[version][p].files == ["vllm/m.py"]
+    assert cells["1.0.8"][m].status == "upstream" and cells["1.0.8"][p].status == "clean"
+    md = status.to_markdown(matrix)
+    assert "conflict" not in md.split("Legend:")[0]
+    assert "**deleted** a file the patch changes was deleted upstream" in md
+    assert "upstream deleted vllm/m.py, which it changes" in md
+    # no header: the first release where its probes held (1.0.8) says the same
+    matrix = status.compute(u.pin, series.read_series(tmp_path / "n"), versions, urls,
+                            tmp_path / "n", 2)
+    cell = matrix.releases[-1].cells[matrix.patches[0]["name"]]
+    assert cell.short() == "upstream/deleted" and "its probes held there" in cell.detail
 
 
 def test_sdist_hash_is_recorded_then_verified(synth_upstream):
