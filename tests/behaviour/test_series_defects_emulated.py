@@ -304,3 +304,34 @@ def test_item_limit_above_auto_budgets_names_only_the_item_key(
     assert "encoder_cudagraph_max_vision_items_per_batch (600)" in message
     assert "(512)" in message
     assert "encoder_cudagraph_token_budgets" not in message
+
+
+# -- issue 24, carry from 0.34 (0004): frames per graph clamped per budget ---------------
+
+
+def test_frames_per_graph_clamped_to_budget(qwen3_vl_model, make_vllm_config,
+                                            qwen3_vl_session_dir, monkeypatch):
+    """Each budget's graph holds min(max_frames_per_batch, token_budget) frames (a frame
+    yields at least one token): the 64-token graph has 64 sequences, not 100. Videos of
+    one token per frame fill each graph to its clamp and match the eager path."""
+    emu = install(monkeypatch)
+    model = qwen3_vl_model
+    vllm_config = make_vllm_config(
+        qwen3_vl_session_dir, dtype="float32",
+        compilation={**COMPILATION, "encoder_cudagraph_max_frames_per_batch": 100},
+    )
+    mgr = captured_manager(vllm_config, model, emu)
+    assert mgr.max_frames_per_batch == 100
+    sequences = {b: m.metadata_buffers["cu_seqlens"].numel() - 1
+                 for b, m in mgr.budget_graphs.items()}
+    assert sequences == {64: 64, 256: 100}
+    assert {b: m.max_frames_per_batch for b, m in mgr.budget_graphs.items()} == sequences
+    # 2x2 patches per frame = 1 token per frame.
+    for grids, budget in [([[30, 2, 2], [34, 2, 2]], 64), ([[100, 2, 2]], 256)]:
+        replays = {b: m.graph.replays for b, m in mgr.budget_graphs.items()}
+        videos = encoder_inputs("video", grids)
+        got = runner_encode(mgr, model, emu, "video", videos)
+        assert max(max_abs_diffs(got, per_item_eager(model, videos))) < TOLERANCE
+        assert mgr.budget_graphs[budget].graph.replays == replays[budget] + 1
+    assert (mgr.graph_hits, mgr.graph_misses) == (3, 0)
+    assert emu.violations == []
