@@ -221,3 +221,37 @@ def test_graphs_follow_auto_fitted_max_model_len(model_for, device_stubs, monkey
     images = encoder_inputs("image", IMAGES)
     got = encode(runner, model, emu, "image", images)
     assert max(max_abs_diffs(got, per_item_eager(model, images))) < 1e-4
+
+
+# -- defect 5 (0006): a model lacking a protocol method is named once ------------------
+
+
+class _LacksInputModality:
+    """The real Qwen3-VL model without get_input_modality (a model written against
+    another version of SupportsEncoderCudaGraph)."""
+
+    def __init__(self, model):
+        self._model = model
+
+    def __getattr__(self, name):
+        if name == "get_input_modality":
+            raise AttributeError(name)
+        return getattr(self._model, name)
+
+
+def test_missing_protocol_method_named_once(model_for, device_stubs, monkeypatch,
+                                            vllm_logs):
+    """Profiling and capture each ask for a manager: one warning, not two."""
+    from vllm.logger import _print_warning_once
+
+    emu = device_stubs
+    vllm_config, model = model_for()
+    runner = make_runner(vllm_config, model, monkeypatch, "FULL_AND_PIECEWISE")
+    runner.model = _LacksInputModality(model)
+    _print_warning_once.cache_clear()
+    runner.profile_cudagraph_memory()
+    runner.capture_model()
+    assert runner.encoder_cudagraph_manager is None and emu.graphs == []
+    warned = [r for r in vllm_logs if "lacks get_input_modality" in r.getMessage()]
+    assert len(warned) == 1
+    assert "cudagraph_mm_encoder" in warned[0].getMessage()
