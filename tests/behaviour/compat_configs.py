@@ -11,11 +11,13 @@ Ways: ``kwargs`` CompilationConfig(**config); ``cli`` --compilation-config <json
 compilation-config mapping; ``replace`` / ``utils_replace`` dataclasses.replace and
 vllm.config.utils.replace of a config that already sets the item limit (16) and the
 capture sizes (as VllmConfig sets them; a bare CompilationConfig() does not survive
-replace() on 0.19.1).
+replace() on 0.19.1); ``deepcopy`` / ``pickle`` round trips of the kwargs config.
 """
 
+import copy
 import dataclasses
 import json
+import pickle
 import sys
 
 # 0.19.1's encoder CUDA graph keys, read back by their 0.19.1 attribute names.
@@ -88,6 +90,8 @@ def main() -> None:
             "yaml": load(lambda: from_yaml(data)),
             "replace": load(lambda: replaced(dataclasses.replace, data)),
             "utils_replace": load(lambda: replaced(utils_replace, data)),
+            "deepcopy": load(lambda: copy.deepcopy(CompilationConfig(**data))),
+            "pickle": load(lambda: pickle.loads(pickle.dumps(CompilationConfig(**data)))),
         })
     print(json.dumps(results))
 
