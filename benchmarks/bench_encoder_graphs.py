@@ -7,7 +7,9 @@ Printed, not asserted (make bench):
   2. Bytes of every captured graph's static buffers (input, metadata, output) with
      max_frames_per_batch auto (0004) vs the old max_batch_size * 2 rule, for two
      max_model_len values; plus all memory the emulated graph touches.
-  3. Wall time of tests/behaviour/test_encoder_cudagraph_emulated.py.
+  3. The per-budget frame clamp: cu_seqlens length and static bytes of each graph
+     with and without it.
+  4. Wall time of tests/behaviour/test_encoder_cudagraph_emulated.py.
 
 Usage: python3 benchmarks/bench_encoder_graphs.py  (builds or reuses the wheel and the
 overlay test venv, then runs itself there with --figures from a copy of tests/behaviour).
@@ -120,7 +122,7 @@ def figures() -> None:
             sizes = [meta.input_buffer.nbytes + meta.output_buffer.nbytes
                      + sum(t.nbytes for t in meta.metadata_buffers.values()
                            if t is not None)
-                     for meta in mgr.budget_graphs.values()]
+                     for meta in (mgr.budget_graphs[b] for b in BUDGETS)]
             touched = sum(m.graph.static_bytes() for m in mgr.budget_graphs.values())
             print(f"  {max_model_len:13d} {rule:24} {mgr.max_frames_per_batch:6d} "
                   + " ".join(f"{s:14,d}" for s in sizes)
@@ -128,6 +130,37 @@ def figures() -> None:
     print("  * every storage the emulated graphs read or write (graph pool: intermediates"
           "\n    too, including the reference attention's S x S scores that flash attention"
           "\n    does not allocate)")
+
+    print("\n3. Per-budget frame clamp (0004, as upstream 0.34): cu_seqlens length and"
+          "\n   static bytes per graph, frames per graph min(max_frames_per_batch, budget)"
+          "\n   ('after') vs every graph padded to max_frames_per_batch ('before')")
+    print(f"  {'frames':>6} {'':7} "
+          + " ".join(f"{'budget ' + str(b) + ' cu/bytes':>24}" for b in BUDGETS)
+          + f" {'total bytes':>12}")
+    from vllm.v1.worker.encoder_cudagraph import EncoderCudaGraphManager
+
+    clamp = EncoderCudaGraphManager._frames_for_budget
+    model = build_qwen3_vl(config(MAX_MODEL_LENS[0]))
+    for frames in (24, 2048):  # 24: auto at 4096 with one video; 2048: a long context
+        for label, frames_for_budget in (
+                ("before", lambda self, budget: self.max_frames_per_batch),
+                ("after", clamp)):
+            EncoderCudaGraphManager._frames_for_budget = frames_for_budget
+            try:
+                with emulate_cuda_graphs() as emu:
+                    mgr = captured_manager(config(MAX_MODEL_LENS[0], frames), model, emu)
+            finally:
+                EncoderCudaGraphManager._frames_for_budget = clamp
+            cells, total = [], 0
+            for meta in (mgr.budget_graphs[b] for b in BUDGETS):  # captured largest first
+                size = (meta.input_buffer.nbytes + meta.output_buffer.nbytes
+                        + sum(t.nbytes for t in meta.metadata_buffers.values()
+                              if t is not None))
+                total += size
+                cells.append(f"{meta.metadata_buffers['cu_seqlens'].numel():>8} / "
+                             f"{size:>12,d}")
+            print(f"  {frames:6d} {label:7} " + " ".join(f"{c:>24}" for c in cells)
+                  + f" {total:12,d}", flush=True)
 
 
 if __name__ == "__main__":

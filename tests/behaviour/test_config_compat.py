@@ -5,7 +5,9 @@ after conversion).
 
 The same table is loaded by ``compat_configs.py`` in both wheels' venvs (the pristine
 one's python comes from ``VLLM_OVERLAY_PRISTINE_PYTHON``, set by ``make test``), through
-``CompilationConfig(**config)`` and ``--compilation-config <json>``.
+``CompilationConfig(**config)``, ``--compilation-config <json>``, ``-cc.<key>=``, a YAML
+``--config`` file, ``dataclasses.replace``, ``vllm.config.utils.replace``, ``deepcopy``
+and ``pickle``.
 """
 
 from __future__ import annotations
@@ -71,6 +73,12 @@ def test_same_meaning_as_pristine(results, index):
         assert ("error" not in pristine[way]) is loads, (way, pristine[way])
         if loads:
             assert ours[way] == pristine[way], (way, config)
+    # The other ways 0.19.1 code builds or copies a config (issue 24, defect 6:
+    # replace() with the old key raised): the same meaning, or the same error type.
+    for way in ("dotted", "yaml", "replace", "utils_replace", "deepcopy", "pickle"):
+        assert ours[way] == pristine[way], (way, config, pristine[way])
+    if loads:
+        assert "error" not in pristine["replace"], pristine["replace"]
 
 
 def test_old_and_new_key_equal_after_conversion():

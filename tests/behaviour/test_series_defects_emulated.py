@@ -237,3 +237,101 @@ def test_over_long_video_runs_eagerly(qwen3_vl_model, make_vllm_config,
     # 3 frames > 2: eager; the two 2-frame videos replay one by one.
     assert (mgr.graph_hits, mgr.graph_misses) == (2, 1)
 
+
+
+# -- issue 24, defect 4 (0008): an explicit item limit with auto budgets -----------------
+
+
+@pytest.mark.parametrize("items", [128, 100, 50])
+def test_item_limit_auto_would_pick_loads(
+    make_vllm_config, qwen3_vl_session_dir, monkeypatch, items
+):
+    """Qwen3-VL at 8192 tokens: auto picks 128 items (8192 // 64) over budgets from 64.
+    Giving that limit explicitly (with auto budgets) loads; the auto budgets are raised
+    to at least the limit (upstream 0.22+), so every captured item has a token."""
+    from helpers import cpu_manager, qwen3_vl_protocol_object
+
+    # The tiny model declares 4096 positions; no forward runs here.
+    monkeypatch.setenv("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "1")
+
+    def config(**compilation):
+        return make_vllm_config(
+            qwen3_vl_session_dir, max_model_len=8192, max_num_batched_tokens=8192,
+            compilation={"cudagraph_mm_encoder": True, **compilation},
+        )
+
+    auto = config()
+    picked = cpu_manager(auto, qwen3_vl_protocol_object(auto))
+    assert picked.max_batch_size == 128
+    assert picked.token_budgets == [64, 128, 256, 512, 1024, 2048, 4096, 8192]
+    vllm_config = config(encoder_cudagraph_max_vision_items_per_batch=items)
+    mgr = cpu_manager(vllm_config, qwen3_vl_protocol_object(vllm_config))
+    assert mgr.max_batch_size == items
+    assert mgr.token_budgets == sorted({max(b, items) for b in picked.token_budgets})
+
+
+def test_item_limit_above_user_budget_names_the_user_keys(
+    make_vllm_config, qwen3_vl_session_dir
+):
+    from helpers import cpu_manager, qwen3_vl_protocol_object
+
+    vllm_config = make_vllm_config(
+        qwen3_vl_session_dir, max_model_len=4096, max_num_batched_tokens=4096,
+        compilation={"cudagraph_mm_encoder": True,
+                     "encoder_cudagraph_token_budgets": [32, 1024],
+                     "encoder_cudagraph_max_vision_items_per_batch": 64},
+    )
+    with pytest.raises(ValueError) as exc_info:
+        cpu_manager(vllm_config, qwen3_vl_protocol_object(vllm_config))
+    message = str(exc_info.value)
+    assert "encoder_cudagraph_max_vision_items_per_batch (64)" in message
+    assert "encoder_cudagraph_token_budgets" in message and "(32)" in message
+
+
+def test_item_limit_above_auto_budgets_names_only_the_item_key(
+    make_vllm_config, qwen3_vl_session_dir
+):
+    from helpers import cpu_manager, qwen3_vl_protocol_object
+
+    vllm_config = make_vllm_config(
+        qwen3_vl_session_dir, max_model_len=512, max_num_batched_tokens=2048,
+        compilation={"cudagraph_mm_encoder": True,
+                     "encoder_cudagraph_max_vision_items_per_batch": 600},
+    )
+    with pytest.raises(ValueError) as exc_info:
+        cpu_manager(vllm_config, qwen3_vl_protocol_object(vllm_config))
+    message = str(exc_info.value)
+    assert "encoder_cudagraph_max_vision_items_per_batch (600)" in message
+    assert "(512)" in message
+    assert "encoder_cudagraph_token_budgets" not in message
+
+
+# -- issue 24, carry from 0.34 (0004): frames per graph clamped per budget ---------------
+
+
+def test_frames_per_graph_clamped_to_budget(qwen3_vl_model, make_vllm_config,
+                                            qwen3_vl_session_dir, monkeypatch):
+    """Each budget's graph holds min(max_frames_per_batch, token_budget) frames (a frame
+    yields at least one token): the 64-token graph has 64 sequences, not 100. Videos of
+    one token per frame fill each graph to its clamp and match the eager path."""
+    emu = install(monkeypatch)
+    model = qwen3_vl_model
+    vllm_config = make_vllm_config(
+        qwen3_vl_session_dir, dtype="float32",
+        compilation={**COMPILATION, "encoder_cudagraph_max_frames_per_batch": 100},
+    )
+    mgr = captured_manager(vllm_config, model, emu)
+    assert mgr.max_frames_per_batch == 100
+    sequences = {b: m.metadata_buffers["cu_seqlens"].numel() - 1
+                 for b, m in mgr.budget_graphs.items()}
+    assert sequences == {64: 64, 256: 100}
+    assert {b: m.max_frames_per_batch for b, m in mgr.budget_graphs.items()} == sequences
+    # 2x2 patches per frame = 1 token per frame.
+    for grids, budget in [([[30, 2, 2], [34, 2, 2]], 64), ([[100, 2, 2]], 256)]:
+        replays = {b: m.graph.replays for b, m in mgr.budget_graphs.items()}
+        videos = encoder_inputs("video", grids)
+        got = runner_encode(mgr, model, emu, "video", videos)
+        assert max(max_abs_diffs(got, per_item_eager(model, videos))) < TOLERANCE
+        assert mgr.budget_graphs[budget].graph.replays == replays[budget] + 1
+    assert (mgr.graph_hits, mgr.graph_misses) == (3, 0)
+    assert emu.violations == []
