@@ -199,6 +199,12 @@ def check_credentials(index_url: str) -> None:
 def remote_files(simple_url: str, project: str, index_url: str) -> dict[str, str]:
     """filename -> sha256 of what the index serves for `project` (empty if unknown there;
     a redirect to another host, such as pypiserver's fallback, means unknown there)."""
+    return {name: digest for name, (digest, _) in remote_links(simple_url, project,
+                                                               index_url).items()}
+
+
+def remote_links(simple_url: str, project: str, index_url: str) -> dict[str, tuple[str, str]]:
+    """filename -> (sha256, file URL without fragment) of what the index serves."""
     page = simple_url.rstrip("/") + f"/{normalize_name(project)}/"
     try:
         with _open(page, index_url, {"Accept": "text/html"}) as resp:
@@ -217,8 +223,48 @@ def remote_files(simple_url: str, project: str, index_url: str) -> dict[str, str
     for name, url in page_links(body, page).items():
         location, _, fragment = url.partition("#")
         algo, _, value = fragment.partition("=")
-        found[name] = value.lower() if algo == "sha256" else _sha256_of_url(location, index_url)
+        found[name] = (value.lower() if algo == "sha256" else _sha256_of_url(location, index_url),
+                       location)
     return found
+
+
+def served_prefix(url: str, index_url: str, ours: Path) -> int | None:
+    """The size of what `url` serves when those bytes are a proper prefix of our file `ours`
+    (an interrupted upload: pypiserver keeps the bytes it got under the final name), else
+    None. Streams both side by side and stops at the first difference."""
+    size, total = 0, ours.stat().st_size
+    try:
+        with _open(url, index_url) as resp, open(ours, "rb") as own:
+            while chunk := resp.read(1 << 20):
+                if size + len(chunk) >= total or own.read(len(chunk)) != chunk:
+                    return None  # as long as ours (then it differs) or a different byte
+                size += len(chunk)
+    except (OSError, ValueError) as exc:  # HTTPError is an OSError
+        raise OverlayError(f"{url}: cannot read it to compare it with {ours.name}: "
+                           f"{_why(exc, url)}") from exc
+    return size
+
+
+def different_file(path: Path, digest: str, served: str, url: str, simple_url: str,
+                   index_url: str, after_upload: bool = False) -> OverlayError:
+    """The error for an index serving other bytes under our wheel's name: a partial upload
+    of this very wheel (its bytes are a prefix of ours) is named as such, with the file to
+    delete on the index; only a complete other file means the name is taken for good."""
+    size = served_prefix(url, index_url, path)
+    if size is not None:
+        return OverlayError(
+            f"{path.name}: {simple_url} serves a partial upload of this wheel (its first {size} "
+            f"of {path.stat().st_size} bytes, sha256 {served}; ours {digest}), left by an "
+            f"{'upload that did not complete' if after_upload else 'interrupted upload'}: "
+            f"delete {url} on the index (pypiserver: the file {path.name} in its packages "
+            f"folder) and run `make publish` again; the version stays")
+    if after_upload:
+        return OverlayError(f"{path.name}: uploaded, but {simple_url} serves sha256 {served} "
+                            f"({url}, not a part of ours), not ours {digest}")
+    return OverlayError(
+        f"{path.name}: {simple_url} already serves a different file under this name "
+        f"(sha256 {served}, ours {digest}; {url} is not a part of ours); bump "
+        f"VERSION instead of replacing a published wheel")
 
 
 def local_wheels(wheelhouse: Path) -> dict[Path, str]:
@@ -251,7 +297,8 @@ def twine(*args: str, url: str | None = None) -> None:
     host = urllib.parse.urlsplit(url).netloc if url else "the index"
     if code == TWINE_TIMED_OUT:
         raise OverlayError(f"twine {args[0]} to {host}: no answer within {seconds:g} s "
-                           f"({TIMEOUT_ENV}) for {files}; what the index kept of it is unknown")
+                           f"({TIMEOUT_ENV}) for {files}; what the index kept of it is "
+                           f"unknown (a re-run names a partial upload)")
     if code == TWINE_NO_CONNECTION:
         raise OverlayError(f"twine {args[0]} to {host}: no connection for {files} "
                            f"(see twine's line above)")
@@ -273,19 +320,16 @@ def publish(index_url: str, wheelhouse: Path, simple_url: str | None = None) -> 
     twine("check", "--strict", *map(str, wheels))
     project = next(iter(wheels)).name.split("-")[0]
     check_simple_root(simple_url, index_url)
-    remote = remote_files(simple_url, project, index_url)
+    remote = remote_links(simple_url, project, index_url)
     result, upload = {}, []
     for path, digest in wheels.items():
         if path.name not in remote:
             upload.append(path)
-        elif remote[path.name] == digest:
+        elif remote[path.name][0] == digest:
             result[path.name] = "already there"
             _log.info(f"{path.name} already on {simple_url} with sha256 {digest}: nothing to do")
         else:
-            raise OverlayError(
-                f"{path.name}: {simple_url} already serves a different file under this name "
-                f"(sha256 {remote[path.name]}, ours {digest}); bump VERSION instead of "
-                f"replacing a published wheel")
+            raise different_file(path, digest, *remote[path.name], simple_url, index_url)
     if upload:
         check_credentials(index_url)
         args = ["upload", "--repository-url", index_url, "--disable-progress-bar"]
@@ -293,16 +337,18 @@ def publish(index_url: str, wheelhouse: Path, simple_url: str | None = None) -> 
             args.append("--non-interactive")  # never hang on a password prompt in CI
         twine(*args, *map(str, upload), url=index_url)
         try:
-            remote = remote_files(simple_url, project, index_url)
+            remote = remote_links(simple_url, project, index_url)
         except OverlayError as exc:
             raise OverlayError(f"{', '.join(p.name for p in upload)}: uploaded (the index "
                                f"answered the upload), but reading it back failed: {exc}") \
                 from exc
         for path in upload:
-            if remote.get(path.name) != wheels[path]:
-                raise OverlayError(f"{path.name}: uploaded, but {simple_url} serves "
-                                   f"sha256 {remote.get(path.name, '(nothing)')}, "
-                                   f"not ours {wheels[path]}")
+            if path.name not in remote:
+                raise OverlayError(f"{path.name}: uploaded, but {simple_url} does not list "
+                                   f"it (sha256 ours {wheels[path]})")
+            if remote[path.name][0] != wheels[path]:
+                raise different_file(path, wheels[path], *remote[path.name], simple_url,
+                                     index_url, after_upload=True)
             result[path.name] = "uploaded"
             _log.info(f"{path.name} uploaded to {index_url} (sha256 {wheels[path]} "
                       f"confirmed on {simple_url})")
