@@ -1,11 +1,16 @@
 """Publish: upload the wheelhouse's wheels to an internal package index with twine.
 
-`make publish INDEX_URL=<upload URL>`: every wheel listed in wheelhouse/SHA256SUMS is
+`make publish INDEX_URL=<upload URL>`: every overlay wheel (`...-manylinux_*.whl`; not the
+MODE=precompiled / source `linux_*` wheels) listed in wheelhouse/SHA256SUMS is
 re-hashed against that list, passes `twine check --strict`, and is then compared with
 what the index already serves (its simple page, SIMPLE_URL): the same file with the same
 sha256 is skipped (a re-run is a no-op); the same file name with another sha256 is an
 error (an index must never serve two different files under one name). The rest goes up
-with `twine upload`, and the index is read again to confirm it serves our sha256.
+with `twine upload`, and the index is read again to confirm it serves our sha256. The
+files beside the wheels (constraints, provenance, SBOM copy) are no packages, so no index
+takes them: publish names them for the user to hand out. An index serving the first bytes
+of our wheel under its name holds a partial upload (pypiserver keeps them after a Ctrl-C):
+named with the file to delete there, never as a reason to bump VERSION.
 
 Credentials are twine's own: TWINE_USERNAME / TWINE_PASSWORD or keyring, never the repo.
 They are also sent (HTTP basic auth) when reading the simple page, for private indexes,
@@ -267,13 +272,25 @@ def different_file(path: Path, digest: str, served: str, url: str, simple_url: s
         f"VERSION instead of replacing a published wheel")
 
 
+def for_publishing(name: str) -> bool:
+    """The overlay wheels (`...-manylinux_*.whl`, README: Build modes) are for publishing;
+    the MODE=precompiled / source wheels (`...-linux_<arch>.whl`, which `make cross-check`
+    needs in the wheelhouse) are not: indexes that check platform tags refuse them."""
+    return name.endswith(".whl") and name.removesuffix(".whl").rsplit("-", 1)[-1].startswith(
+        "manylinux")
+
+
 def local_wheels(wheelhouse: Path) -> dict[Path, str]:
-    """Wheels listed in SHA256SUMS, each re-hashed: a mismatch is an error."""
+    """The overlay wheels listed in SHA256SUMS, each re-hashed: a mismatch is an error."""
     sums = index.read_sums(wheelhouse)
     wheels = {}
     for name, digest in sorted(sums.items()):
         path = wheelhouse / name
         if not name.endswith(".whl") or not path.is_file():
+            continue
+        if not for_publishing(name):
+            _log.info(f"{name}: not uploaded (a MODE=precompiled / source wheel, not for "
+                      f"publishing: README, Build modes)")
             continue
         got = sha256_file(path)
         if got != digest:
@@ -281,8 +298,22 @@ def local_wheels(wheelhouse: Path) -> dict[Path, str]:
                                f" (changed after the build? run `make wheel`)")
         wheels[path] = digest
     if not wheels:
-        raise OverlayError(f"{wheelhouse}: no wheel listed in SHA256SUMS: run `make wheel` first")
+        raise OverlayError(f"{wheelhouse}: no overlay wheel (`vllm-*-manylinux_*.whl`) listed in "
+                           f"SHA256SUMS: run `make wheel` first")
     return wheels
+
+
+def beside_files(wheelhouse: Path, wheels: dict[Path, str]) -> list[str]:
+    """The files beside the published wheels that no package index takes (README: Supply
+    chain): each wheel's provenance and SBOM copy, and the constraints of its arch."""
+    sums = index.read_sums(wheelhouse)
+    names = []
+    for wheel in wheels:
+        stem = wheel.name.removesuffix(".whl")
+        arch = "aarch64" if wheel.name.endswith("_aarch64.whl") else "x86_64"
+        names += [n for n in (f"constraints-{arch}.txt", f"{stem}.intoto.json",
+                              f"{stem}.cdx.json") if n in sums and n not in names]
+    return names
 
 
 def twine(*args: str, url: str | None = None) -> None:
@@ -352,4 +383,8 @@ def publish(index_url: str, wheelhouse: Path, simple_url: str | None = None) -> 
             result[path.name] = "uploaded"
             _log.info(f"{path.name} uploaded to {index_url} (sha256 {wheels[path]} "
                       f"confirmed on {simple_url})")
+    if extra := beside_files(wheelhouse, wheels):
+        _log.info(f"not on the index (it takes only packages; the SBOM is also inside the "
+                  f"wheel): hand users {', '.join(str(wheelhouse / n) for n in extra)}, listed "
+                  f"in {wheelhouse / 'SHA256SUMS'} (README: Supply chain)")
     return result

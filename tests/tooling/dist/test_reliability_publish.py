@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.tooling.dist.deploy_helpers import clean_env, package_files
+from tests.tooling.dist.deploy_helpers import build_wheel, clean_env, package_files, write_sums
 from tests.tooling.dist.test_publish import (PASSWORD, USER, Server, make_publish,
                                              wheelhouse_with)
 from vllm_overlay.common.paths import REPO
@@ -343,3 +343,38 @@ def test_a_complete_other_file_under_the_name_still_means_bump_version(plain_ind
     line = error_line(make_publish(plain_index, house))
     assert "already serves a different file" in line and "bump VERSION" in line, line
     assert "partial upload" not in line
+
+
+# --- issue 27, case 2: only the overlay wheels go up; the beside files are named ------------
+def test_only_the_overlay_wheel_is_uploaded_not_the_linux_tagged_mode_wheels(plain_index,
+                                                                            tmp_path):
+    """`make cross-check` leaves the MODE=precompiled wheel (linux_x86_64) listed beside ours."""
+    version = "0.19.1+modes.1"
+    house, wheel = wheelhouse_with(tmp_path, version)
+    precompiled = house / f"vllm-{version}-cp38-abi3-linux_x86_64.whl"
+    source = house / f"vllm-{version}.cu129-cp38-abi3-linux_x86_64.whl"
+    precompiled.write_bytes(build_wheel(tmp_path, version, extra="# setup.py\n").read_bytes())
+    source.write_bytes(precompiled.read_bytes())
+    beside = {f"{wheel.name.removesuffix('.whl')}.intoto.json": "{}\n",
+              f"{wheel.name.removesuffix('.whl')}.cdx.json": "{}\n",
+              "constraints-x86_64.txt": "# lock\n"}
+    for name, text in beside.items():
+        (house / name).write_text(text)
+    write_sums(house, precompiled, wheel, source, *(house / n for n in beside))
+    proc = make_publish(plain_index, house)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(p.name for p in plain_index.packages.glob(f"vllm-{version}*")) == [wheel.name]
+    assert f"{precompiled.name}: not uploaded (a MODE=precompiled / source wheel" in proc.stderr
+    [line] = [ln for ln in proc.stderr.splitlines() if "hand users" in ln]
+    for name in beside:
+        assert str(house / name) in line, line
+
+
+def test_a_wheelhouse_with_only_mode_wheels_publishes_nothing(plain_index, tmp_path):
+    version = "0.19.1+modes.2"
+    house, wheel = wheelhouse_with(tmp_path, version)
+    linux = wheel.rename(house / f"vllm-{version}-cp38-abi3-linux_x86_64.whl")
+    write_sums(house, linux)
+    line = error_line(make_publish(plain_index, house))
+    assert "no overlay wheel (`vllm-*-manylinux_*.whl`) listed in SHA256SUMS" in line, line
+    assert not list(plain_index.packages.glob(f"vllm-{version}*"))
