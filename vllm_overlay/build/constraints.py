@@ -15,15 +15,17 @@ the locked files, and `pip check` proves they fit together.
 """
 
 import hashlib
+import os
 import re
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
-from vllm_overlay.build import supplyenv
+from vllm_overlay.build import fetch, supplyenv
 from vllm_overlay.common.errors import OverlayError
-from vllm_overlay.common.paths import REPO
+from vllm_overlay.common.http import redact
+from vllm_overlay.common.paths import REPO, cache_dir
 from vllm_overlay.common.requirements import normalize_name
 
 PYTHON = "3.11"  # the interpreter the locks are resolved for (the test environment's)
@@ -94,15 +96,30 @@ def requires_dist(wheel: Path, version: str, name: str | None = None) -> list[st
     return [line for line in lines if "extra ==" not in line]
 
 
+def uv_compile(sources: list[str], out: str, arch: str,
+               constraints: list[str] = ()) -> tuple[list[str], dict[str, str]]:
+    """The `uv pip compile` command line and environment: pip's index settings (pip config
+    and PIP_INDEX_URL / PIP_EXTRA_INDEX_URL, as fetch and lockmeta read them) passed as
+    uv's own flags, so the lock is resolved where pip installs from; uv's cache inside
+    VLLM_OVERLAY_CACHE (UV_CACHE_DIR), like every other download of the project."""
+    indexes = fetch.pip_index_urls()
+    cmd = [str(supplyenv.bin_dir() / "uv"), "pip", "compile", "--generate-hashes", "--quiet",
+           "--python-version", PYTHON, "--python-platform", f"{arch}-{PLATFORM}",
+           "--index-url", indexes[0], *(a for url in indexes[1:]
+                                        for a in ("--extra-index-url", url)),
+           "--custom-compile-command", f"make lock ARCH={arch}", "--output-file", out,
+           *sources, *(a for c in constraints for a in ("-c", c))]
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("UV_INDEX", "UV_DEFAULT_INDEX", "UV_EXTRA_INDEX"))}
+    return cmd, {**env, "UV_CACHE_DIR": str(cache_dir() / "uv")}
+
+
 def compile_lock(sources: list[str], out: str, arch: str, cwd: Path,
                  constraints: list[str] = ()) -> str:
     """`uv pip compile --generate-hashes` of `sources` (paths relative to cwd) -> text."""
-    cmd = [str(supplyenv.bin_dir() / "uv"), "pip", "compile", "--generate-hashes", "--quiet",
-           "--python-version", PYTHON, "--python-platform", f"{arch}-{PLATFORM}",
-           "--custom-compile-command", f"make lock ARCH={arch}", "--output-file", out,
-           *sources, *(a for c in constraints for a in ("-c", c))]
-    print(f"lock: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    cmd, env = uv_compile(sources, out, arch, constraints)
+    print(f"lock: {' '.join(redact(a) for a in cmd[1:])}", file=sys.stderr, flush=True)
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
     if proc.returncode:
         raise OverlayError(f"uv pip compile ({out}) failed (exit {proc.returncode}):\n"
                            f"{proc.stderr.strip()}")

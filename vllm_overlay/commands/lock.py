@@ -14,6 +14,8 @@ def add(sub) -> None:
 def run(args) -> None:
     the_pin = pin.load()
     art = the_pin.wheel(args.arch)
-    constraints.make_lock(args.arch, fetch.fetch(art, the_pin.project), art.filename,
-                          the_pin.upstream_version)
+    # rehash: the lock is made from this wheel's METADATA, so its bytes are hashed now, not
+    # taken on the cache's "verified" marker (size + mtime + inode survive an in-place write)
+    constraints.make_lock(args.arch, fetch.fetch(art, the_pin.project, rehash=True),
+                          art.filename, the_pin.upstream_version)
     lockmeta.record(args.arch)  # what the no-network closure test reads
