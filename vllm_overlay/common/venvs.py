@@ -51,14 +51,18 @@ def ensure_locked_venv(name: str, locks: list[Path]) -> Path:
 
 
 def ensure_venv(name: str, requirements: list[str], extra_key: str = "",
-                install_args: tuple[str, ...] = (), check: bool = False) -> Path:
+                install_args: tuple[str, ...] = (), check: bool = False,
+                rebuild: bool = False) -> Path:
     """Path of a ready venv with `requirements` installed (pip output shown as progress);
-    `check`: run `pip check` after the install (a lock that is not closed fails it)."""
+    `check`: run `pip check` after the install (a lock that is not closed fails it);
+    `rebuild`: create it again even if it is marked ready (its user found it broken)."""
     venv = cache_dir() / "venvs" / f"{name}-{venv_key(requirements, extra_key)}"
-    if (venv / ".complete").exists():
+    if (venv / ".complete").exists() and not rebuild:
         return venv
     try:
         with file_lock(venv.parent / f".{venv.name}.lock", _log):  # one creator, others wait
+            if rebuild:
+                (venv / ".complete").unlink(missing_ok=True)
             if (venv / ".complete").exists():
                 return venv
             return _create(venv, name, requirements, install_args, check)
