@@ -44,7 +44,7 @@ def beside_wheel(wheelhouse: Path, wheel: Path, sha256: str, the_pin: Pin, arch:
     files = {sbom_name: document,
              provenance.beside_name(wheel.name): provenance.statement(
                  subjects, the_pin, arch, mode, version, epoch, series_sha, patches,
-                 (str(lock.relative_to(repo)), lock_sha), repo)}
+                 (constraints.lock_label(lock), lock_sha), repo)}
     overlay = the_pin.overlay_version
     wheels = {name: digest for name, digest in index.read_sums(wheelhouse).items()
               if name.startswith(f"vllm-{overlay}-") and name.endswith(f"_{arch}.whl")}

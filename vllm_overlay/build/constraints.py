@@ -14,11 +14,14 @@ refuses the newer uvicorn it finds there; with --no-deps no pip asks the index a
 the locked files, and `pip check` proves they fit together.
 """
 
+import contextlib
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import sys
+import threading
 import zipfile
 from pathlib import Path
 
@@ -34,8 +37,43 @@ TEST_REQUIREMENTS = Path("tests") / "upstream" / "requirements-test.txt"
 _ENTRY_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==(\S+)")
 
 
+_snapshots = threading.local()  # repo -> the locks/ snapshot of the build this thread runs
+
+
 def lock_dir(repo: Path = REPO) -> Path:
-    return repo / "locks"
+    """repo/locks; while a build runs (snapshot_locks), the copy it took under its lock."""
+    return getattr(_snapshots, "dirs", {}).get(Path(repo).resolve(), repo / "locks")
+
+
+def lock_label(path: Path) -> str:
+    """How SBOM, provenance and constraints name a lock file: its path in the repository."""
+    return f"locks/{path.name}"
+
+
+@contextlib.contextmanager
+def snapshot_locks(repo: Path, dest: Path):
+    """Copy repo/locks to `dest` and read every lock of this thread from there until the
+    block ends: the build key, the SBOM, the provenance and the constraints all name the
+    lock as it was when the build took it (an edit made later is the next build's input).
+    Errors name the user's files, not the copy."""
+    source, key = repo / "locks", Path(repo).resolve()
+    try:
+        if source.is_dir():
+            shutil.copytree(source, dest)
+        else:
+            dest.mkdir()
+    except OSError as exc:
+        raise OverlayError(f"{source}: cannot read the locks: {exc}") from exc
+    before = getattr(_snapshots, "dirs", {})
+    _snapshots.dirs = {**before, key: dest}
+    try:
+        yield dest
+    except OverlayError as exc:
+        if str(dest) not in str(exc):
+            raise
+        raise OverlayError(str(exc).replace(str(dest), str(source))) from exc
+    finally:
+        _snapshots.dirs = before
 
 
 def runtime_lock(arch: str, repo: Path = REPO) -> Path:
@@ -77,7 +115,7 @@ def constraints_text(arch: str, wheels: dict[str, str], version: str, repo: Path
     names = "".join(f"# vllm wheel: {name}\n" for name in sorted(wheels))
     hashes = "".join(f" \\\n    --hash=sha256:{wheels[name]}" for name in sorted(wheels))
     return (f"# Hash-locked runtime of vllm {version} ({arch}, CPython {PYTHON}), from "
-            f"{lock.relative_to(repo)} (make lock).\n"
+            f"{lock_label(lock)} (make lock).\n"
             f"# Install (with the internal index in pip's index settings):\n"
             f"# {INSTALL_COMMAND.format(arch=arch)}\n"
             f"{text}{names}vllm=={version}{hashes}\n")
