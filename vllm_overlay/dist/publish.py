@@ -233,21 +233,22 @@ def remote_links(simple_url: str, project: str, index_url: str) -> dict[str, tup
     return found
 
 
-def served_prefix(url: str, index_url: str, ours: Path) -> int | None:
-    """The size of what `url` serves when those bytes are a proper prefix of our file `ours`
-    (an interrupted upload: pypiserver keeps the bytes it got under the final name), else
-    None. Streams both side by side and stops at the first difference."""
-    size, total = 0, ours.stat().st_size
+def served_prefix(url: str, index_url: str, ours: Path) -> tuple[int, str] | None:
+    """(size, sha256) of what `url` serves when those bytes are a proper prefix of our file
+    `ours` (an interrupted upload: pypiserver keeps the bytes it got under the final name),
+    else None. Streams both side by side, hashing, and stops at the first difference."""
+    size, total, digest = 0, ours.stat().st_size, hashlib.sha256()
     try:
         with _open(url, index_url) as resp, open(ours, "rb") as own:
             while chunk := resp.read(1 << 20):
                 if size + len(chunk) >= total or own.read(len(chunk)) != chunk:
                     return None  # as long as ours (then it differs) or a different byte
                 size += len(chunk)
+                digest.update(chunk)
     except (OSError, ValueError) as exc:  # HTTPError is an OSError
         raise OverlayError(f"{url}: cannot read it to compare it with {ours.name}: "
                            f"{_why(exc, url)}") from exc
-    return size
+    return size, digest.hexdigest()
 
 
 def different_file(path: Path, digest: str, served: str, url: str, simple_url: str,
@@ -255,11 +256,12 @@ def different_file(path: Path, digest: str, served: str, url: str, simple_url: s
     """The error for an index serving other bytes under our wheel's name: a partial upload
     of this very wheel (its bytes are a prefix of ours) is named as such, with the file to
     delete on the index; only a complete other file means the name is taken for good."""
-    size = served_prefix(url, index_url, path)
-    if size is not None:
+    if prefix := served_prefix(url, index_url, path):
+        size, prefix_sha = prefix
         return OverlayError(
             f"{path.name}: {simple_url} serves a partial upload of this wheel (its first {size} "
-            f"of {path.stat().st_size} bytes, sha256 {served}; ours {digest}), left by an "
+            f"of {path.stat().st_size} bytes: sha256 {prefix_sha}, that of our first {size} "
+            f"bytes; ours {digest}), left by an "
             f"{'upload that did not complete' if after_upload else 'interrupted upload'}: "
             f"delete {url} on the index (pypiserver: the file {path.name} in its packages "
             f"folder) and run `make publish` again; the version stays")

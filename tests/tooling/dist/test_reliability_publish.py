@@ -2,6 +2,7 @@
 real pypiservers on loopback, as in test_publish.py."""
 
 import base64
+import hashlib
 import http.server
 import os
 import signal
@@ -325,7 +326,8 @@ def test_a_partial_upload_is_named_with_what_to_delete_never_a_version_bump(plai
     line = error_line(proc)
     size = wheel.stat().st_size
     assert f"{wheel.name}: {plain_index.url}/simple/ serves a partial upload of this wheel " \
-        f"(its first 1500000 of {size} bytes" in line, line
+        f"(its first 1500000 of {size} bytes: sha256 " \
+        f"{hashlib.sha256(wheel.read_bytes()[:1_500_000]).hexdigest()}, that of our first" in line
     assert f"delete {plain_index.url}/packages/{wheel.name} on the index" in line, line
     assert "bump VERSION" not in proc.stderr and "the version stays" in line
     (plain_index.packages / wheel.name).unlink()  # what the error says to do
