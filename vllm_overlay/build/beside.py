@@ -25,7 +25,7 @@ def inputs(arch: str, repo: Path) -> list[str]:
     meta_text = meta.read_text() if meta.is_file() else ""
     return [f"lock={constraints.sha256_text(lock_text)}",
             f"lock-metadata={constraints.sha256_text(meta_text)}",
-            f"supply={constraints.sha256_text(supplyenv.REQUIREMENTS.read_text())}"]
+            f"supply={constraints.sha256_text(supplyenv.LOCK.read_text())}"]
 
 
 def beside_wheel(wheelhouse: Path, wheel: Path, sha256: str, the_pin: Pin, arch: str, mode: str,

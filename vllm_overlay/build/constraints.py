@@ -140,16 +140,37 @@ def uv_compile(sources: list[str], out: str, arch: str,
     and PIP_INDEX_URL / PIP_EXTRA_INDEX_URL, as fetch and lockmeta read them) passed as
     uv's own flags, so the lock is resolved where pip installs from; uv's cache inside
     VLLM_OVERLAY_CACHE (UV_CACHE_DIR), like every other download of the project."""
-    indexes = fetch.pip_index_urls()
     cmd = [str(supplyenv.bin_dir() / "uv"), "pip", "compile", "--generate-hashes", "--quiet",
            "--python-version", PYTHON, "--python-platform", f"{arch}-{PLATFORM}",
-           "--index-url", indexes[0], *(a for url in indexes[1:]
-                                        for a in ("--extra-index-url", url)),
-           "--custom-compile-command", f"make lock ARCH={arch}", "--output-file", out,
-           *sources, *(a for c in constraints for a in ("-c", c))]
+           *_index_args(), "--custom-compile-command", f"make lock ARCH={arch}",
+           "--output-file", out, *sources, *(a for c in constraints for a in ("-c", c))]
+    return cmd, _uv_env()
+
+
+def _index_args() -> list[str]:
+    indexes = fetch.pip_index_urls()
+    return ["--index-url", indexes[0], *(a for url in indexes[1:]
+                                         for a in ("--extra-index-url", url))]
+
+
+def _uv_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("UV_INDEX", "UV_DEFAULT_INDEX", "UV_EXTRA_INDEX"))}
-    return cmd, {**env, "UV_CACHE_DIR": str(cache_dir() / "uv")}
+    return {**env, "UV_CACHE_DIR": str(cache_dir() / "uv")}
+
+
+def compile_tool_lock(source: Path, out: Path) -> None:
+    """A tool venv's lock (the supply tools, twine): `source`'s pins and all they need, with
+    hashes, for every platform and CPython >= 3.11 (`--universal`), so the venv is the same
+    whenever and wherever it is made (venvs.ensure_locked_venv)."""
+    cmd = [str(supplyenv.bin_dir() / "uv"), "pip", "compile", "--universal", "--generate-hashes",
+           "--quiet", "--python-version", PYTHON, *_index_args(),
+           "--custom-compile-command", "make lock", "--output-file", out.name, source.name]
+    print(f"lock: {' '.join(redact(a) for a in cmd[1:])}", file=sys.stderr, flush=True)
+    proc = subprocess.run(cmd, cwd=source.parent, capture_output=True, text=True, env=_uv_env())
+    if proc.returncode:
+        raise OverlayError(f"uv pip compile ({out}) failed (exit {proc.returncode}):\n"
+                           f"{proc.stderr.strip()}")
 
 
 def compile_lock(sources: list[str], out: str, arch: str, cwd: Path,

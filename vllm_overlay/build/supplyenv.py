@@ -1,8 +1,9 @@
 """The supply venv: the third-party tools of the supply-chain outputs, run as subprocesses.
 
 The pipeline itself stays stdlib-only; the CycloneDX library (cdx.py) and uv (`make lock`)
-run in a venv the project creates in the cache from requirements-supply.txt (seconds,
-once per machine).
+run in a venv the project creates in the cache from requirements-supply.lock (the tools of
+requirements-supply.txt and all they need, hash-locked by `make lock`; seconds, once per
+machine).
 """
 
 import os
@@ -12,9 +13,9 @@ from pathlib import Path
 from vllm_overlay.common import log, venvs
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.paths import REPO
-from vllm_overlay.common.requirements import requirement_lines
 
-REQUIREMENTS = Path(__file__).with_name("requirements-supply.txt")
+REQUIREMENTS = Path(__file__).with_name("requirements-supply.txt")  # the tools, pinned
+LOCK = Path(__file__).with_name("requirements-supply.lock")  # all they need, with hashes
 
 
 # The exit status with which a tool says "the input has problems" (an invalid SBOM, a lock
@@ -24,12 +25,14 @@ INVALID = 3
 _log = log.stage("supply")
 
 
-def _requirements() -> list[str]:
-    return requirement_lines(REQUIREMENTS.read_text())
+def venv(rebuild: bool = False) -> Path:
+    """The supply venv: exactly the hash-locked LOCK (so the SBOM bytes do not depend on
+    what the index holds on the day the venv is made)."""
+    return venvs.ensure_locked_venv("supply", [LOCK], rebuild=rebuild)
 
 
 def bin_dir() -> Path:
-    return venvs.python_of(venvs.ensure_venv("supply", _requirements())).parent
+    return venvs.python_of(venv()).parent
 
 
 def _run(python: Path, args: list[str], stdin: str | None) -> subprocess.CompletedProcess:
@@ -58,19 +61,18 @@ def run_module(module: str, args: list[str], stdin: str) -> subprocess.Completed
     returncode is 0 or INVALID. A venv that cannot run the tool is named and rebuilt once; a
     tool that fails otherwise is an error naming the venv, never an answer about the input."""
     for attempt in (1, 2):
-        venv = venvs.ensure_venv("supply", _requirements())
-        proc = _run(venvs.python_of(venv), ["-m", f"{__package__}.{module}", *args], stdin)
+        where = venv()
+        proc = _run(venvs.python_of(where), ["-m", f"{__package__}.{module}", *args], stdin)
         if proc.returncode in (0, INVALID):
             return proc
-        why = broken(venv, module)
+        why = broken(where, module)
         if why is None:
             raise OverlayError(f"{module} {' '.join(args)} failed (exit {proc.returncode}) in "
-                               f"the supply venv {venv}: {_last_line(proc.stderr)}")
+                               f"the supply venv {where}: {_last_line(proc.stderr)}")
         if attempt == 2:
-            raise OverlayError(f"the supply venv {venv} is still broken after rebuilding it "
-                               f"({module} does not run: {why}); delete it and check "
-                               f"{REQUIREMENTS}")
-        _log.warning(f"the supply venv {venv} is broken ({module} does not run: {why}); "
+            raise OverlayError(f"the supply venv {where} is still broken after rebuilding it "
+                               f"({module} does not run: {why}); delete it and check {LOCK}")
+        _log.warning(f"the supply venv {where} is broken ({module} does not run: {why}); "
                      f"rebuilding it")
-        venvs.ensure_venv("supply", _requirements(), rebuild=True)
+        venv(rebuild=True)
     raise AssertionError("unreachable")

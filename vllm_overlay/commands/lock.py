@@ -1,12 +1,15 @@
 """`lock`: resolve the hash-locked runtime and test packages into locks/ (uv; network)."""
 
-from vllm_overlay.build import constraints, fetch, lockmeta
+from vllm_overlay.build import constraints, fetch, lockmeta, supplyenv
 from vllm_overlay.common import pin
+from vllm_overlay.dist import publish
 
 
 def add(sub) -> None:
     p = sub.add_parser("lock", help="resolve locks/runtime-<arch>.txt and locks/test-<arch>.txt "
-                       "with hashes (uv pip compile; network), and locks/metadata-<arch>.json")
+                       "with hashes (uv pip compile; network), and locks/metadata-<arch>.json; "
+                       "and the tool venvs' locks (requirements-supply.lock, "
+                       "requirements-publish.lock)")
     p.add_argument("--arch", default="x86_64", choices=["x86_64", "aarch64"])
     p.set_defaults(func=run)
 
@@ -19,3 +22,6 @@ def run(args) -> None:
     constraints.make_lock(args.arch, fetch.fetch(art, the_pin.project, rehash=True),
                           art.filename, the_pin.upstream_version)
     lockmeta.record(args.arch)  # what the no-network closure test reads
+    for source, out in ((supplyenv.REQUIREMENTS, supplyenv.LOCK),
+                        (publish.TWINE_REQUIREMENTS, publish.TWINE_LOCK)):
+        constraints.compile_tool_lock(source, out)  # the tool venvs: hash-locked too

@@ -18,7 +18,8 @@ but only to the host (and port) of INDEX_URL: never across a redirect to another
 (pypiserver redirects a project it lacks to its fallback index). Before the upload, the
 simple index root must answer, and one empty authenticated POST to INDEX_URL checks the
 credentials (an index refusing them answers 401/403 before twine sends any wheel).
-twine runs from a venv the project creates (venvs.ensure_venv), pinned below.
+twine runs from a venv the project creates from requirements-publish.lock (hash-locked by
+`make lock`, installed --no-deps --require-hashes: venvs.ensure_locked_venv).
 
 Every network wait is bounded: no answer (not a byte) within VLLM_OVERLAY_PUBLISH_TIMEOUT
 seconds (default 120) is one error naming the host, ours or twine's (twine runs through
@@ -44,7 +45,8 @@ from vllm_overlay.common.http import page_links, redact
 from vllm_overlay.common.requirements import normalize_name
 from vllm_overlay.dist import index
 
-TWINE_REQUIREMENTS = ["twine==6.2.0"]
+TWINE_REQUIREMENTS = Path(__file__).with_name("requirements-publish.txt")  # twine, pinned
+TWINE_LOCK = Path(__file__).with_name("requirements-publish.lock")  # all of it, with hashes
 TIMEOUT_ENV, DEFAULT_TIMEOUT = "VLLM_OVERLAY_PUBLISH_TIMEOUT", 120.0
 _log = log.stage("publish")
 # twine's main, run by the publish venv's python: argv = [-c, timeout, twine args...].
@@ -321,7 +323,7 @@ def beside_files(wheelhouse: Path, wheels: dict[Path, str]) -> list[str]:
 def twine(*args: str, url: str | None = None) -> None:
     """twine with every request bounded (TWINE_MAIN); `url`: the index it talks to."""
     seconds = timeout()
-    venv = venvs.ensure_venv("publish", TWINE_REQUIREMENTS)
+    venv = venvs.ensure_locked_venv("publish", [TWINE_LOCK])
     command = [str(venvs.python_of(venv)), "-c", TWINE_MAIN, f"{seconds:g}", *args]
     code = subprocess.run(command).returncode
     if not code:
