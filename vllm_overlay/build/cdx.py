@@ -1,7 +1,7 @@
 """CycloneDX 1.6 documents with cyclonedx-python-lib; runs in the supply venv only.
 
 The stdlib-only pipeline (build/sbom.py) gathers the facts and runs this module in the cached
-venv of requirements-supply.txt:
+venv of requirements-supply.lock:
     python -m vllm_overlay.build.cdx render   < facts.json  > sbom.cdx.json  (schema-checked)
     python -m vllm_overlay.build.cdx validate < sbom.cdx.json   (exit 3, supplyenv.INVALID, and the errors if invalid)
 Every bom-ref is given explicitly (the library would draw random ones), the serial number
