@@ -25,7 +25,7 @@ def inputs(arch: str, repo: Path) -> list[str]:
     meta_text = meta.read_text() if meta.is_file() else ""
     return [f"lock={constraints.sha256_text(lock_text)}",
             f"lock-metadata={constraints.sha256_text(meta_text)}",
-            f"supply={constraints.sha256_text(supplyenv.REQUIREMENTS.read_text())}"]
+            f"supply={constraints.sha256_text(supplyenv.LOCK.read_text())}"]
 
 
 def beside_wheel(wheelhouse: Path, wheel: Path, sha256: str, the_pin: Pin, arch: str, mode: str,
@@ -44,7 +44,7 @@ def beside_wheel(wheelhouse: Path, wheel: Path, sha256: str, the_pin: Pin, arch:
     files = {sbom_name: document,
              provenance.beside_name(wheel.name): provenance.statement(
                  subjects, the_pin, arch, mode, version, epoch, series_sha, patches,
-                 (str(lock.relative_to(repo)), lock_sha), repo)}
+                 (constraints.lock_label(lock), lock_sha), repo)}
     overlay = the_pin.overlay_version
     wheels = {name: digest for name, digest in index.read_sums(wheelhouse).items()
               if name.startswith(f"vllm-{overlay}-") and name.endswith(f"_{arch}.whl")}

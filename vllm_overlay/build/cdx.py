@@ -1,9 +1,9 @@
 """CycloneDX 1.6 documents with cyclonedx-python-lib; runs in the supply venv only.
 
 The stdlib-only pipeline (build/sbom.py) gathers the facts and runs this module in the cached
-venv of requirements-supply.txt:
+venv of requirements-supply.lock:
     python -m vllm_overlay.build.cdx render   < facts.json  > sbom.cdx.json  (schema-checked)
-    python -m vllm_overlay.build.cdx validate < sbom.cdx.json   (exit 1 and the errors if invalid)
+    python -m vllm_overlay.build.cdx validate < sbom.cdx.json   (exit 3, supplyenv.INVALID, and the errors if invalid)
 Every bom-ref is given explicitly (the library would draw random ones), the serial number
 and timestamp come from the facts, so the same facts give the same bytes.
 """
@@ -25,6 +25,8 @@ from cyclonedx.validation.json import JsonStrictValidator
 from packageurl import PackageURL
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+from vllm_overlay.build.supplyenv import INVALID
 
 PROP = "vllm-overlay:"  # our property namespace
 
@@ -122,6 +124,10 @@ def render(facts: dict) -> str:
 
 def validate(text: str) -> list[str]:
     """Schema errors, one line each ('<JSON path>: <message>'); empty when valid."""
+    try:
+        json.loads(text)
+    except ValueError as exc:  # the validator raises on it: a verdict, not a crash
+        return [f"not JSON: {exc}"]
     errors = JsonStrictValidator(SchemaVersion.V1_6).validate_str(text, all_errors=True)
     return ["/".join(map(str, e.data.absolute_path)) + f": {e.data.message}"
             for e in errors or ()]
@@ -138,7 +144,7 @@ def main(argv: list[str]) -> int:
         print(error, file=sys.stderr)
     if not errors and argv == ["render"]:
         sys.stdout.write(document)
-    return 1 if errors else 0
+    return INVALID if errors else 0
 
 
 if __name__ == "__main__":

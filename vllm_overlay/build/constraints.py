@@ -14,16 +14,21 @@ refuses the newer uvicorn it finds there; with --no-deps no pip asks the index a
 the locked files, and `pip check` proves they fit together.
 """
 
+import contextlib
 import hashlib
+import os
 import re
+import shutil
 import subprocess
 import sys
+import threading
 import zipfile
 from pathlib import Path
 
-from vllm_overlay.build import supplyenv
+from vllm_overlay.build import fetch, supplyenv
 from vllm_overlay.common.errors import OverlayError
-from vllm_overlay.common.paths import REPO
+from vllm_overlay.common.http import redact
+from vllm_overlay.common.paths import REPO, cache_dir
 from vllm_overlay.common.requirements import normalize_name
 
 PYTHON = "3.11"  # the interpreter the locks are resolved for (the test environment's)
@@ -32,8 +37,43 @@ TEST_REQUIREMENTS = Path("tests") / "upstream" / "requirements-test.txt"
 _ENTRY_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==(\S+)")
 
 
+_snapshots = threading.local()  # repo -> the locks/ snapshot of the build this thread runs
+
+
 def lock_dir(repo: Path = REPO) -> Path:
-    return repo / "locks"
+    """repo/locks; while a build runs (snapshot_locks), the copy it took under its lock."""
+    return getattr(_snapshots, "dirs", {}).get(Path(repo).resolve(), repo / "locks")
+
+
+def lock_label(path: Path) -> str:
+    """How SBOM, provenance and constraints name a lock file: its path in the repository."""
+    return f"locks/{path.name}"
+
+
+@contextlib.contextmanager
+def snapshot_locks(repo: Path, dest: Path):
+    """Copy repo/locks to `dest` and read every lock of this thread from there until the
+    block ends: the build key, the SBOM, the provenance and the constraints all name the
+    lock as it was when the build took it (an edit made later is the next build's input).
+    Errors name the user's files, not the copy."""
+    source, key = repo / "locks", Path(repo).resolve()
+    try:
+        if source.is_dir():
+            shutil.copytree(source, dest)
+        else:
+            dest.mkdir()
+    except OSError as exc:
+        raise OverlayError(f"{source}: cannot read the locks: {exc}") from exc
+    before = getattr(_snapshots, "dirs", {})
+    _snapshots.dirs = {**before, key: dest}
+    try:
+        yield dest
+    except OverlayError as exc:
+        if str(dest) not in str(exc):
+            raise
+        raise OverlayError(str(exc).replace(str(dest), str(source))) from exc
+    finally:
+        _snapshots.dirs = before
 
 
 def runtime_lock(arch: str, repo: Path = REPO) -> Path:
@@ -75,7 +115,7 @@ def constraints_text(arch: str, wheels: dict[str, str], version: str, repo: Path
     names = "".join(f"# vllm wheel: {name}\n" for name in sorted(wheels))
     hashes = "".join(f" \\\n    --hash=sha256:{wheels[name]}" for name in sorted(wheels))
     return (f"# Hash-locked runtime of vllm {version} ({arch}, CPython {PYTHON}), from "
-            f"{lock.relative_to(repo)} (make lock).\n"
+            f"{lock_label(lock)} (make lock).\n"
             f"# Install (with the internal index in pip's index settings):\n"
             f"# {INSTALL_COMMAND.format(arch=arch)}\n"
             f"{text}{names}vllm=={version}{hashes}\n")
@@ -94,15 +134,51 @@ def requires_dist(wheel: Path, version: str, name: str | None = None) -> list[st
     return [line for line in lines if "extra ==" not in line]
 
 
+def uv_compile(sources: list[str], out: str, arch: str,
+               constraints: list[str] = ()) -> tuple[list[str], dict[str, str]]:
+    """The `uv pip compile` command line and environment: pip's index settings (pip config
+    and PIP_INDEX_URL / PIP_EXTRA_INDEX_URL, as fetch and lockmeta read them) passed as
+    uv's own flags, so the lock is resolved where pip installs from; uv's cache inside
+    VLLM_OVERLAY_CACHE (UV_CACHE_DIR), like every other download of the project."""
+    cmd = [str(supplyenv.bin_dir() / "uv"), "pip", "compile", "--generate-hashes", "--quiet",
+           "--python-version", PYTHON, "--python-platform", f"{arch}-{PLATFORM}",
+           *_index_args(), "--custom-compile-command", f"make lock ARCH={arch}",
+           "--output-file", out, *sources, *(a for c in constraints for a in ("-c", c))]
+    return cmd, _uv_env()
+
+
+def _index_args() -> list[str]:
+    indexes = fetch.pip_index_urls()
+    return ["--index-url", indexes[0], *(a for url in indexes[1:]
+                                         for a in ("--extra-index-url", url))]
+
+
+def _uv_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("UV_INDEX", "UV_DEFAULT_INDEX", "UV_EXTRA_INDEX"))}
+    return {**env, "UV_CACHE_DIR": str(cache_dir() / "uv")}
+
+
+def compile_tool_lock(source: Path, out: Path) -> None:
+    """A tool venv's lock (the supply tools, twine): `source`'s pins and all they need, with
+    hashes, for every platform and CPython >= 3.11 (`--universal`), so the venv is the same
+    whenever and wherever it is made (venvs.ensure_locked_venv)."""
+    cmd = [str(supplyenv.bin_dir() / "uv"), "pip", "compile", "--universal", "--generate-hashes",
+           "--quiet", "--python-version", PYTHON, *_index_args(),
+           "--custom-compile-command", "make lock", "--output-file", out.name, source.name]
+    print(f"lock: {' '.join(redact(a) for a in cmd[1:])}", file=sys.stderr, flush=True)
+    proc = subprocess.run(cmd, cwd=source.parent, capture_output=True, text=True, env=_uv_env())
+    if proc.returncode:
+        raise OverlayError(f"uv pip compile ({out}) failed (exit {proc.returncode}):\n"
+                           f"{proc.stderr.strip()}")
+
+
 def compile_lock(sources: list[str], out: str, arch: str, cwd: Path,
                  constraints: list[str] = ()) -> str:
     """`uv pip compile --generate-hashes` of `sources` (paths relative to cwd) -> text."""
-    cmd = [str(supplyenv.bin_dir() / "uv"), "pip", "compile", "--generate-hashes", "--quiet",
-           "--python-version", PYTHON, "--python-platform", f"{arch}-{PLATFORM}",
-           "--custom-compile-command", f"make lock ARCH={arch}", "--output-file", out,
-           *sources, *(a for c in constraints for a in ("-c", c))]
-    print(f"lock: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    cmd, env = uv_compile(sources, out, arch, constraints)
+    print(f"lock: {' '.join(redact(a) for a in cmd[1:])}", file=sys.stderr, flush=True)
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
     if proc.returncode:
         raise OverlayError(f"uv pip compile ({out}) failed (exit {proc.returncode}):\n"
                            f"{proc.stderr.strip()}")

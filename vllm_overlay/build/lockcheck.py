@@ -4,7 +4,7 @@ Linux, the arch). The versions are the lock files' own; each locked package's de
 come from locks/metadata-<arch>.json (lockmeta), which must describe that very version.
 Uses `packaging`, so it runs in the supply or tools venv, never in the stdlib-only
 bootstrap: `python -m vllm_overlay.build.lockcheck` reads the request that
-lockmeta.closure_request makes on stdin and prints one problem a line (exit 1 if any).
+lockmeta.closure_request makes on stdin and prints one problem a line (exit 3, supplyenv.INVALID, if any).
 """
 
 import json
@@ -14,6 +14,8 @@ from packaging.markers import Marker
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
+
+from vllm_overlay.build.supplyenv import INVALID
 
 
 def target_env(arch: str, python: str) -> dict[str, str]:
@@ -72,7 +74,7 @@ def main() -> int:
     request = json.load(sys.stdin)
     found = problems(**request)
     print("".join(f"{line}\n" for line in found), end="")
-    return 1 if found else 0
+    return INVALID if found else 0
 
 
 if __name__ == "__main__":

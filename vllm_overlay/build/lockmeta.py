@@ -220,7 +220,9 @@ def lock_pin(arch: str, repo: Path = REPO) -> None:
     their metadata (network). `make rebase` runs this same code for the new pin."""
     the_pin = pin.load(repo)
     art = the_pin.wheel(arch)
-    constraints.make_lock(arch, fetch.fetch(art, the_pin.project), art.filename,
+    # rehash: the lock is made from this wheel's METADATA, so its bytes are hashed now, not
+    # taken on the cache's "verified" marker (size + mtime + inode survive an in-place write)
+    constraints.make_lock(arch, fetch.fetch(art, the_pin.project, rehash=True), art.filename,
                           the_pin.upstream_version, repo)
     record(arch, repo)  # what the no-network closure test reads
 

@@ -75,7 +75,7 @@ def facts(the_pin: Pin, arch: str, version: str, patches: list[Patch], series_sh
              "bugs": urls(p.trailers.get("Bug", []) + p.trailers.get("Forwarded", [])),
              "text": p.path.read_text(encoding="utf-8")} for p in patches]},
         "requires_dist": requires_dist, "locked": locked, "files": files,
-        "lock": {"file": str(lock.relative_to(repo)),
+        "lock": {"file": constraints.lock_label(lock),
                  "sha256": constraints.sha256_text(lock_text)},
     }
 

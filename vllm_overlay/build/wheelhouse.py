@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from vllm_overlay.build import beside
+from vllm_overlay.build import beside, constraints
 from vllm_overlay.common import log, pin, series
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.fs import atomic_write, file_lock, replace, sha256_file
@@ -53,9 +53,12 @@ def locked_inputs(wheelhouse: Path, patches_dir: Path, repo: Path):
 
     The series is copied into a private snapshot first and everything (the build key, the
     manifest, git am) reads the snapshot, so a series edited while this build waited for
-    the lock, or while it runs, can never be built under another series' key.
+    the lock, or while it runs, can never be built under another series' key. So is
+    locks/ (constraints.snapshot_locks): the build key, the SBOM, the provenance and the
+    constraints beside the wheel all read the lock once, as the build took it.
     """
-    with locked(wheelhouse), tempfile.TemporaryDirectory(prefix="vllm-overlay-series-") as tmp:
+    with locked(wheelhouse), tempfile.TemporaryDirectory(prefix="vllm-overlay-series-") as tmp, \
+            constraints.snapshot_locks(repo, Path(tmp) / "locks"):
         snapshot = Path(tmp) / "patches"
         try:
             shutil.copytree(patches_dir, snapshot)
@@ -121,6 +124,31 @@ def write_sums(wheelhouse: Path, sums: dict[str, str]) -> None:
     index.sync(wheelhouse)
 
 
+BESIDE_SUFFIXES = (".cdx.json", ".intoto.json")  # <wheel name without .whl><suffix>
+
+
+def _kind(wheel_name: str) -> tuple[str, bool]:
+    """What makes two wheels of one mode and arch: the tags (after name and version) and
+    whether the version has a `.cu<XYZ>` (MODE=source) part."""
+    _, version, tags = wheel_name.removesuffix(".whl").split("-", 2)
+    return tags, ".cu" in version
+
+
+def _leftover_wheels(wheelhouse: Path, current: str, sums: dict[str, str]) -> list[Path]:
+    """Unlisted wheels of the mode and arch of `current` under another name: an older
+    VERSION that a kill left behind (listed wheels are never touched)."""
+    return [path for path in sorted(wheelhouse.glob("vllm-*.whl"))
+            if path.name != current and path.name not in sums
+            and path.name.count("-") >= 2 and _kind(path.name) == _kind(current)]
+
+
+def _orphans(wheelhouse: Path, going: set[str]) -> list[Path]:
+    """SBOM copies and provenance statements whose wheel is gone, or `going` (names)."""
+    return [path for suffix in BESIDE_SUFFIXES for path in sorted(wheelhouse.glob(f"*{suffix}"))
+            if (wheel := path.name.removesuffix(suffix) + ".whl") in going
+            or not (wheelhouse / wheel).is_file()]
+
+
 def install(wheelhouse: Path, name: str, tmp: Path, sha256: str, manifest: dict,
             key: str, beside_fn: Callable[[Path], dict[str, str]] | None = None) -> Path:
     """Rename the verified wheel in, with its listings, so that every state a kill can leave
@@ -136,26 +164,32 @@ def install(wheelhouse: Path, name: str, tmp: Path, sha256: str, manifest: dict,
         previous = None
     state_file.unlink(missing_ok=True)  # from here on, a kill means: rebuild next time
     sums = listed(wheelhouse)
-    if dest.exists():  # same file name, new bytes: unlist the old file before replacing it
-        if previous == dest.name:
-            manifest_file.unlink()
-        if sums.pop(dest.name, None) is not None:
-            write_sums(wheelhouse, sums)
+    # the files this build writes beside its wheel (below) describe the wheel listed with
+    # them: those of another build (the same wheel name, this arch's constraints) are
+    # unlisted before the new wheel is listed, so no kill leaves them listed beside it
+    beside_before = [n for n in sums if n.startswith(dest.name.removesuffix(".whl") + ".")
+                     or n == f"constraints-{manifest.get('arch')}.txt"]
+    if dest.exists() and previous == dest.name:  # same name, new bytes: unlist the old file
+        manifest_file.unlink()
+    if [sums.pop(n) for n in [dest.name, *beside_before] if n in sums]:
+        write_sums(wheelhouse, sums)
     replace(tmp, dest)
     sums[dest.name] = sha256
     if previous and previous != dest.name:  # e.g. after a VERSION bump: only ours is listed
-        sums.pop(previous, None)
+        for old in [n for n in sums if n == previous
+                    or n.startswith(previous.removesuffix(".whl") + ".")]:
+            sums.pop(old)  # the old wheel, its SBOM copy and provenance (deleted below)
     write_sums(wheelhouse, sums)
     write_text(wheelhouse, manifest_file.name, json.dumps(manifest, indent=2) + "\n")
-    if previous and previous != dest.name:
-        (wheelhouse / previous).unlink(missing_ok=True)
-        old_beside = [n for n in sums if n.startswith(previous.removesuffix(".whl") + ".")]
-        for extra in old_beside:  # the old wheel's SBOM copy and provenance go with it
-            sums.pop(extra)
-        if old_beside:
-            write_sums(wheelhouse, sums)
-        for extra in old_beside:
-            (wheelhouse / extra).unlink(missing_ok=True)
+    # the previous wheel of this mode and arch, and any left unlisted by a build killed
+    # here before (the manifest already named the new wheel, so it was no "previous"
+    # any more); then every SBOM copy / provenance whose wheel is gone goes with it
+    stale = _leftover_wheels(wheelhouse, dest.name, sums)
+    orphans = _orphans(wheelhouse, {path.name for path in stale})
+    if [sums.pop(orphan.name) for orphan in orphans if orphan.name in sums]:
+        write_sums(wheelhouse, sums)  # unlisted before anything goes
+    for path in [*stale, *orphans]:
+        path.unlink(missing_ok=True)
     # the files beside the wheel (build/beside.py): unlisted while they are rewritten
     extras = beside_fn(dest) if beside_fn else {}
     if [sums.pop(extra) for extra in extras if extra in sums]:

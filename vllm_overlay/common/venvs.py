@@ -42,26 +42,39 @@ def python_of(venv: Path) -> Path:
     return venv / "bin" / "python"
 
 
-def ensure_locked_venv(name: str, locks: list[Path], log: Path | None = None) -> Path:
+def venv_dir(name: str, requirements: list[str], extra_key: str = "") -> Path:
+    return cache_dir() / "venvs" / f"{name}-{venv_key(requirements, extra_key)}"
+
+
+def locked_venv_dir(name: str, locks: list[Path]) -> Path:
+    """Where ensure_locked_venv keeps the venv of `locks` (keyed by their text)."""
+    return venv_dir(name, [], "\n".join(path.read_text() for path in locks))
+
+
+def ensure_locked_venv(name: str, locks: list[Path], rebuild: bool = False,
+                       log: Path | None = None) -> Path:
     """A venv holding exactly the packages of `locks` (hash-locked, complete): installed
     with --no-deps --require-hashes, then `pip check`; keyed by the locks' text."""
     texts = [path.read_text() for path in locks]
     args = ("--no-deps", "--require-hashes", *(a for path in locks for a in ("-r", str(path))))
     return ensure_venv(name, [], extra_key="\n".join(texts), install_args=args, check=True,
-                       log=log)
+                       rebuild=rebuild, log=log)
 
 
 def ensure_venv(name: str, requirements: list[str], extra_key: str = "",
                 install_args: tuple[str, ...] = (), check: bool = False,
-                log: Path | None = None) -> Path:
+                rebuild: bool = False, log: Path | None = None) -> Path:
     """Path of a ready venv with `requirements` installed (pip output shown as progress, or
     written to `log` when the venv is made beside other work); `check`: run `pip check`
-    after the install (a lock that is not closed fails it)."""
-    venv = cache_dir() / "venvs" / f"{name}-{venv_key(requirements, extra_key)}"
-    if (venv / ".complete").exists():
+    after the install (a lock that is not closed fails it); `rebuild`: create it again even
+    if it is marked ready (its user found it broken)."""
+    venv = venv_dir(name, requirements, extra_key)
+    if (venv / ".complete").exists() and not rebuild:
         return venv
     try:
         with file_lock(venv.parent / f".{venv.name}.lock", _log):  # one creator, others wait
+            if rebuild:
+                (venv / ".complete").unlink(missing_ok=True)
             if (venv / ".complete").exists():
                 return venv
             return _create(venv, name, requirements, install_args, check, log)

@@ -19,7 +19,7 @@ import pytest
 
 from tests.tooling import conftest
 from tests.tooling.conftest import UPSTREAM, WHEEL_NAME
-from vllm_overlay.build import fetch, overlay_mode, wheelhouse
+from vllm_overlay.build import fetch, overlay_mode, provenance, sbom, wheelhouse
 from vllm_overlay.build.zipraw import data_span
 from vllm_overlay.common import pin
 from vllm_overlay.common.errors import OverlayError
@@ -291,3 +291,105 @@ def test_an_sdist_changed_in_place_is_never_unpacked_into_a_build(synth):
                                            rf"{blob} to fetch again"):
         build(synth)
     assert not list(synth.wheelhouse.glob("*.whl"))
+
+
+# --- issue 27, case 6: the files beside the wheel -------------------------------------------
+NEW_WHEEL = "vllm-9.9.9+test.2-cp38-abi3-manylinux_2_31_x86_64.whl"
+
+
+@pytest.mark.parametrize("fault", ["after-rename:manifest-x86_64.json",
+                                   f"after-rename:{NEW_WHEEL}"])
+def test_a_kill_after_a_version_bump_leaves_no_old_sbom_or_provenance(built, fault):
+    """A VERSION bump killed once the new wheel (or its manifest) is in: the next build
+    removes the old wheel with its SBOM copy and provenance, listed or not."""
+    s, wheel = built
+    old_stem = wheel.name.removesuffix(".whl")
+    assert {f"{old_stem}.cdx.json", f"{old_stem}.intoto.json"} <= set(index.read_sums(
+        s.wheelhouse))
+    (s.repo / "VERSION").write_text("9.9.9+test.2\n")
+    env = {**os.environ, "VLLM_OVERLAY_FAULT": fault}
+    proc = subprocess.run(cli_build(s), cwd=REPO, env=env, capture_output=True, text=True)
+    assert proc.returncode == 137, proc.stderr
+    assert_beside_match(s.wheelhouse)
+    new = build(s)
+    assert new.name == NEW_WHEEL
+    assert_beside_match(s.wheelhouse)
+    assert sorted(p.name for p in s.wheelhouse.glob(f"{old_stem}*")) == []
+    assert not [n for n in index.read_sums(s.wheelhouse) if n.startswith(old_stem)]
+    assert_consistent(s.wheelhouse)
+
+
+def test_a_lock_edited_mid_build_is_one_lock_in_sbom_provenance_and_constraints(built,
+                                                                                monkeypatch):
+    """locks/ is read once per build, into its snapshot: an edit made while the build runs
+    (here: right after the SBOM's facts were gathered) is the next build's input."""
+    s, _ = built
+    s.write_series({"Change A": {"vllm/a.py": CHANGE_A.replace("A_3 = 3", "A_3 = 33")}})
+    lock = s.repo / "locks" / "runtime-x86_64.txt"
+    taken = lock.read_text()
+    facts = sbom.facts
+
+    def facts_then_edit(*args, **kwargs):
+        out = facts(*args, **kwargs)
+        lock.write_text(taken + "# edited while the build ran\n")
+        return out
+
+    monkeypatch.setattr(sbom, "facts", facts_then_edit)
+    wheel = build(s)
+    digest = hashlib.sha256(taken.encode()).hexdigest()
+    doc = json.loads((s.wheelhouse / sbom.beside_name(wheel.name)).read_text())
+    props = {p["name"]: p["value"] for p in doc["metadata"]["component"]["properties"]}
+    assert props["vllm-overlay:runtime-lock-sha256"] == digest
+    statement = json.loads((s.wheelhouse / provenance.beside_name(wheel.name)).read_text())
+    deps = statement["predicate"]["buildDefinition"]["resolvedDependencies"]
+    assert [d["digest"]["sha256"] for d in deps if d["name"] == "locks/runtime-x86_64.txt"] \
+        == [digest]
+    assert taken in (s.wheelhouse / "constraints-x86_64.txt").read_text()
+    assert "edited while" not in (s.wheelhouse / "constraints-x86_64.txt").read_text()
+    monkeypatch.setattr(sbom, "facts", facts)
+    rebuilt = build(s)  # the edit is the next build's input: not "up to date"
+    assert "edited while" in (s.wheelhouse / "constraints-x86_64.txt").read_text()
+    assert_consistent(s.wheelhouse)
+    assert rebuilt == wheel
+
+
+def assert_beside_match(house: Path) -> None:
+    """Every listed SBOM copy, provenance and constraints file is of a listed wheel's build:
+    the provenance's subject and the SBOM inside the wheel are that wheel's, and the
+    constraints hold the sha256 of every listed wheel of their arch's overlay version."""
+    sums = index.read_sums(house)
+    for name in sums:
+        for suffix in wheelhouse.BESIDE_SUFFIXES:
+            if name.endswith(suffix):
+                wheel = name.removesuffix(suffix) + ".whl"
+                assert wheel in sums, (name, "listed without its wheel")
+                if suffix == ".intoto.json":
+                    subjects = {s["name"]: s["digest"]["sha256"] for s in
+                                json.loads((house / name).read_text())["subject"]}
+                    assert subjects[wheel] == sums[wheel], (name, "of another build")
+                else:
+                    version = wheel.split("-")[1]
+                    with zipfile.ZipFile(house / wheel) as zf:
+                        inside = zf.read(sbom.member_name(version))
+                    assert inside == (house / name).read_bytes(), (name, "of another build")
+    if "constraints-x86_64.txt" in sums:
+        text = (house / "constraints-x86_64.txt").read_text()
+        for wheel in wheels(sums):
+            assert f"--hash=sha256:{sums[wheel]}" in text, ("constraints of another build", wheel)
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_a_kill_at_any_rename_never_lists_beside_files_of_another_build(built, fault):
+    """A same-name rebuild killed at each rename: SHA256SUMS may lack the SBOM, provenance
+    or constraints for a while, but never lists those of the replaced wheel beside it."""
+    s, wheel = built
+    assert_beside_match(s.wheelhouse)
+    s.write_series({"Change A": {"vllm/a.py": CHANGE_A.replace("A_3 = 3", "A_3 = 33")}})
+    env = {**os.environ, "VLLM_OVERLAY_FAULT": fault}
+    proc = subprocess.run(cli_build(s), cwd=REPO, env=env, capture_output=True, text=True)
+    assert proc.returncode == 137, proc.stderr
+    assert_beside_match(s.wheelhouse)
+    build(s)
+    assert_beside_match(s.wheelhouse)
+    assert {f"{wheel.name.removesuffix('.whl')}{x}" for x in wheelhouse.BESIDE_SUFFIXES} | {
+        "constraints-x86_64.txt"} <= set(index.read_sums(s.wheelhouse))

@@ -92,7 +92,7 @@ def synthetic_upstream(root: Path, cache: Path) -> None:
     """VERSION + lock naming a tiny sdist and wheel, placed in the sha256 cache."""
     files = {"vllm/__init__.py": b"from ._version import __version__\n",
              "vllm/_version.py": b"__version__ = version = '0.19.1'\n"}
-    upstream = build_wheel(root, "0.19.1", files=files)
+    upstream = build_wheel(root, "0.19.1", files=files, requires=())  # SYNTH_LOCK: no runtime
     sdist = root / "vllm-0.19.1.tar.gz"
     src = root / "src" / "vllm-0.19.1"
     for name, data in files.items():

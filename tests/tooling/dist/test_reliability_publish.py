@@ -1,6 +1,8 @@
 """`make publish` reliability (issue 20, cases 2 and 3, and the credentials check), against
 real pypiservers on loopback, as in test_publish.py."""
 
+import base64
+import hashlib
 import http.server
 import os
 import signal
@@ -11,8 +13,9 @@ import time
 
 import pytest
 
-from tests.tooling.dist.deploy_helpers import clean_env, package_files
-from tests.tooling.dist.test_publish import PASSWORD, Server, make_publish, wheelhouse_with
+from tests.tooling.dist.deploy_helpers import build_wheel, clean_env, package_files, write_sums
+from tests.tooling.dist.test_publish import (PASSWORD, USER, Server, make_publish,
+                                             wheelhouse_with)
 from vllm_overlay.common.paths import REPO
 
 
@@ -273,3 +276,107 @@ def test_a_bad_timeout_setting_is_named(monkeypatch, value):
     monkeypatch.setenv("VLLM_OVERLAY_PUBLISH_TIMEOUT", value)
     with pytest.raises(OverlayError, match=f"VLLM_OVERLAY_PUBLISH_TIMEOUT='{value}': not a"):
         publish.timeout()
+
+
+# --- issue 27, case 1: an interrupted upload leaves a prefix of the wheel on the index ------
+@pytest.fixture(scope="module")
+def plain_index(tmp_path_factory):
+    srv = Server(tmp_path_factory.mktemp("pypiserver-partial"))
+    try:
+        srv.start()
+        yield srv
+    finally:
+        srv.stop()
+
+
+def cut_upload(server: Server, wheel, keep: int) -> None:
+    """twine's multipart POST of `wheel`, the connection closed after `keep` bytes of the
+    wheel were sent (a Ctrl-C of `make publish`): pypiserver stores what it got."""
+    boundary = "cut-upload-boundary"
+    fields = {":action": "file_upload", "name": "vllm", "version": wheel.name.split("-")[1],
+              "protocol_version": "1", "filetype": "bdist_wheel", "pyversion": "cp38"}
+    head = "".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
+                   for k, v in fields.items())
+    head += (f'--{boundary}\r\nContent-Disposition: form-data; name="content"; '
+             f'filename="{wheel.name}"\r\nContent-Type: application/octet-stream\r\n\r\n')
+    data = wheel.read_bytes()
+    body = head.encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as conn:
+        conn.sendall(f"POST / HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+                     f"Authorization: Basic {token}\r\nContent-Length: {len(body)}\r\n"
+                     f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n".encode())
+        conn.sendall(body[:len(head.encode()) + keep])
+        time.sleep(0.5)
+    stored = server.packages / wheel.name
+    deadline = time.monotonic() + 20
+    while not (stored.exists() and stored.stat().st_size == keep) and \
+            time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert stored.read_bytes() == data[:keep]  # what pypiserver keeps: a prefix, final name
+
+
+def test_a_partial_upload_is_named_with_what_to_delete_never_a_version_bump(plain_index,
+                                                                             tmp_path):
+    version = "0.19.1+cut.1"
+    files = {**package_files(version, True), "vllm/big.bin": os.urandom(4 << 20)}
+    house, wheel = wheelhouse_with(tmp_path, version, files=files)
+    cut_upload(plain_index, wheel, keep=1_500_000)
+    proc = make_publish(plain_index, house)
+    line = error_line(proc)
+    size = wheel.stat().st_size
+    assert f"{wheel.name}: {plain_index.url}/simple/ serves a partial upload of this wheel " \
+        f"(its first 1500000 of {size} bytes: sha256 " \
+        f"{hashlib.sha256(wheel.read_bytes()[:1_500_000]).hexdigest()}, that of our first" in line
+    assert f"delete {plain_index.url}/packages/{wheel.name} on the index" in line, line
+    assert "bump VERSION" not in proc.stderr and "the version stays" in line
+    (plain_index.packages / wheel.name).unlink()  # what the error says to do
+    proc = make_publish(plain_index, house)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (plain_index.packages / wheel.name).read_bytes() == wheel.read_bytes()
+
+
+def test_a_complete_other_file_under_the_name_still_means_bump_version(plain_index, tmp_path):
+    """The negative control: a file that is not a prefix of ours is a published wheel."""
+    version = "0.19.1+other.2"
+    house, wheel = wheelhouse_with(tmp_path, version)
+    other = wheelhouse_with(tmp_path / "other", version, extra="# another build\n")[1]
+    (plain_index.packages / wheel.name).write_bytes(other.read_bytes()[:-10])  # not a prefix
+    line = error_line(make_publish(plain_index, house))
+    assert "already serves a different file" in line and "bump VERSION" in line, line
+    assert "partial upload" not in line
+
+
+# --- issue 27, case 2: only the overlay wheels go up; the beside files are named ------------
+def test_only_the_overlay_wheel_is_uploaded_not_the_linux_tagged_mode_wheels(plain_index,
+                                                                            tmp_path):
+    """`make cross-check` leaves the MODE=precompiled wheel (linux_x86_64) listed beside ours."""
+    version = "0.19.1+modes.1"
+    house, wheel = wheelhouse_with(tmp_path, version)
+    precompiled = house / f"vllm-{version}-cp38-abi3-linux_x86_64.whl"
+    source = house / f"vllm-{version}.cu129-cp38-abi3-linux_x86_64.whl"
+    precompiled.write_bytes(build_wheel(tmp_path, version, extra="# setup.py\n").read_bytes())
+    source.write_bytes(precompiled.read_bytes())
+    beside = {f"{wheel.name.removesuffix('.whl')}.intoto.json": "{}\n",
+              f"{wheel.name.removesuffix('.whl')}.cdx.json": "{}\n",
+              "constraints-x86_64.txt": "# lock\n"}
+    for name, text in beside.items():
+        (house / name).write_text(text)
+    write_sums(house, precompiled, wheel, source, *(house / n for n in beside))
+    proc = make_publish(plain_index, house)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(p.name for p in plain_index.packages.glob(f"vllm-{version}*")) == [wheel.name]
+    assert f"{precompiled.name}: not uploaded (a MODE=precompiled / source wheel" in proc.stderr
+    [line] = [ln for ln in proc.stderr.splitlines() if "hand users" in ln]
+    for name in beside:
+        assert str(house / name) in line, line
+
+
+def test_a_wheelhouse_with_only_mode_wheels_publishes_nothing(plain_index, tmp_path):
+    version = "0.19.1+modes.2"
+    house, wheel = wheelhouse_with(tmp_path, version)
+    linux = wheel.rename(house / f"vllm-{version}-cp38-abi3-linux_x86_64.whl")
+    write_sums(house, linux)
+    line = error_line(make_publish(plain_index, house))
+    assert "no overlay wheel (`vllm-*-manylinux_*.whl`) listed in SHA256SUMS" in line, line
+    assert not list(plain_index.packages.glob(f"vllm-{version}*"))
