@@ -1,0 +1,40 @@
+"""What the benchmarks share: the repository on sys.path, a scratch copy of the build's inputs,
+and the --smoke flag (CI: tests/tooling/test_bench_smoke.py).
+
+Each benchmark is a script (`python3 benchmarks/<name>.py`), so this module is imported by
+its plain name (the script's own folder is sys.path[0]).
+"""
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+# Everything of the repository that a build reads (pin, series, the hash-locked runtime that
+# the SBOM and the constraints beside the wheel are made from). A clean clone has all four.
+BUILD_INPUTS = ("VERSION", "upstream.lock.json", "patches", "locks")
+
+
+def scratch_repo(root: Path, repo: Path = REPO) -> Path:
+    """A fresh copy of the build's inputs at `root`, so the bench's builds are its own."""
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    for name in BUILD_INPUTS:
+        src = repo / name
+        if src.is_dir():
+            shutil.copytree(src, root / name)
+        else:
+            shutil.copy(src, root / name)
+    return root
+
+
+def parser(doc: str, smoke_help: str) -> argparse.ArgumentParser:
+    """The common command line: --smoke runs one quick pass (smallest cases, one repetition)
+    that CI runs to prove the benchmark still works; its figures mean little."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--smoke", action="store_true", help=smoke_help)
+    return p
