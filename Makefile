@@ -45,10 +45,10 @@ test-slow:        ## minutes-long real builds: overlay vs vLLM's precompiled set
 cross-check:      ## diff the installed trees of the overlay and precompiled wheels in wheelhouse/
 	$(OVERLAY) cross-check --arch $(call q,$(ARCH))
 
-bench:            ## printed figures: make wheel vs cp and a naive repack; overlay vs precompiled; encoder graphs
-	$(PYTHON) benchmarks/bench_wheel.py
-	$(PYTHON) benchmarks/bench_modes.py
-	$(PYTHON) benchmarks/bench_encoder_graphs.py
+bench:            ## printed figures: make wheel vs cp and a naive repack; overlay vs precompiled; encoder graphs [SMOKE=1]
+	$(PYTHON) benchmarks/bench_wheel.py $(if $(SMOKE),--smoke)
+	$(PYTHON) benchmarks/bench_modes.py $(if $(SMOKE),--smoke)
+	$(PYTHON) benchmarks/bench_encoder_graphs.py $(if $(SMOKE),--smoke)
 
 test: check-patches  ## all CI runs: tooling, wheel, runtime venv, behaviour, upstream subset (reports/)
 	$(OVERLAY) test --arch $(call q,$(ARCH))
