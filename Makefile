@@ -79,8 +79,8 @@ bisect:           ## first failing release: GOOD=<tag> BAD=<tag> [CHECK=apply|te
 	$(OVERLAY) bisect --patches $(call q,$(PATCHES)) --check $(call q,$(CHECK)) $(if $(GOOD),--good $(call q,$(GOOD))) \
 	  $(if $(BAD),--bad $(call q,$(BAD))) $(if $(CMD),--cmd "$$BISECT_CMD")
 
-bench-status:     ## time `status` per release, pin..newest, warm cache, with/without drift (figures)
-	$(PYTHON) benchmarks/bench_status.py --patches $(call q,$(PATCHES))
+bench-status:     ## time `status` per release, pin..newest, warm cache, with/without drift (figures) [RELEASES=]
+	$(PYTHON) benchmarks/bench_status.py --patches $(call q,$(PATCHES)) $(if $(RELEASES),--releases $(call q,$(RELEASES)))
 
 # --- moving the pin: the series onto a newer upstream release (vllm_overlay/upstream/rebase.py) ---
 .PHONY: rebase
