@@ -9,9 +9,12 @@ Printed, not asserted (make bench):
      max_model_len values; plus all memory the emulated graph touches.
   3. Wall time of tests/behaviour/test_encoder_cudagraph_emulated.py.
 
-Usage: python3 benchmarks/bench_encoder_graphs.py [--smoke]  (builds or reuses the wheel and
-the overlay test venv, then runs itself there with --figures from a copy of tests/behaviour).
---smoke (CI): the first batch and the first max_model_len only; the test file is not timed.
+Usage: python3 benchmarks/bench_encoder_graphs.py [--smoke]  (builds the overlay wheel in a
+scratch repo under work/, never into wheelhouse/, a no-op when the series is unchanged; makes
+or reuses the overlay test venv, then runs itself there with --figures from a copy of
+tests/behaviour).
+--smoke (CI): the first batch, the first max_model_len and the auto rule only; the test file
+is not timed.
 """
 
 import argparse
@@ -38,20 +41,27 @@ CASES = {  # name: (modality, grids [t, h, w] in patches)
 def drive(smoke: bool) -> int:
     """In the repo's Python: make the overlay venv, run the figures and time the tests."""
     sys.path.insert(0, str(ROOT))
+    import benchlib
     from vllm_overlay.build.overlay_mode import build_overlay_wheel
     from vllm_overlay.common import venvs
+    from vllm_overlay.common.paths import cache_dir
     from vllm_overlay.testing import testenv
     from vllm_overlay.testing.harness import BEHAVIOUR, BEHAVIOUR_INI, clean_env
 
-    wheel = build_overlay_wheel(ARCH)  # `make wheel`: a no-op when wheelhouse/ is up to date
+    # wheelhouse/ is what `make publish` uploads: the bench builds its own copy (the same
+    # bytes: the build is reproducible, so the overlay venv keyed by its sha256 is shared)
+    repo = benchlib.scratch_repo(ROOT / "work" / "bench-encoder-graphs-repo", keep_builds=True)
+    wheel = build_overlay_wheel(ARCH, repo / "wheelhouse", repo / "patches", repo)
     base = testenv.ensure_base(ARCH)
     python = str(venvs.python_of(testenv.ensure_vllm_env(base, wheel)))
     work = ROOT / "work" / "bench-encoder-graphs"
     shutil.rmtree(work, ignore_errors=True)
     shutil.copytree(BEHAVIOUR, work, ignore=shutil.ignore_patterns("__pycache__"))
     (work / "pytest.ini").write_text(BEHAVIOUR_INI)
+    # vLLM's model inspection (a subprocess importing torch and vLLM, ~20 s) is cached in
+    # VLLM_CACHE_ROOT/modelinfos, checked against the model file's hash: kept between runs
     env = clean_env(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-                    VLLM_CACHE_ROOT=str(work / "vllm-cache"))
+                    VLLM_CACHE_ROOT=str(cache_dir() / "vllm-cache" / "bench-encoder-graphs"))
     rc = subprocess.run([python, str(Path(__file__).resolve()), "--figures"]
                         + (["--smoke"] if smoke else []), cwd=work, env=env).returncode
     if smoke:
@@ -120,7 +130,8 @@ def figures(smoke: bool) -> None:
           + f" {'total':>10} {'all touched*':>13}")
     for max_model_len in MAX_MODEL_LENS[:1 if smoke else None]:
         model = build_qwen3_vl(config(max_model_len))
-        for rule, frames in (("auto (0004)", None), ("max_batch_size * 2", MAX_ITEMS * 2)):
+        rules = (("auto (0004)", None), ("max_batch_size * 2", MAX_ITEMS * 2))
+        for rule, frames in rules[:1 if smoke else None]:
             with emulate_cuda_graphs() as emu:
                 mgr = captured_manager(config(max_model_len, frames), model, emu)
             sizes = [meta.input_buffer.nbytes + meta.output_buffer.nbytes

@@ -19,16 +19,23 @@ if str(REPO) not in sys.path:
 BUILD_INPUTS = ("VERSION", "upstream.lock.json", "patches", "locks")
 
 
-def scratch_repo(root: Path, repo: Path = REPO) -> Path:
-    """A fresh copy of the build's inputs at `root`, so the bench's builds are its own."""
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
+def scratch_repo(root: Path, repo: Path = REPO, keep_builds: bool = False) -> Path:
+    """A fresh copy of the build's inputs at `root`, so the bench's builds are its own.
+
+    keep_builds: replace only the inputs and keep what earlier builds left at `root` (its
+    wheelhouse and build tree), so an unchanged series is a no-op `make wheel` there.
+    """
+    if not keep_builds:
+        shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
     for name in BUILD_INPUTS:
-        src = repo / name
+        src, dest = repo / name, root / name
+        if dest.is_dir():
+            shutil.rmtree(dest)
         if src.is_dir():
-            shutil.copytree(src, root / name)
+            shutil.copytree(src, dest)
         else:
-            shutil.copy(src, root / name)
+            shutil.copy(src, dest)
     return root
 
 
