@@ -68,36 +68,32 @@ def test_benchmark_imports_exist(script):
             assert name in defined, f"{script}: tests/behaviour/{module}.py has no {name}"
 
 
-@pytest.fixture(scope="module")
-def smoke_runs(tmp_path_factory):
-    """All --smoke runs started at once (the wheel benchmarks mostly read, hash and write,
-    the encoder one computes), each a process of its own, its output to files;
-    script -> (exit status, stdout, stderr, seconds until it was seen done)."""
-    logs = tmp_path_factory.mktemp("bench-smoke")
+@pytest.mark.slow
+@pytest.mark.network
+def test_benchmark_smokes(tmp_path):
+    """The real artifacts and venvs of the cache: each benchmark exits 0 and prints its
+    figure lines. All start at once (the wheel benchmarks mostly read, hash and write, the
+    encoder one computes), each a process of its own with its output in files; one test, so
+    that a parallel runner never starts them twice over the same scratch folders."""
     started = time.monotonic()
     procs = {}
     for script in FIGURES:
-        with open(logs / f"{script}.out", "w") as out, open(logs / f"{script}.err", "w") as err:
+        with open(tmp_path / f"{script}.out", "w") as out, \
+                open(tmp_path / f"{script}.err", "w") as err:
             procs[script] = subprocess.Popen([sys.executable, str(BENCHMARKS / script),
                                               "--smoke"], cwd=REPO, stdout=out, stderr=err)
-    runs = {}
+    problems = []
     for script, proc in procs.items():
-        proc.wait(timeout=600)
-        runs[script] = (proc.returncode, (logs / f"{script}.out").read_text(),
-                        (logs / f"{script}.err").read_text(), time.monotonic() - started)
-    print(f"\nbenchmark smokes, side by side: {time.monotonic() - started:.1f} s wall")
-    return runs
-
-
-@pytest.mark.slow
-@pytest.mark.network
-@pytest.mark.parametrize("script", list(FIGURES))
-def test_benchmark_smoke(script, smoke_runs):
-    """The real artifacts and venvs of the cache: exit 0 and the figure lines printed."""
-    returncode, out, err, wall = smoke_runs[script]
-    assert returncode == 0, f"{script} --smoke: exit {returncode}\n{out[-3000:]}\n{err[-3000:]}"
-    lines = out.splitlines()
-    for pattern in FIGURES[script]:
-        assert any(re.fullmatch(pattern + ".*", line) for line in lines), (
-            f"{script} --smoke printed no line matching {pattern!r}:\n{out}")
-    print(f"{script} --smoke: done after {wall:.1f} s")
+        returncode = proc.wait(timeout=600)
+        out, err = ((tmp_path / f"{script}.{kind}").read_text() for kind in ("out", "err"))
+        print(f"{script} --smoke: exit {returncode}, done after "
+              f"{time.monotonic() - started:.1f} s")
+        if returncode:
+            problems.append(f"{script} --smoke: exit {returncode}\n{out[-3000:]}\n{err[-3000:]}")
+            continue
+        lines = out.splitlines()
+        problems += [f"{script} --smoke printed no line matching {pattern!r}:\n{out}"
+                     for pattern in FIGURES[script]
+                     if not any(re.fullmatch(pattern + ".*", line) for line in lines)]
+    print(f"benchmark smokes, side by side: {time.monotonic() - started:.1f} s wall")
+    assert not problems, "\n\n".join(problems)
