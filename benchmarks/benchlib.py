@@ -17,21 +17,27 @@ if str(REPO) not in sys.path:
 # Everything of the repository that a build reads (pin, series, the hash-locked runtime that
 # the SBOM and the constraints beside the wheel are made from). A clean clone has all four.
 BUILD_INPUTS = ("VERSION", "upstream.lock.json", "patches", "locks")
+BUILD_OUTPUTS = ("wheelhouse", "work")  # what a build writes under its repo
 
 
 def scratch_repo(root: Path, repo: Path = REPO, keep_builds: bool = False) -> Path:
     """A fresh copy of the build's inputs at `root`, so the bench's builds are its own.
 
-    keep_builds: replace only the inputs and keep what earlier builds left at `root` (its
-    wheelhouse and build tree), so an unchanged series is a no-op `make wheel` there.
+    keep_builds: keep what earlier builds left at `root` (its wheelhouse/ and work/, the
+    build tree), so an unchanged series is a no-op `make wheel` there; all else is replaced.
     """
     if not keep_builds:
         shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
+    for old in root.iterdir():
+        if old.name in BUILD_OUTPUTS:
+            continue
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
     for name in BUILD_INPUTS:
         src, dest = repo / name, root / name
-        if dest.is_dir():
-            shutil.rmtree(dest)
         if src.is_dir():
             shutil.copytree(src, dest)
         else:
