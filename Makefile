@@ -47,10 +47,10 @@ test-slow:        ## minutes-long real builds: overlay vs vLLM's precompiled set
 cross-check:      ## diff the installed trees of the overlay and precompiled wheels in wheelhouse/
 	$(OVERLAY) cross-check --arch $(call q,$(ARCH))
 
-bench:            ## printed figures: make wheel vs cp and a naive repack; overlay vs precompiled; encoder graphs
-	$(PYTHON) benchmarks/bench_wheel.py
-	$(PYTHON) benchmarks/bench_modes.py
-	$(PYTHON) benchmarks/bench_encoder_graphs.py
+bench:            ## printed figures: make wheel vs cp and a naive repack; overlay vs precompiled; encoder graphs [SMOKE=1]
+	$(PYTHON) benchmarks/bench_wheel.py $(if $(SMOKE),--smoke)
+	$(PYTHON) benchmarks/bench_modes.py $(if $(SMOKE),--smoke)
+	$(PYTHON) benchmarks/bench_encoder_graphs.py $(if $(SMOKE),--smoke)
 
 test: check-patches  ## all CI runs: tooling, wheel, runtime venv, behaviour, upstream subset (reports/)
 	$(OVERLAY) test --arch $(call q,$(ARCH))
@@ -85,8 +85,8 @@ bisect:           ## first failing release: GOOD=<tag> BAD=<tag> [CHECK=apply|te
 bisect_args = --patches $(call q,$(PATCHES)) --check $(call q,$(CHECK)) $(if $(GOOD),--good $(call q,$(GOOD)))\
   $(if $(BAD),--bad $(call q,$(BAD))) $(if $(CMD),--cmd "$$BISECT_CMD")
 
-bench-status:     ## time `status` per release, pin..newest, warm cache, with/without drift (figures)
-	$(PYTHON) benchmarks/bench_status.py --patches $(call q,$(PATCHES))
+bench-status:     ## time `status` per release, pin..newest, warm cache, with/without drift (figures) [RELEASES=]
+	$(PYTHON) benchmarks/bench_status.py --patches $(call q,$(PATCHES)) $(if $(RELEASES),--releases $(call q,$(RELEASES)))
 
 # --- moving the pin: the series onto a newer upstream release (vllm_overlay/upstream/rebase.py) ---
 .PHONY: rebase

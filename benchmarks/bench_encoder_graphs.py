@@ -11,8 +11,12 @@ Printed, not asserted (make bench):
      with and without it.
   4. Wall time of tests/behaviour/test_encoder_cudagraph_emulated.py.
 
-Usage: python3 benchmarks/bench_encoder_graphs.py  (builds or reuses the wheel and the
-overlay test venv, then runs itself there with --figures from a copy of tests/behaviour).
+Usage: python3 benchmarks/bench_encoder_graphs.py [--smoke]  (builds the overlay wheel in a
+scratch repo under work/, never into wheelhouse/, a no-op when the series is unchanged; makes
+or reuses the overlay test venv, then runs itself there with --figures from a copy of
+tests/behaviour).
+--smoke (CI): the first batch, the first max_model_len and the auto rule only; the test file
+is not timed.
 """
 
 import argparse
@@ -36,24 +40,36 @@ CASES = {  # name: (modality, grids [t, h, w] in patches)
 }
 
 
-def drive() -> int:
+def drive(smoke: bool) -> int:
     """In the repo's Python: make the overlay venv, run the figures and time the tests."""
     sys.path.insert(0, str(ROOT))
-    from vllm_overlay import fetch, pin, testenv, venvs, wheelhouse
-    from vllm_overlay.runtests import BEHAVIOUR, BEHAVIOUR_INI, clean_env
+    import benchlib
+    from vllm_overlay.build.overlay_mode import build_overlay_wheel
+    from vllm_overlay.common import venvs
+    from vllm_overlay.common.paths import cache_dir
+    from vllm_overlay.testing import testenv
+    from vllm_overlay.testing.harness import BEHAVIOUR, BEHAVIOUR_INI, clean_env
 
-    the_pin = pin.load()
-    wheel = wheelhouse.make_wheel(ARCH)
-    base = testenv.ensure_base(fetch.fetch(the_pin.sdist, the_pin.project))
+    # wheelhouse/ is what `make publish` uploads: the bench builds its own copy (the same
+    # bytes: the build is reproducible, so the overlay venv keyed by its sha256 is shared)
+    repo = benchlib.scratch_repo(ROOT / "work" / "bench-encoder-graphs-repo", keep_builds=True)
+    wheel = build_overlay_wheel(ARCH, repo / "wheelhouse", repo / "patches", repo)
+    base = testenv.ensure_base(ARCH)
     python = str(venvs.python_of(testenv.ensure_vllm_env(base, wheel)))
     work = ROOT / "work" / "bench-encoder-graphs"
     shutil.rmtree(work, ignore_errors=True)
     shutil.copytree(BEHAVIOUR, work, ignore=shutil.ignore_patterns("__pycache__"))
     (work / "pytest.ini").write_text(BEHAVIOUR_INI)
+    # vLLM's model inspection (a subprocess importing torch and vLLM, ~20 s) is cached in
+    # VLLM_CACHE_ROOT/modelinfos, checked against the model file's hash: kept between runs
     env = clean_env(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-                    VLLM_CACHE_ROOT=str(work / "vllm-cache"))
-    rc = subprocess.run([python, str(Path(__file__).resolve()), "--figures"], cwd=work,
-                        env=env).returncode
+                    VLLM_CACHE_ROOT=str(cache_dir() / "vllm-cache" / "bench-encoder-graphs"))
+    rc = subprocess.run([python, str(Path(__file__).resolve()), "--figures"]
+                        + (["--smoke"] if smoke else []), cwd=work, env=env).returncode
+    if smoke:
+        print("\ntest_encoder_cudagraph_emulated.py: not timed (--smoke)")
+        shutil.rmtree(work, ignore_errors=True)
+        return rc
     started = time.monotonic()
     test_rc = subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                               "-o", "asyncio_default_fixture_loop_scope=function",
@@ -65,7 +81,7 @@ def drive() -> int:
     return rc or test_rc
 
 
-def figures() -> None:
+def figures(smoke: bool) -> None:
     """In the overlay venv, cwd = a copy of tests/behaviour."""
     sys.path.insert(0, os.getcwd())
     import tempfile
@@ -95,7 +111,7 @@ def figures() -> None:
     model = build_qwen3_vl(config(MAX_MODEL_LENS[0]))
     with emulate_cuda_graphs() as emu:
         mgr = captured_manager(config(MAX_MODEL_LENS[0], frames=8), model, emu)
-    for name, (modality, grids) in CASES.items():
+    for name, (modality, grids) in list(CASES.items())[:1 if smoke else None]:
         mm = encoder_inputs(modality, grids)
         with torch.inference_mode():
             with count_aten_ops() as eager_cpu:
@@ -114,9 +130,10 @@ def figures() -> None:
     print(f"  {'max_model_len':>13} {'rule':24} {'frames':>6} "
           + " ".join(f"{'budget ' + str(b):>14}" for b in BUDGETS)
           + f" {'total':>10} {'all touched*':>13}")
-    for max_model_len in MAX_MODEL_LENS:
+    for max_model_len in MAX_MODEL_LENS[:1 if smoke else None]:
         model = build_qwen3_vl(config(max_model_len))
-        for rule, frames in (("auto (0004)", None), ("max_batch_size * 2", MAX_ITEMS * 2)):
+        rules = (("auto (0004)", None), ("max_batch_size * 2", MAX_ITEMS * 2))
+        for rule, frames in rules[:1 if smoke else None]:
             with emulate_cuda_graphs() as emu:
                 mgr = captured_manager(config(max_model_len, frames), model, emu)
             sizes = [meta.input_buffer.nbytes + meta.output_buffer.nbytes
@@ -166,7 +183,10 @@ def figures() -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--figures", action="store_true", help=argparse.SUPPRESS)
-    if parser.parse_args().figures:
-        figures()
+    parser.add_argument("--smoke", action="store_true",
+                        help="CI: the first batch and max_model_len only, the tests not timed")
+    args = parser.parse_args()
+    if args.figures:
+        figures(args.smoke)
     else:
-        sys.exit(drive())
+        sys.exit(drive(args.smoke))

@@ -5,8 +5,9 @@ and, as a baseline measured in the same run, what one release costs without the 
 (unpack the pinned sdist + commit it, as a fresh `git am` check would need).
 Drift (upstream/drift.py): `status` with and without drift, both measured here (alternating,
 best of --repeat each, reports written to a temp dir); target: with drift within 1.5x.
-Run: `make bench-status [PATCHES=dir]` (the first run on a cold cache downloads and builds
-the trees; it is reported, then the timed warm run follows).
+Run: `make bench-status [PATCHES=dir] [RELEASES=A..B|A,B]` (the first run on a cold cache
+downloads and builds the trees; it is reported, then the timed warm run follows; RELEASES as
+for `make status`, e.g. RELEASES=0.19.1 for a quick run on the pin alone).
 """
 
 import argparse
@@ -32,12 +33,14 @@ def main() -> int:
     parser.add_argument("--patches", type=Path, default=series.PATCHES)
     parser.add_argument("--jobs", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=2, help="timed runs of each variant")
+    parser.add_argument("--releases", help="as `status --releases` (default: pin..newest)")
     args = parser.parse_args()
+    args.patches = args.patches.resolve()  # git runs inside the release trees (as `status`)
     the_pin = pin.load()
     patches = series.read_series(args.patches)
     t = time.monotonic()
     urls = upstream.list_sdists(the_pin.project)
-    versions = upstream.select(urls, the_pin.upstream_version, None)
+    versions = upstream.select(urls, the_pin.upstream_version, args.releases)
     listing = time.monotonic() - t
     cold = [v for v in versions
             if v != the_pin.upstream_version
