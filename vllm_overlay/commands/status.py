@@ -38,7 +38,7 @@ def run(args) -> None:
     _log.info(f"{len(patches)} patch(es) from {args.patches} x {len(versions)} release(s) "
               f"({versions[0]} .. {versions[-1]}), {args.jobs} in parallel")
     matrix = status.compute(the_pin, patches, versions, urls, args.patches,
-                            status.check_jobs(args.jobs))
+                            status.check_jobs(args.jobs), not args.no_install_check)
     found = None if args.no_drift else drift.for_matrix(the_pin, patches, matrix)
     md, js = status.write_reports(matrix, args.out, found)
     print(status.to_markdown(matrix))
@@ -58,6 +58,9 @@ def add(sub) -> None:
     p.add_argument("--out", type=Path, default=REPORTS, help="where status.md/.json go")
     p.add_argument("--no-drift", action="store_true",
                    help="leave out the drift of the code each patch touches")
+    p.add_argument("--no-install-check", action="store_true",
+                   help="leave out whether each release's runtime resolves from the "
+                        "configured indexes (uv pip compile, as make lock; cached)")
     p.add_argument("--list-releases", action="store_true",
                    help="only print the selected releases as a JSON list (CI matrix)")
     p.set_defaults(func=run)

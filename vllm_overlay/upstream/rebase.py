@@ -41,7 +41,7 @@ from vllm_overlay.common.fs import atomic_write
 from vllm_overlay.common.git import git
 from vllm_overlay.common.http import BatchProgress
 from vllm_overlay.common.requirements import requirement_names
-from vllm_overlay.upstream import drift, releases, status
+from vllm_overlay.upstream import drift, installable, releases, status
 
 WORK = Path("work") / "rebase"  # relative to the repository
 STATE = "state.json"
@@ -126,6 +126,21 @@ def prepare_pin(the_pin: pin.Pin, files: dict[str, str], to: str) -> dict:
     return {"project": project, "version": to, "released": released,
             "artifacts": {k: {"filename": a.filename, "size": a.size, "sha256": a.sha256}
                           for k, a in arts.items()}}
+
+
+def check_installable(the_pin: pin.Pin, files: dict[str, str], to: str) -> None:
+    """Refuse a target whose runtime does not resolve from the configured indexes (what
+    `make lock` would fail on at the end), before the wheels are fetched or a patch placed."""
+    sdist = fetch_target(files, "sdist", f"{the_pin.project}-{to}.tar.gz")
+    can = installable.of_sdist(fetch.blob_path(sdist.sha256), installable.arches(the_pin))
+    if can["installable"] is False:
+        raise OverlayError(f"rebase: {to} is not installable: its runtime does not resolve "
+                           f"from the configured indexes: {can['package']} not on "
+                           f"{', '.join(can['indexes'])} (make lock would fail on it); nothing "
+                           f"was changed: pick a release `make status` calls installable, or "
+                           f"configure an index that has {can['package']} (UV_INDEX_URL, "
+                           f"UV_EXTRA_INDEX_URL)")
+    _log.info(f"{to}: installable: {can['text']}")
 
 
 def source_build(old: dict | None, tree: Path, from_version: str) -> tuple[dict | None, list[str]]:
@@ -289,6 +304,7 @@ def start(repo: Path, to: str) -> dict | None:
         raise OverlayError(f"rebase: TO={to} is older than the pin {the_pin.upstream_version}; "
                            f"a rebase only moves forward")
     _log.info(f"{len(patches)} patch(es) from {the_pin.upstream_version} to {to}")
+    check_installable(the_pin, files, to)
     lock = prepare_pin(the_pin, files, to)
     shutil.rmtree(work, ignore_errors=True)
     tree = work / f"vllm-{to}"

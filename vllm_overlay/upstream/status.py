@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from vllm_overlay.build import apply
+from vllm_overlay.upstream import installable as installability
 from vllm_overlay.upstream import probes
 from vllm_overlay.upstream import releases as upstream
 from vllm_overlay.common import log
@@ -67,6 +68,7 @@ class Release:
     sha256: str
     cells: dict[str, Cell]
     seconds: float = 0.0
+    installable: dict = field(default_factory=dict)  # installable.of_sdist's answer
 
 
 def run_probes(tree: Path, patches: list[Patch], parsed: dict[str, list]) -> dict[str, list]:
@@ -181,7 +183,7 @@ def parse_all(patches: list[Patch]) -> dict[str, list]:
 
 
 def compute(pin: Pin, patches: list[Patch], versions: list[str], urls: dict[str, str] | None,
-            patches_dir: Path, jobs: int = 4) -> Matrix:
+            patches_dir: Path, jobs: int = 4, check_installable: bool = True) -> Matrix:
     parsed = parse_all(patches)  # malformed probes fail before any download
     started = time.monotonic()
     progress = BatchProgress()
@@ -205,12 +207,14 @@ def compute(pin: Pin, patches: list[Patch], versions: list[str], urls: dict[str,
             sdist, tree = prepare(version)
             cells, _ = evaluate_release(tree, patches, parsed, pin_tree)
             seconds = time.monotonic() - t
+        can = installability.of_sdist(sdist.path, installability.arches(pin)) \
+            if check_installable else {}
         with done_lock:
             done[0] += 1
         summary = ", ".join(f"{name[:4]} {cell.short()}" for name, cell in cells.items())
-        _log.info(f"[{done[0]}/{len(versions)}] {version}: {summary or 'no patches'} "
-                  f"({seconds:.1f} s)")
-        return Release(version, sdist.filename, sdist.sha256, cells, seconds)
+        _log.info(f"[{done[0]}/{len(versions)}] {version}: {summary or 'no patches'}"
+                  + (f"; installable: {can['text']}" if can else "") + f" ({seconds:.1f} s)")
+        return Release(version, sdist.filename, sdist.sha256, cells, seconds, can)
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         releases = list(pool.map(one, versions))
@@ -288,6 +292,7 @@ def to_markdown(matrix: Matrix) -> str:
     lines = [f"# Upstream status of the patch series ({matrix.project})", "",
              f"Pin: {matrix.pin}; patches: `{matrix.patches_dir}` ({len(matrix.patches)}); "
              f"releases: {', '.join(versions)}", ""]
+    lines += first_screen(matrix)
     if not matrix.patches:
         lines += ["The series is empty: nothing to check.", ""]
     else:
@@ -333,6 +338,17 @@ def to_markdown(matrix: Matrix) -> str:
                          f"**{how}**: {text}")
         lines.append("")
     return "\n".join(lines)
+
+
+def first_screen(matrix: Matrix) -> list[str]:
+    """Per release: can we move there, and what does it cost."""
+    lines = ["## Can we move?", "",
+             "| release | installable (runtime from the configured indexes) |",
+             "| --- | --- |"]
+    for r in matrix.releases:
+        pin = " (pin)" if r.version == matrix.pin else ""
+        lines.append(f"| {r.version}{pin} | {(r.installable or {}).get('text', 'not checked')} |")
+    return lines + [""]
 
 
 def _span(names: list[str], indexes: list[int]) -> str:

@@ -166,40 +166,6 @@ LABEL io.vllm-overlay.upstream-version="${{UPSTREAM_VERSION}}"
 """
 
 
-class NetworkLock:
-    """What `make lock` gets from the network, faked: `uv pip compile` pins every requirement
-    of its sources at 1.0 (one made-up hash each), and PyPI's metadata of a locked package
-    has no requirements. Everything else of the lock step runs as `make lock` runs it."""
-
-    def __init__(self):
-        self.calls: list[str] = []
-        self.fail: str | None = None
-
-    def compile_lock(self, sources, out, arch, cwd, constraints=()):
-        self.calls.append(f"compile {out}")
-        if self.fail:
-            raise OverlayError(f"uv pip compile ({out}) failed (exit 2):\n{self.fail}")
-        names = sorted({normalize_name(re.split(r"[\s;<>=!~\[]", line, 1)[0])
-                        for source in sources
-                        for line in requirement_lines((cwd / source).read_text())})
-        text = "".join(f"{n}==1.0 \\\n    --hash=sha256:{hashlib.sha256(n.encode()).hexdigest()}\n"
-                       for n in names)
-        (cwd / out).write_text(f"#    make lock ARCH={arch}\n{text}")
-        return (cwd / out).read_text()
-
-    def package_metadata(self, name, version, hashes, arch):
-        return {"version": version, "from": f"{name}-{version}.whl", "requires_dist": [],
-                "requires_python": ""}
-
-
-@pytest.fixture
-def network_lock(monkeypatch) -> NetworkLock:
-    fake = NetworkLock()
-    monkeypatch.setattr(constraints, "compile_lock", fake.compile_lock)
-    monkeypatch.setattr(lockmeta, "package_metadata", fake.package_metadata)
-    return fake
-
-
 @pytest.fixture
 def repo(tmp_path, monkeypatch, supply_venv, network_lock) -> Path:
     monkeypatch.setenv("VLLM_OVERLAY_CACHE", str(tmp_path / "cache"))
@@ -733,3 +699,23 @@ def test_new_version_keeps_the_local_label():
     assert rebase.new_version("0.19.1+mmcg.1", "0.20.0") == "0.20.0+mmcg.1"
     assert rebase.new_version("0.19.1+mmcg.7", "0.33.0") == "0.33.0+mmcg.1"
     assert rebase.new_version("0.19.1+mmcg", "0.33.0") == "0.33.0+mmcg.1"
+
+
+def test_a_target_whose_runtime_does_not_resolve_is_refused_before_any_work(
+        repo, network_lock, tmp_path, monkeypatch):
+    for name in ("UV_DEFAULT_INDEX", "UV_INDEX_URL", "UV_INDEX", "UV_EXTRA_INDEX_URL"):
+        monkeypatch.delenv(name, raising=False)
+    network_lock.missing = {"torch==2.11.0"}  # the target's runtime pin, on no index
+    before = pinned_bytes(repo)
+    with pytest.raises(OverlayError, match=r"^rebase: 1.1.0 is not installable: its runtime "
+                                           r"does not resolve from the configured indexes: "
+                                           r"torch==2.11.0 not on https://pypi.org/simple "
+                                           r"\(make lock would fail on it\); nothing was "
+                                           r"changed"):
+        rebase_command.run(Args(to=TARGET), repo)
+    assert pinned_bytes(repo) == before and not (repo / "work").exists()
+    wheel = lock_entry(tmp_path / "dist" / wheel_name(TARGET))["sha256"]
+    assert not fetch.blob_path(wheel).exists()  # not even its wheel fetched
+    network_lock.missing = set()  # the index has it now (another index setting, or later)
+    monkeypatch.setenv("UV_EXTRA_INDEX_URL", "https://internal.example/simple")
+    assert rebase_command.run(Args(to=TARGET), repo) == 1  # on to B's conflict

@@ -13,9 +13,14 @@ from vllm_overlay.upstream import status
 from vllm_overlay.upstream import releases as upstream
 from vllm_overlay.commands import bisect as upstream_cli
 from vllm_overlay.common.errors import OverlayError
+from vllm_overlay.build import constraints
+from vllm_overlay.upstream import installable
+from tests.tooling.conftest import link_supply_venv
 
-from .conftest import (CONFLICT_FROM, OFFSET_FROM, PRE, RUNNER_MOVED_FROM, THREE_WAY_FROM,
-                       UPSTREAM_FROM, VERSIONS, write_patches)
+from .conftest import (CONFLICT_FROM, NEW_RUNTIME_PIN, OFFSET_FROM, PRE, RUNNER_MOVED_FROM,
+                       THREE_WAY_FROM, UPSTREAM_FROM, VERSIONS, write_patches)
+
+REAL_COMPILE_LOCK = constraints.compile_lock  # before the fixtures fake it
 
 
 def releases(u, spec=None, pre=False):
@@ -241,3 +246,51 @@ def test_bisect_cli_prints_steps_and_keeps_the_log(synth_upstream, monkeypatch, 
     assert not list(log.parent.glob(".*tmp*"))
     code = cli.main(["bisect", "--patches", str(u.patches), "--check", "test"])
     assert code == 1 and "needs --cmd" in capsys.readouterr().err
+
+
+def test_status_says_per_release_whether_its_runtime_installs(synth_upstream, network_lock,
+                                                              monkeypatch, tmp_path):
+    for name in ("UV_DEFAULT_INDEX", "UV_INDEX_URL", "UV_INDEX", "UV_EXTRA_INDEX_URL"):
+        monkeypatch.delenv(name, raising=False)
+    network_lock.missing = {NEW_RUNTIME_PIN}  # the configured index lacks it
+    u = synth_upstream
+    versions, urls = releases(u, "1.0.9..latest")
+    matrix = compute(u, versions, urls)
+    can = {r.version: r.installable for r in matrix.releases}
+    assert can["1.0.9"]["installable"] is True and can["1.0.9"]["text"] == "yes"
+    assert can["1.0.10"]["installable"] is False
+    assert can["1.0.10"]["text"] == f"no ({NEW_RUNTIME_PIN} not on https://pypi.org/simple)"
+    md, js = status.write_reports(matrix, tmp_path / "out")
+    assert f"| 1.0.10 | no ({NEW_RUNTIME_PIN} not on https://pypi.org/simple) |" in \
+        md.read_text()
+    data = json.loads(js.read_text())
+    assert data["releases"][1]["installable"]["package"] == NEW_RUNTIME_PIN
+    # warm: the answer is cached per release runtime and index settings, not resolved again
+    calls = len(network_lock.calls)
+    compute(u, versions, urls)
+    assert len(network_lock.calls) == calls
+    # other index settings: resolved again
+    monkeypatch.setenv("UV_EXTRA_INDEX_URL", "https://user:secret@internal.example/simple")
+    again = compute(u, ["1.0.10"], urls).releases[0].installable
+    assert len(network_lock.calls) > calls
+    assert again["text"] == (f"no ({NEW_RUNTIME_PIN} not on https://pypi.org/simple, "
+                             "https://***@internal.example/simple)")
+
+
+def test_installability_names_what_the_real_uv_cannot_find(tmp_path, monkeypatch,
+                                                           supply_venv):
+    """The real uv (no network: a file:// index) and the parsing of its message."""
+    monkeypatch.setattr(constraints, "compile_lock", REAL_COMPILE_LOCK)
+    monkeypatch.setenv("VLLM_OVERLAY_CACHE", str(tmp_path / "cache"))
+    link_supply_venv(tmp_path / "cache", supply_venv)
+    project = tmp_path / "simple" / "flashinfer-python"
+    project.mkdir(parents=True)
+    (project / "index.html").write_text(
+        '<a href="flashinfer_python-0.6.8-py3-none-any.whl">'
+        "flashinfer_python-0.6.8-py3-none-any.whl</a>\n")
+    monkeypatch.setenv("UV_INDEX_URL", (tmp_path / "simple").as_uri())
+    result = installable.resolve([NEW_RUNTIME_PIN], "x86_64")
+    assert result["installable"] is False, result
+    assert result["text"] == f"no ({NEW_RUNTIME_PIN} not on {(tmp_path / 'simple').as_uri()})"
+    result = installable.resolve(["no-such-package==1.0"], "x86_64")
+    assert result["package"] == "no-such-package==1.0"
