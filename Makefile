@@ -77,8 +77,8 @@ STATUS_OUT ?= reports
 CHECK ?= apply
 .PHONY: status bisect bench-status
 
-status:           ## patch x release matrix + drift -> reports/status.{md,json}, drift/ [RELEASES=A..B|A,B PATCHES=dir]
-	$(OVERLAY) status --patches $(call q,$(PATCHES)) --out $(call q,$(STATUS_OUT)) $(if $(RELEASES),--releases $(call q,$(RELEASES)))
+status:           ## patch x release matrix + drift -> reports/status.{md,json}, drift/ [RELEASES=A..B|A,B PATCHES=dir FAIL_ON_CHANGE=1]
+	$(OVERLAY) status --patches $(call q,$(PATCHES)) --out $(call q,$(STATUS_OUT)) $(if $(RELEASES),--releases $(call q,$(RELEASES))) $(if $(FAIL_ON_CHANGE),--fail-on-change)
 
 bisect:           ## first failing release: GOOD=<tag> BAD=<tag> [CHECK=apply|test CMD='...']
 	$(OVERLAY) bisect $(bisect_args)

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import subprocess
 
 import pytest
 
@@ -12,6 +13,8 @@ from vllm_overlay.common import series
 from vllm_overlay.upstream import status
 from vllm_overlay.upstream import releases as upstream
 from vllm_overlay.commands import bisect as upstream_cli
+from vllm_overlay.commands import status as status_cli
+from vllm_overlay.common.paths import REPO
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.build import constraints
 from vllm_overlay.upstream import installable
@@ -129,7 +132,8 @@ def test_a_patch_whose_file_upstream_deleted_is_not_a_conflict(synth_upstream, t
         assert cells[version][p].status == "deleted" and cells[version][p].files == ["vllm/m.py"]
     assert cells["1.0.8"][m].status == "upstream" and cells["1.0.8"][p].status == "clean"
     md = status.to_markdown(matrix)
-    assert "conflict" not in md.split("Legend:")[0]
+    assert "conflict" not in md.split("| patch |")[1].split("Legend:")[0]  # the matrix
+    assert "| 1.0.9 | yes | 1 | 0 | 0 | 1: 0002 deleted (1 hunk, 2 lines) |" in md
     assert "**deleted** a file the patch changes was deleted upstream" in md
     assert "upstream deleted vllm/m.py, which it changes" in md
     # no header: the first release where its probes held (1.0.8) says the same
@@ -294,3 +298,70 @@ def test_installability_names_what_the_real_uv_cannot_find(tmp_path, monkeypatch
     assert result["text"] == f"no ({NEW_RUNTIME_PIN} not on {(tmp_path / 'simple').as_uri()})"
     result = installable.resolve(["no-such-package==1.0"], "x86_64")
     assert result["package"] == "no-such-package==1.0"
+
+
+def _status(u, out, spec, *more):
+    return cli.main(["status", "--patches", str(u.patches), "--out", str(out), "--releases",
+                     spec, "--no-drift", *more])
+
+
+def test_first_screen_says_what_a_move_costs_and_fail_on_change_alerts(
+        synth_upstream, monkeypatch, capsys, tmp_path):
+    u = synth_upstream
+    monkeypatch.setattr(status_cli.pin, "load", lambda: u.pin)
+    monkeypatch.setenv("PIP_INDEX_URL", u.index)
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "")
+    out = tmp_path / "reports"
+    assert _status(u, out, "1.0.6..1.0.7", "--fail-on-change") == 0  # nothing to compare yet
+    md = (out / "status.md").read_text()
+    first_screen = md.splitlines()[:12]
+    assert "## Can we move, and what does it cost?" in first_screen
+    a, b, c, d, e = [p.name for p in series.read_series(u.patches)]
+    # 1.0.7: C and E upstream (dropped by a rebase), A at shifted lines, D 3-way, B conflicts
+    assert "| 1.0.7 | yes | 2 | 1 | 1 | 1: 0002 (1 hunk, 2 lines) |" in first_screen
+    assert "| 1.0.6 | yes | 2 | 2 | 1 | 0 |" in first_screen
+    assert "- not compared: no earlier report" in md
+    summary = json.loads((out / "status.json").read_text())["summary"]["1.0.7"]
+    assert summary["conflicting_patches"] == [{"patch": b, "hunks": 1, "lines": 2,
+                                               "why": "conflict"}]
+    # the same again: nothing changed, exit 0 even with the flag
+    assert _status(u, out, "1.0.6..1.0.7", "--fail-on-change") == 0
+    assert "- nothing (compared with " in (out / "status.md").read_text()
+    # the last report said B applied and C did not hold on 1.0.7: newly conflict / upstream
+    data = json.loads((out / "status.json").read_text())
+    cells = data["releases"][1]["cells"]
+    cells[b]["status"] = cells[c]["status"] = "clean"
+    (out / "status.json").write_text(json.dumps(data))
+    capsys.readouterr()
+    assert _status(u, out, "1.0.6..1.0.7") == 0  # reported, but no flag: exit 0
+    (out / "status.json").write_text(json.dumps(data))
+    assert _status(u, out, "1.0.6..1.0.7", "--fail-on-change") == 1
+    err = capsys.readouterr().err
+    assert f"1.0.7: {b} newly conflict (was clean; " in err
+    assert f"1.0.7: {c} newly upstream (was clean)" in err
+    assert f"- 1.0.7: {c} newly upstream (was clean)" in (out / "status.md").read_text()
+    # a release newer than the last report's newest is a change too
+    assert _status(u, out, "1.0.6..1.0.8", "--fail-on-change") == 1
+    assert "1.0.8: new release (installable: yes)" in capsys.readouterr().err
+
+
+def test_newly_drifting_is_a_change():
+    def report(releases):
+        return {"pin": "1.0.0", "releases": [], "drift": {"patches": [{
+            "name": "0001-x.patch", "definitions": [{"file": "vllm/a.py", "name": "f",
+                                                    "changes": [{"release": r, "follow_up": True}
+                                                                for r in releases]}]}]}}
+    assert status.changes_since(report(["1.0.2"]), report(["1.0.2"])) == []
+    assert status.changes_since(report(["1.0.2"]), report(["1.0.3", "1.0.2"])) == [
+        "1.0.3: 0001-x.patch newly drifting: upstream changed vllm/a.py::f"]
+    assert status.changes_since({"pin": "0.9"}, report([])) == [
+        "the pin moved: 0.9 -> 1.0.0 (cells not compared)"]
+
+
+def test_make_status_passes_fail_on_change():
+    make = subprocess.run(["make", "-n", "status", "FAIL_ON_CHANGE=1"], cwd=REPO,
+                          capture_output=True, text=True, check=True).stdout
+    assert "--fail-on-change" in make
+    make = subprocess.run(["make", "-n", "status"], cwd=REPO, capture_output=True, text=True,
+                          check=True).stdout
+    assert "--fail-on-change" not in make
