@@ -172,6 +172,7 @@ def write_patches(dest: Path, pin_sdist: Path, root: Path, patches=PATCHES) -> N
     for subject, (edits, probes, *more) in patches.items():  # more: [other trailer lines]
         for name, edit in edits.items():
             path = tree / name
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(edit(path.read_text() if path.exists() else ""))
         apply.git(tree, "add", "-A")
         trailers = "".join(f"Probe: {p}\n" for p in probes or []) + \

@@ -36,7 +36,7 @@ from vllm_overlay.common.git import git
 from vllm_overlay.common.requirements import normalize_name, requirement_lines
 from vllm_overlay.dist import docker
 from vllm_overlay.testing import testenv
-from vllm_overlay.upstream import rebase
+from vllm_overlay.upstream import rebase, treecheck
 
 from .conftest import write_patches
 
@@ -719,3 +719,114 @@ def test_a_target_whose_runtime_does_not_resolve_is_refused_before_any_work(
     network_lock.missing = set()  # the index has it now (another index setting, or later)
     monkeypatch.setenv("UV_EXTRA_INDEX_URL", "https://internal.example/simple")
     assert rebase_command.run(Args(to=TARGET), repo) == 1  # on to B's conflict
+
+
+CALLS_A_DROPPED_HELPER = {  # upstream has our helper (its probe holds) under another name
+    "U2: add helper2": ({"vllm/u.py": lambda t: t.replace(
+        "U_5 = 5\n", "def helper2():\n    return 5\n")}, ["defines vllm/u.py::helper"]),
+    "H: use helper2": ({"vllm/a.py": lambda t: t + "\n\ndef use():\n"
+                                    "    from vllm.u import helper2\n    return helper2()\n",
+                        "vllm/e.py": lambda t: "E = 1\n"}, ["defines vllm/a.py::OURS"]),
+}
+
+
+def test_a_merge_that_calls_what_no_longer_exists_stops_before_anything_is_written(
+        repo, tmp_path, capsys):
+    shutil.rmtree(repo / "patches")
+    write_patches(repo / "patches", tmp_path / "dist" / f"vllm-{PIN}.tar.gz", tmp_path / "h",
+                  CALLS_A_DROPPED_HELPER)
+    git_commit_all(repo, "series U2 H")
+    before = pinned_bytes(repo)
+    assert rebase_command.run(Args(to=TARGET), repo) == 1
+    out = capsys.readouterr().out
+    assert "rebase: stopped before the build: the merged tree does not work (1 problem(s))" \
+        in out
+    assert "0002-H-use-helper2.patch: vllm/a.py:46 imports helper2 from vllm.u, which does " \
+           "not define it: upstream removed or renamed it?" in out
+    assert "git commit -q -a --fixup=" in out and "--autosquash upstream" in out
+    assert pinned_bytes(repo) == before  # nothing written, nothing built
+    log = json.loads((repo / "reports" / f"rebase-{PIN}-{TARGET}.json").read_text())
+    assert log["state"] == "stopped" and log["checks"][0]["check"] == "names"
+    assert [o["result"] for o in log["patches"]] == ["dropped-upstream", "applied-clean"]
+    # the human ports the call to upstream's name, in H's own commit, as the stop says
+    tree = repo / "work" / "rebase" / f"vllm-{TARGET}"
+    a = tree / "vllm/a.py"
+    a.write_text(a.read_text().replace("helper2", "helper"))
+    sha = log["checks"][0]["commit"]
+    git(tree, "commit", "-q", "-a", f"--fixup={sha}")
+    git(tree, "rebase", "-q", "-i", "--autosquash", "upstream",
+        env={"GIT_SEQUENCE_EDITOR": ":"})
+    assert rebase_command.run(Args(resume=True), repo) == 0
+    (patch,) = series.read_series(repo / "patches")
+    assert "+    return helper()" in patch.path.read_text()
+    md = (repo / "reports" / f"rebase-{PIN}-{TARGET}.md").read_text()
+    assert "## Checks of the merged tree (before the build)\n\n- every changed Python file " \
+           "compiles" in md
+
+
+def test_tree_checks_find_a_removed_method_and_code_that_does_not_compile(tmp_path):
+    tree = tmp_path / "t"
+    tree.mkdir()
+    git(tree, "init", "-q")
+    (tree / "m.py").write_text("class R:\n    def kept(self):\n        return 1\n")
+    (tree / "base.py").write_text("class Base:\n    def inherited(self):\n        return 2\n")
+    git_commit_all(tree, "base")
+    git(tree, "tag", "base")
+    (tree / "m.py").write_text("class R:\n    def kept(self):\n        return 1\n\n"
+                               "    def ours(self):\n        return self.kept() + "
+                               "self.inherited() + self.removed() + len([])\n")
+    git_commit_all(tree, "ours")
+    (tree / "n.py").write_text("def f(:\n")
+    git_commit_all(tree, "broken")
+    problems = treecheck.static_problems(tree, "base")
+    assert [(p["subject"], p["check"], p["detail"]) for p in problems] == [
+        ("ours", "names", "m.py:6 calls self.removed(), which is defined nowhere (not in the "
+                          "module, nor anywhere in the tree): upstream removed or renamed it?"),
+        ("broken", "compile", "n.py:1 does not compile: invalid syntax")]
+
+
+def test_the_series_own_tests_run_in_the_rebased_tree_and_a_failure_stops_the_build(
+        repo, tmp_path, capsys, monkeypatch):
+    import sys
+    shutil.rmtree(repo / "patches")
+    write_patches(repo / "patches", tmp_path / "dist" / f"vllm-{PIN}.tar.gz", tmp_path / "t", {
+        "A: change A_20": PATCHES["A: change A_20"],
+        "T: test B_3": ({"tests/test_t.py": lambda t: (
+            "from vllm.a import A_20\nfrom vllm.b import B_3\n\n\ndef test_a20():\n"
+            "    assert A_20 == 'ours'\n\n\ndef test_b3():\n    assert B_3 == 3\n")},
+            ["defines tests/test_t.py::NEVER"])})
+    git_commit_all(repo, "series A T")
+    built = []
+    monkeypatch.setattr(rebase, "build_overlay_wheel", lambda *a: built.append(1) or "built")
+    # no runtime venv for the new locks: not run, and the log says so
+    monkeypatch.delenv("VLLM_OVERLAY_RUNTIME_PYTHON", raising=False)
+    real_runtime_python = rebase.runtime_python
+    monkeypatch.setattr(rebase, "runtime_python", lambda *a: None)
+    assert rebase_command.run(Args(to=TARGET), repo) == 0
+    log = json.loads((repo / "reports" / f"rebase-{PIN}-{TARGET}.json").read_text())
+    assert any("tests/test_t.py) were not run" in note for note in log["notes"])
+    git_commit_all(repo, "rebased")
+    rebase_command.run(Args(abort=True), repo) if (repo / "work" / "rebase").exists() else None
+    git(repo, "reset", "-q", "--hard", "HEAD~1")
+    # with a runtime venv (the tools' Python has pytest): B_3 is 'same' on the target
+    monkeypatch.setattr(rebase, "runtime_python", real_runtime_python)
+    monkeypatch.setenv("VLLM_OVERLAY_RUNTIME_PYTHON", sys.executable)
+    built.clear()
+    capsys.readouterr()
+    assert rebase_command.run(Args(to=TARGET), repo) == 1
+    out = capsys.readouterr().out
+    assert "0002-T-test-B_3.patch: failed: tests/test_t.py::test_b3" in out
+    assert "test_a20" not in out and built == []
+    log = json.loads((repo / "reports" / f"rebase-{PIN}-{TARGET}.json").read_text())
+    assert log["checks"][0]["test"] == "tests/test_t.py::test_b3"
+    tree = repo / "work" / "rebase" / f"vllm-{TARGET}"
+    test = tree / "tests/test_t.py"
+    test.write_text(test.read_text().replace("B_3 == 3", "B_3 in (3, 'same')"))
+    with pytest.raises(OverlayError, match="uncommitted changes: commit the fix"):
+        rebase_command.run(Args(resume=True), repo)
+    sha = git(tree, "log", "-1", "--format=%H").stdout.strip()
+    git(tree, "commit", "-q", "-a", f"--fixup={sha}")
+    git(tree, "rebase", "-q", "-i", "--autosquash", "upstream",
+        env={"GIT_SEQUENCE_EDITOR": ":"})
+    assert rebase_command.run(Args(resume=True), repo) == 0 and built == [1]
+    assert "B_3 in (3, 'same')" in series.read_series(repo / "patches")[1].path.read_text()
