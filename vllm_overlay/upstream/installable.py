@@ -43,8 +43,19 @@ def lock_indexes() -> list[str]:
 
 
 def requirements(sdist: Path) -> list[str]:
-    """The release's runtime requirements, as its sdist declares them (see the module doc)."""
-    return testenv.sdist_requirements(sdist)
+    """The release's runtime requirements, as its sdist declares them (see the module doc);
+    cached per sdist file (reading them scans the whole tarball: a second a release)."""
+    stat = sdist.stat()
+    key = hashlib.sha256(f"{sdist.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+    where = cache_dir() / "installable" / f"requirements-{key.hexdigest()}.json"
+    try:
+        return json.loads(where.read_text())
+    except (OSError, ValueError):
+        pass
+    lines = testenv.sdist_requirements(sdist)
+    where.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(where, json.dumps(lines) + "\n")
+    return lines
 
 
 def _key(lines: list[str], arch: str) -> str:
