@@ -17,8 +17,8 @@
    `git am --continue` (or `git am --skip`, which drops the patch), `--continue` goes on.
 3b. Then the merged tree is checked (treecheck: each carried commit's Python compiles, the
    calls and tree imports it adds resolve); a problem is a stop naming the patch, before
-   anything is written. After the re-lock, with the new locks' runtime venv, the series' own
-   tests run in the tree; a failure stops before the build (CONTINUE=1 exports again).
+   anything is written. After the re-lock, with the new locks' runtime venv, every module the
+   series touches is imported and the series' own tests run in the tree; a failure stops before the build (CONTINUE=1 exports again).
 4. When every patch is placed: patches/, locks/, the lock and VERSION are copied to
    work/rebase/before/ (ABORT=1 restores them from there), the tree's commits are exported
    to patches/ (the messages, trailers included, are the patches' own), the lock and
@@ -581,14 +581,18 @@ def finish(repo: Path, state: dict, tree: Path, build_wheel: bool, arch: str) ->
         return
     python = runtime_python(repo, arch)
     tests = treecheck.series_tests(tree, apply.BASE_TAG)
-    if python is None and tests:
-        note = (f"the series' own tests ({', '.join(sorted(tests))}) were not run in the "
-                f"rebased tree: no runtime venv for the new locks yet; `make test` runs them")
+    if python is None:
+        note = (f"the modules the series touches were not imported, and its own tests "
+                f"({', '.join(sorted(tests)) or 'none'}) not run, in the rebased tree: no "
+                f"runtime venv for the new locks yet; `make test` runs them")
         if note not in state["notes"]:
             state["notes"].append(note)
-    elif tests:
-        _log.info(f"running the series' own tests in {tree} ({len(tests)} file(s), {python})")
-        if check_stop(repo, state, tree, treecheck.run_tests(tree, apply.BASE_TAG, python)):
+    else:
+        _log.info(f"importing the modules the series touches and running its own tests in "
+                  f"{tree} ({len(tests)} file(s), {python})")
+        problems = treecheck.import_problems(tree, apply.BASE_TAG, python)
+        if check_stop(repo, state, tree, problems or
+                      treecheck.run_tests(tree, apply.BASE_TAG, python)):
             state["phase"] = "writing"  # CONTINUE=1 exports the fixed tree again
             _save(work, state)
             return

@@ -9,14 +9,15 @@ that commit leaves it (no torch, nothing imported):
     tree (a base class elsewhere); `from <a module of the tree> import name` finds name
     there. A 3-way merge that kept our call to a method upstream
     removed fails here.
-With a runtime Python (the runtime venv of the new locks, when `make test` made it), the
-tests the series adds or changes (tests/**/test_*.py the commits touch) run in the tree,
+With a runtime Python (the runtime venv of the new locks, when `make test` made it), every
+module the series touches is imported in the tree, and the tests the series adds or changes (tests/**/test_*.py the commits touch) run in the tree,
 and a failure names the test and the patch whose commit last touched its file.
 Problems are results (dicts), stops for a human; only the tool's own failures raise.
 """
 
 import ast
 import builtins
+import json
 import os
 import re
 import subprocess
@@ -180,6 +181,55 @@ def series_tests(tree: Path, base: str) -> dict[str, str]:
             if path.startswith("tests/") and name.startswith("test_") and name.endswith(".py"):
                 out[path] = subject
     return {p: s for p, s in out.items() if (tree / p).is_file()}
+
+
+_IMPORT_ALL = """
+import importlib, json, sys, traceback
+failed = {}
+for name in sys.argv[1:]:
+    try:
+        importlib.import_module(name)
+    except BaseException as exc:  # noqa: a module that exits or raises anything
+        failed[name] = traceback.format_exception_only(type(exc), exc)[-1].strip()
+print(json.dumps(failed))
+"""
+
+
+def touched_modules(tree: Path, base: str) -> dict[str, str]:
+    """The importable modules (not tests) the carried commits add or change, still in the
+    tree -> the subject of the last commit that touched each."""
+    out = {}
+    for sha, subject in commits(tree, base):
+        for path in git(tree, "diff", "--name-only", "--diff-filter=AMR", f"{sha}~1", sha,
+                        "--", "*.py").stdout.split():
+            parts = Path(path).with_suffix("").parts
+            if parts[0] in ("tests", "benchmarks", "examples", "docs", "tools") or \
+                    not all(p.isidentifier() for p in parts) or not (tree / path).is_file():
+                continue
+            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = subject
+    return out
+
+
+def import_problems(tree: Path, base: str, python: Path, timeout: int = 900) -> list[dict]:
+    """Import every module the series touches, in the tree, with `python` (the runtime)."""
+    modules = touched_modules(tree, base)
+    if not modules:
+        return []
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    try:
+        proc = subprocess.run([str(python), "-c", _IMPORT_ALL, *sorted(modules)], cwd=tree,
+                              env=env, capture_output=True, text=True, timeout=timeout)
+        failed = json.loads(proc.stdout.strip().splitlines()[-1])
+    except subprocess.TimeoutExpired:
+        return [{"subject": next(iter(modules.values())), "file": ", ".join(sorted(modules)),
+                 "check": "imports", "detail": f"importing them ran past {timeout} s"}]
+    except (ValueError, IndexError):
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-1:] or ["no output"]
+        return [{"subject": next(iter(modules.values())), "file": ", ".join(sorted(modules)),
+                 "check": "imports", "detail": f"the import check exited {proc.returncode}: "
+                                               f"{tail[0]}"}]
+    return [{"subject": modules[name], "file": name, "check": "imports",
+             "detail": f"import {name} fails: {why}"} for name, why in sorted(failed.items())]
 
 
 def run_tests(tree: Path, base: str, python: Path, timeout: int = 1800) -> list[dict]:
