@@ -90,7 +90,7 @@ bench-status:     ## time `status` per release, pin..newest, warm cache, with/wi
 
 # --- moving the pin: the series onto a newer upstream release (vllm_overlay/upstream/rebase.py) ---
 .PHONY: rebase
-rebase:           ## TO=<release>|latest: new pin, VERSION, locks/ (make lock), patches dropped/rebased, wheel; CONTINUE=1 after a stop, ABORT=1
+rebase:           ## TO=<release>|latest: new pin, VERSION, locks/ (make lock), patches dropped/rebased, checked, wheel; CONTINUE=1 after a stop, ABORT=1 [RUNTIME_VENV=1]
 	$(OVERLAY) rebase $(rebase_args)
 rebase_args = $(if $(CONTINUE),--continue) $(if $(ABORT),--abort) $(if $(TO),--to $(call q,$(TO)))\
-  --arch $(call q,$(ARCH)) $(if $(NO_WHEEL),--no-wheel)
+  --arch $(call q,$(ARCH)) $(if $(NO_WHEEL),--no-wheel) $(if $(RUNTIME_VENV),--runtime-venv)

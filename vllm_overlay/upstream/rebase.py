@@ -46,6 +46,7 @@ from vllm_overlay.common.fs import atomic_write
 from vllm_overlay.common.git import git
 from vllm_overlay.common.http import BatchProgress
 from vllm_overlay.common.requirements import requirement_names
+from vllm_overlay.testing import testenv
 from vllm_overlay.upstream import drift, installable, releases, status, treecheck
 
 WORK = Path("work") / "rebase"  # relative to the repository
@@ -393,7 +394,8 @@ def resume(repo: Path) -> dict:
     return state
 
 
-def run(repo: Path, state: dict, build_wheel: bool = True, arch: str = "x86_64") -> dict:
+def run(repo: Path, state: dict, build_wheel: bool = True, arch: str = "x86_64",
+        make_runtime: bool = False) -> dict:
     """Place the remaining patches; stop at a conflict, else finish. Returns the state."""
     work = repo / WORK
     tree = work / f"vllm-{state['to']}"
@@ -427,7 +429,7 @@ def run(repo: Path, state: dict, build_wheel: bool = True, arch: str = "x86_64")
     if state.get("phase") is None and check_stop(repo, state, tree,
                                                  treecheck.static_problems(tree, apply.BASE_TAG)):
         return state
-    finish(repo, state, tree, build_wheel, arch)
+    finish(repo, state, tree, build_wheel, arch, make_runtime)
     return state
 
 
@@ -552,7 +554,8 @@ def where_it_went(pin_tree: Path, patches: list[series.Patch], name: str, tree: 
     return out
 
 
-def finish(repo: Path, state: dict, tree: Path, build_wheel: bool, arch: str) -> None:
+def finish(repo: Path, state: dict, tree: Path, build_wheel: bool, arch: str,
+           make_runtime: bool = False) -> None:
     """Write patches/, upstream.lock.json and VERSION, re-lock, then build. Every step can be
     killed: CONTINUE=1 redoes what is missing, ABORT=1 restores the backup."""
     work = repo / WORK
@@ -580,11 +583,18 @@ def finish(repo: Path, state: dict, tree: Path, build_wheel: bool, arch: str) ->
         print(lock_stop_message(state, failed))
         return
     python = runtime_python(repo, arch)
+    if python is None and make_runtime:  # RUNTIME_VENV=1: make it now, as `make test` would
+        log_file = repo / "reports" / "runtime-venv.log"
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        _log.info(f"making the runtime venv of the new locks (network; pip's output in "
+                  f"{log_file})")
+        python = venvs.python_of(testenv.ensure_base(arch, repo, log=log_file))
     tests = treecheck.series_tests(tree, apply.BASE_TAG)
     if python is None:
         note = (f"the modules the series touches were not imported, and its own tests "
                 f"({', '.join(sorted(tests)) or 'none'}) not run, in the rebased tree: no "
-                f"runtime venv for the new locks yet; `make test` runs them")
+                f"runtime venv for the new locks yet; `make test` runs them (or "
+                f"`make rebase CONTINUE=1 RUNTIME_VENV=1` makes the venv first)")
         if note not in state["notes"]:
             state["notes"].append(note)
     else:

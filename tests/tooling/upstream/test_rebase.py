@@ -852,3 +852,35 @@ def test_a_module_the_series_touches_that_fails_to_import_stops_the_build(
     assert log["checks"][0]["check"] == "imports" and log["state"] == "stopped"
     rebase_command.run(Args(abort=True), repo)
     assert pinned_bytes(repo) == before
+
+
+def test_runtime_venv_1_makes_the_new_locks_venv_to_run_the_checks(repo, tmp_path, capsys,
+                                                                   monkeypatch):
+    import sys
+    shutil.rmtree(repo / "patches")
+    write_patches(repo / "patches", tmp_path / "dist" / f"vllm-{PIN}.tar.gz", tmp_path / "i", {
+        "I: derive B_NEXT": ({"vllm/b.py": lambda t: t + "B_NEXT = B_3 + 1\n"},
+                             ["defines vllm/b.py::B_NEXT"])})
+    git_commit_all(repo, "series I")
+    made = []
+
+    def ensure_base(arch, repo_, log=None):  # pip installing the locks: the network, faked
+        made.append((arch, repo_, constraints.read_lock(constraints.runtime_lock(arch, repo_))[1]))
+        venv = tmp_path / "venv"
+        (venv / "bin").mkdir(parents=True, exist_ok=True)
+        if not (venv / "bin" / "python").exists():
+            (venv / "bin" / "python").symlink_to(sys.executable)
+        return venv
+
+    monkeypatch.delenv("VLLM_OVERLAY_RUNTIME_PYTHON", raising=False)
+    monkeypatch.setattr(testenv, "ensure_base", ensure_base)
+    args = Args(to=TARGET)
+    args.runtime_venv = True
+    assert rebase_command.run(args, repo) == 1
+    assert made == [("x86_64", repo, {"numpy": "1.0"})]  # the new pin's lock, re-locked
+    assert "0001-I-derive-B_NEXT.patch: import vllm.b fails: TypeError" in \
+        capsys.readouterr().out
+    make = subprocess.run(["make", "-n", "rebase", "CONTINUE=1", "RUNTIME_VENV=1"],
+                          cwd=Path(__file__).resolve().parents[3], capture_output=True,
+                          text=True, check=True).stdout
+    assert "--runtime-venv" in make
