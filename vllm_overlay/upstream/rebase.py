@@ -620,7 +620,8 @@ def finish(repo: Path, state: dict, tree: Path, build_wheel: bool, arch: str,
     if build_wheel:
         print(build_overlay_wheel(arch, repo / "wheelhouse", repo / "patches", repo))
     print(f"next: `make test` (its runtime venv installs locks/runtime-{arch}.txt, re-locked "
-          f"for {state['to']})")
+          f"for {state['to']}), then `make changelog` (the move's release notes: the pin, the "
+          f"patches dropped upstream, the runtime changes)")
 
 
 def abort(repo: Path) -> None:
@@ -725,7 +726,7 @@ def to_json(state: dict) -> dict:
             "version": state["version"], "state": "complete" if done else "stopped",
             "patches": state["done"] + [{"patch": n, "result": "pending"} for n in state["todo"]],
             "lock": state["lock"], "notes": state["notes"], "checks": state.get("checks"),
-            "next": ["make test"] if done else
+            "next": ["make test", "make changelog"] if done else
             ["fix the tree (the stop's commands)", "make rebase CONTINUE=1"]
             if state.get("checks") else
             [*(f"make lock ARCH={a}" for a in lock_arches(state)), "make rebase CONTINUE=1"]

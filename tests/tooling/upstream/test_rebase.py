@@ -257,11 +257,13 @@ def test_rebase_stops_at_a_conflict_then_continue_completes(repo, tmp_path, caps
     out = capsys.readouterr().out
     assert "make test" in out and "flagged for a human: 0003" in out
     assert out.rstrip().endswith(f"next: `make test` (its runtime venv installs "
-                                 f"locks/runtime-x86_64.txt, re-locked for {TARGET})")
+                                 f"locks/runtime-x86_64.txt, re-locked for {TARGET}), then "
+                                 f"`make changelog` (the move's release notes: the pin, the "
+                                 f"patches dropped upstream, the runtime changes)")
 
     log = json.loads((repo / "reports" / f"rebase-{PIN}-{TARGET}.json").read_text())
     outcomes = by_subject(log)
-    assert log["state"] == "complete" and log["next"] == ["make test"]
+    assert log["state"] == "complete" and log["next"] == ["make test", "make changelog"]
     assert {k: o["result"] for k, o in outcomes.items()} == {
         "U": "dropped-upstream", "A": "applied-clean", "C": "flagged", "D": "applied-3way",
         "B": "conflict", "E": "applied-clean"}
@@ -884,3 +886,27 @@ def test_runtime_venv_1_makes_the_new_locks_venv_to_run_the_checks(repo, tmp_pat
                           cwd=Path(__file__).resolve().parents[3], capture_output=True,
                           text=True, check=True).stdout
     assert "--runtime-venv" in make
+
+
+def test_make_changelog_after_the_rebase_says_what_happened(repo, monkeypatch):
+    from vllm_overlay.build import changelog
+    (repo / "README.md").write_text(f"# x\n\n{changelog.START}\n{changelog.END}\n")
+    (repo / "releases").mkdir()
+    (repo / "releases" / f"{PIN}+test.3.json").write_text(
+        json.dumps(changelog.record("x86_64", repo)))  # what `make changelog` kept on the pin
+    git_commit_all(repo, "the pin's release record")
+    monkeypatch.setattr(rebase, "build_overlay_wheel", lambda *a: "wheel built")
+    assert rebase_command.run(Args(to=TARGET), repo) == 1
+    git(repo / "work" / "rebase" / f"vllm-{TARGET}", "am", "--skip")  # B dropped by hand
+    assert rebase_command.run(Args(resume=True), repo) == 0
+    notes = changelog.make_changelog("x86_64", repo=repo,
+                                     wheelhouse=repo / "wheelhouse").read_text()
+    assert f"- **Upstream pin**: {PIN} -> {TARGET}: 1 patch(es) dropped because upstream has " \
+           "them, 4 carried over (3 rebased), 1 dropped otherwise, 0 added" in notes
+    assert "- `0001-U-add-helper.patch`: U: add helper (Origin: vendor): upstream in 1.0.5 " \
+           "(the rebase found it there)" in notes
+    assert "- `0005-B-change-B_10.patch`: B: change B_10 (Origin: vendor): dropped by hand " \
+           "(nothing committed for it) in the rebase" in notes
+    assert "- `0001-A-change-A_20.patch`: A: change A_20 (Origin: vendor); was " \
+           "`0002-A-change-A_20.patch`, rebase: applied-clean" in notes
+    assert "- numpy: (new) -> 1.0" in notes.split("### Runtime dependency changes")[1]
