@@ -5,7 +5,7 @@ what setup.py writes into the wheel's Requires-Dist, which `make lock` resolves)
 the same `uv pip compile` that `make lock` runs (constraints.compile_lock: CPython 3.11,
 manylinux_2_31, the arch), in a scratch folder. The answer is cached per requirements, arch
 and index settings (cache/installable/<key>.json), so a warm `make status` does not resolve
-again; a failure that is not a resolution (no network, uv missing) is "unknown" and is not
+again (a "no" is resolved again after RECHECK_NO: the index may have the pin by then); a failure that is not a resolution (no network, uv missing) is "unknown" and is not
 cached. uv reads its own index settings (UV_DEFAULT_INDEX / UV_INDEX_URL, UV_INDEX /
 UV_EXTRA_INDEX_URL; PyPI by default), not pip's: those are the indexes named here.
 """
@@ -15,6 +15,7 @@ import json
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 
 from vllm_overlay.build import constraints
@@ -26,6 +27,7 @@ from vllm_overlay.common.requirements import normalize_name
 from vllm_overlay.testing import testenv
 
 PYPI = "https://pypi.org/simple"
+RECHECK_NO = 6 * 3600  # s: a "no" is resolved again after this (the index may get the pin)
 _NAME = r"([A-Za-z0-9][A-Za-z0-9._-]*)"
 # what uv says about the package it could not find (the first one named is the cause)
 _CAUSES = [re.compile(rf"there is no version of {_NAME}"),
@@ -85,8 +87,10 @@ def resolve(lines: list[str], arch: str) -> dict:
     indexes = lock_indexes()
     where = cache_dir() / "installable" / f"{_key(lines, arch)}.json"
     try:
-        return json.loads(where.read_text())
-    except (OSError, ValueError):
+        cached = json.loads(where.read_text())
+        if cached["installable"] or time.time() - cached.get("checked", 0) < RECHECK_NO:
+            return cached
+    except (OSError, ValueError, KeyError, TypeError):
         pass
     with tempfile.TemporaryDirectory(prefix="installable-") as tmp:
         (Path(tmp) / "runtime.in").write_text("".join(f"{line}\n" for line in lines))
@@ -102,7 +106,7 @@ def resolve(lines: list[str], arch: str) -> dict:
                         "package": None, "indexes": indexes}
             result = {"installable": False, "package": package,
                       "text": f"no ({package} not on {', '.join(indexes)})"}
-    result["indexes"] = indexes
+    result["indexes"], result["checked"] = indexes, int(time.time())
     where.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(where, json.dumps(result, indent=1) + "\n")
     return result

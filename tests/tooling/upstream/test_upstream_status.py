@@ -279,6 +279,14 @@ def test_status_says_per_release_whether_its_runtime_installs(synth_upstream, ne
     assert len(network_lock.calls) > calls
     assert again["text"] == (f"no ({NEW_RUNTIME_PIN} not on https://pypi.org/simple, "
                              "https://***@internal.example/simple)")
+    # a "no" is resolved again once it is old: the index got the pin since
+    network_lock.missing = set()
+    assert compute(u, ["1.0.10"], urls).releases[0].installable["installable"] is False
+    for cached in (tmp_path / "cache" / "installable").glob("[0-9a-f]*.json"):
+        data = json.loads(cached.read_text())
+        data["checked"] = 0  # long ago
+        cached.write_text(json.dumps(data))
+    assert compute(u, ["1.0.10"], urls).releases[0].installable["text"] == "yes"
 
 
 def test_installability_names_what_the_real_uv_cannot_find(tmp_path, monkeypatch,
