@@ -77,8 +77,8 @@ STATUS_OUT ?= reports
 CHECK ?= apply
 .PHONY: status bisect bench-status
 
-status:           ## patch x release matrix + drift -> reports/status.{md,json}, drift/ [RELEASES=A..B|A,B PATCHES=dir]
-	$(OVERLAY) status --patches $(call q,$(PATCHES)) --out $(call q,$(STATUS_OUT)) $(if $(RELEASES),--releases $(call q,$(RELEASES)))
+status:           ## patch x release matrix + drift -> reports/status.{md,json}, drift/ [RELEASES=A..B|A,B PATCHES=dir FAIL_ON_CHANGE=1]
+	$(OVERLAY) status --patches $(call q,$(PATCHES)) --out $(call q,$(STATUS_OUT)) $(if $(RELEASES),--releases $(call q,$(RELEASES))) $(if $(FAIL_ON_CHANGE),--fail-on-change)
 
 bisect:           ## first failing release: GOOD=<tag> BAD=<tag> [CHECK=apply|test CMD='...']
 	$(OVERLAY) bisect $(bisect_args)
@@ -90,7 +90,7 @@ bench-status:     ## time `status` per release, pin..newest, warm cache, with/wi
 
 # --- moving the pin: the series onto a newer upstream release (vllm_overlay/upstream/rebase.py) ---
 .PHONY: rebase
-rebase:           ## TO=<release>|latest: new pin, VERSION, locks/ (make lock), patches dropped/rebased, wheel; CONTINUE=1 after a stop, ABORT=1
+rebase:           ## TO=<release>|latest: new pin, VERSION, locks/ (make lock), patches dropped/rebased, checked, wheel; CONTINUE=1 after a stop, ABORT=1 [RUNTIME_VENV=1]
 	$(OVERLAY) rebase $(rebase_args)
 rebase_args = $(if $(CONTINUE),--continue) $(if $(ABORT),--abort) $(if $(TO),--to $(call q,$(TO)))\
-  --arch $(call q,$(ARCH)) $(if $(NO_WHEEL),--no-wheel)
+  --arch $(call q,$(ARCH)) $(if $(NO_WHEEL),--no-wheel) $(if $(RUNTIME_VENV),--runtime-venv)

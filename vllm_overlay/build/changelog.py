@@ -99,26 +99,103 @@ def _urls(patch: dict) -> list[str]:
     return _URL_RE.findall(words)
 
 
-def render(new: dict, old: dict | None, old_name: str | None) -> str:
+def _release_key(version: str) -> tuple | None:
+    try:
+        return tuple(int(x) for x in re.match(r"^\d+(?:\.\d+)*", version)[0].split("."))
+    except (TypeError, ValueError):
+        return None
+
+
+def rebase_log(repo: Path, old: dict | None, new: dict) -> dict:
+    """The log `make rebase` wrote for this pin move (reports/rebase-<from>-<to>.json), its
+    patches by subject; {} when there is none (no move, or another clone)."""
+    if old is None or old["upstream"]["version"] == new["upstream"]["version"]:
+        return {}
+    path = repo / "reports" / f"rebase-{old['upstream']['version']}-" \
+                              f"{new['upstream']['version']}.json"
+    try:
+        return {o.get("subject"): o for o in json.loads(path.read_text())["patches"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _match(before: dict[str, dict], after: dict[str, dict]) -> dict[str, str]:
+    """new name -> old name: the same name, else the same subject (a rebase renumbers the
+    series: 0005 becomes 0001 when 0001-0004 are dropped)."""
+    out = {n: n for n in after if n in before}
+    by_subject = {p.get("subject"): n for n, p in before.items() if n not in out.values()}
+    for n, p in after.items():
+        if n not in out and p.get("subject") in by_subject:
+            out[n] = by_subject.pop(p["subject"])
+    return out
+
+
+def _why_dropped(patch: dict, log: dict, upstream: str) -> str | None:
+    """Why a patch the new series lacks is gone, when upstream has it; else None."""
+    outcome = log.get(patch.get("subject"), {})
+    if outcome.get("result") == "dropped-upstream":
+        return f"upstream in {outcome.get('release') or upstream} (the rebase found it there)"
+    header = patch.get("applied_upstream")
+    if isinstance(header, str) and outcome.get("result") in (None, "dropped-upstream") and \
+            _release_key(header) and _release_key(upstream) and \
+            _release_key(header) <= _release_key(upstream):
+        return f"upstream since {header} (its Applied-Upstream header)"
+    return None
+
+
+def render(new: dict, old: dict | None, old_name: str | None, log: dict | None = None) -> str:
+    log = log or {}
     lines = [f"## {new['version']}", ""]
     since = f"since {old['version']} ({old_name})" if old is not None else \
         "first overlay version"
     lines += [f"Upstream vLLM {new['upstream']['version']}, patch series sha256 "
               f"`{new['series']['sha256'][:16]}`; {since}.", ""]
-    if old is not None and old["upstream"]["version"] != new["upstream"]["version"]:
-        lines += [f"- **Upstream pin**: {old['upstream']['version']} -> "
-                  f"{new['upstream']['version']}", ""]
     before = {p["name"]: p for p in (old or {}).get("series", {}).get("patches", [])}
     after = {p["name"]: p for p in new["series"]["patches"]}
-    groups = {"Patches added": [n for n in after if n not in before],
-              "Patches changed": [n for n in after if n in before
-                                  and before[n]["sha256"] != after[n]["sha256"]],
-              "Patches dropped": [n for n in before if n not in after]}
+    matched = _match(before, after)
+    gone = [n for n in before if n not in matched.values()]
+    upstreamed = {n: why for n in gone
+                  if (why := _why_dropped(before[n], log, new["upstream"]["version"]))}
+    if old is not None and old["upstream"]["version"] != new["upstream"]["version"]:
+        carried = len(matched)
+        lines += [f"- **Upstream pin**: {old['upstream']['version']} -> "
+                  f"{new['upstream']['version']}: {len(upstreamed)} patch(es) dropped because "
+                  f"upstream has them, {carried} carried over "
+                  f"({sum(before[o]['sha256'] != after[n]['sha256'] for n, o in matched.items())}"
+                  f" rebased), {len(gone) - len(upstreamed)} dropped otherwise, "
+                  f"{len(after) - carried} added", ""]
+
+    def note(name: str) -> str:
+        outcome = log.get(after[name].get("subject"), {})
+        bits = [f"was `{matched[name]}`"] if matched.get(name, name) != name else []
+        if outcome.get("result"):
+            bits.append(f"rebase: {outcome['result']}"
+                        + (f", {outcome['resolution']}" if outcome.get("resolution") else ""))
+        return f"; {', '.join(bits)}" if bits else ""
+
+    groups = {"Patches added": [n for n in after if n not in matched],
+              "Patches changed": [n for n, o in matched.items()
+                                  if before[o]["sha256"] != after[n]["sha256"]],
+              "Patches dropped upstream": list(upstreamed),
+              "Patches dropped": [n for n in gone if n not in upstreamed]}
     for title, names in groups.items():
+        if title == "Patches dropped upstream" and not names:
+            continue
         lines.append(f"### {title} ({len(names)})")
-        source = before if title == "Patches dropped" else after
-        lines += [f"- `{n}`: {source[n].get('subject', '?')} (Origin: {source[n].get('origin', '?')})"
-                  for n in names] or ["- none"]
+        source = before if title.startswith("Patches dropped") else after
+        for n in names:
+            line = f"- `{n}`: {source[n].get('subject', '?')} (Origin: {source[n].get('origin', '?')})"
+            if title == "Patches dropped upstream":
+                line += f": {upstreamed[n]}"
+            elif title == "Patches dropped":
+                outcome = log.get(source[n].get("subject"), {})
+                if outcome.get("resolution"):
+                    line += f": {outcome['resolution']} in the rebase"
+            else:
+                line += note(n)
+            lines.append(line)
+        if not names:
+            lines.append("- none")
         lines.append("")
     lines.append("### Upstream changes carried")
     carried = [(n, url) for n, p in after.items() for url in _urls(p)]
@@ -158,7 +235,7 @@ def make_changelog(arch: str = "x86_64", previous: Path | None = None, repo: Pat
     else:
         path, old = previous_record(new["version"], repo)
         old_name = path.name if path else None
-    notes = render(new, old, old_name)
+    notes = render(new, old, old_name, rebase_log(repo, old, new))
     wheelhouse = wheelhouse or repo / "wheelhouse"
     out = wheelhouse / f"CHANGES-{new['version']}.md"
     readme = readme_with(repo / "README.md", notes, new["version"])  # fails before any write

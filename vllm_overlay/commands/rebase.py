@@ -36,7 +36,8 @@ def run(args, repo: Path = REPO) -> int:
     state = rebase.resume(repo) if args.resume else rebase.start(repo, args.to)
     if state is None:
         return 0
-    state = rebase.run(repo, state, build_wheel=not args.no_wheel, arch=args.arch)
+    state = rebase.run(repo, state, build_wheel=not args.no_wheel, arch=args.arch,
+                       make_runtime=getattr(args, "runtime_venv", False))
     return 0 if state.get("complete") else 1
 
 
@@ -47,6 +48,9 @@ def add(sub) -> None:
                    help="go on after a conflict was resolved (git am --continue)")
     p.add_argument("--abort", action="store_true", help="drop a stopped rebase's work tree")
     p.add_argument("--no-wheel", action="store_true", help="skip the final `make wheel`")
+    p.add_argument("--runtime-venv", action="store_true",
+                   help="make the new locks' runtime venv (network, as make test) to import "
+                        "the modules the series touches and run its tests before the build")
     p.add_argument("--arch", default="x86_64", choices=["x86_64", "aarch64"],
                    help="the wheel to build at the end")
     p.set_defaults(func=run)

@@ -27,7 +27,7 @@ def _releases(the_pin: pin.Pin, spec: str | None, pre: bool) -> tuple[list[str],
     return releases.select(urls, the_pin.upstream_version, spec, pre), urls
 
 
-def run(args) -> None:
+def run(args) -> int:
     the_pin = pin.load()
     args.patches = args.patches.resolve()  # git runs inside the release trees
     patches = series.read_series(args.patches)
@@ -38,7 +38,7 @@ def run(args) -> None:
     _log.info(f"{len(patches)} patch(es) from {args.patches} x {len(versions)} release(s) "
               f"({versions[0]} .. {versions[-1]}), {args.jobs} in parallel")
     matrix = status.compute(the_pin, patches, versions, urls, args.patches,
-                            status.check_jobs(args.jobs))
+                            status.check_jobs(args.jobs), not args.no_install_check)
     found = None if args.no_drift else drift.for_matrix(the_pin, patches, matrix)
     md, js = status.write_reports(matrix, args.out, found)
     print(status.to_markdown(matrix))
@@ -46,6 +46,12 @@ def run(args) -> None:
     _log.info(f"wrote {md} and {js}")
     if found is not None:
         print(drift_report.summary(found.data, md))
+    if matrix.changes:
+        print(f"status: {len(matrix.changes)} change(s) since the last report:\n  "
+              + "\n  ".join(matrix.changes), file=sys.stderr)
+        if args.fail_on_change:
+            return 1
+    return 0
 
 
 def add(sub) -> None:
@@ -58,6 +64,13 @@ def add(sub) -> None:
     p.add_argument("--out", type=Path, default=REPORTS, help="where status.md/.json go")
     p.add_argument("--no-drift", action="store_true",
                    help="leave out the drift of the code each patch touches")
+    p.add_argument("--no-install-check", action="store_true",
+                   help="leave out whether each release's runtime resolves from the "
+                        "configured indexes (uv pip compile, as make lock; cached)")
+    p.add_argument("--fail-on-change", action="store_true",
+                   help="exit 1 when something changed since the last report in --out (a "
+                        "patch newly upstream, newly conflicting, newly drifting; a new "
+                        "release; installability)")
     p.add_argument("--list-releases", action="store_true",
                    help="only print the selected releases as a JSON list (CI matrix)")
     p.set_defaults(func=run)

@@ -15,6 +15,10 @@
      anything else                              -> conflict: stop, the merge stays in the tree
 3. A stop leaves patches/, the lock and VERSION untouched. After the human's
    `git am --continue` (or `git am --skip`, which drops the patch), `--continue` goes on.
+3b. Then the merged tree is checked (treecheck: each carried commit's Python compiles, the
+   calls and tree imports it adds resolve); a problem is a stop naming the patch, before
+   anything is written. After the re-lock, with the new locks' runtime venv, every module the
+   series touches is imported and the series' own tests run in the tree; a failure stops before the build (CONTINUE=1 exports again).
 4. When every patch is placed: patches/, locks/, the lock and VERSION are copied to
    work/rebase/before/ (ABORT=1 restores them from there), the tree's commits are exported
    to patches/ (the messages, trailers included, are the patches' own), the lock and
@@ -27,21 +31,23 @@ A kill at any point leaves state.json saying where it was: CONTINUE=1 goes on fr
 
 import datetime
 import json
+import os
 import re
 import shutil
 import tarfile
 import urllib.request
 from pathlib import Path
 
-from vllm_overlay.build import apply, export, fetch, lockmeta, setup_py
+from vllm_overlay.build import apply, constraints, export, fetch, lockmeta, setup_py
 from vllm_overlay.build.overlay_mode import build_overlay_wheel
-from vllm_overlay.common import log, pin, series
+from vllm_overlay.common import log, pin, series, venvs
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.fs import atomic_write
 from vllm_overlay.common.git import git
 from vllm_overlay.common.http import BatchProgress
 from vllm_overlay.common.requirements import requirement_names
-from vllm_overlay.upstream import drift, releases, status
+from vllm_overlay.testing import testenv
+from vllm_overlay.upstream import drift, installable, releases, status, treecheck
 
 WORK = Path("work") / "rebase"  # relative to the repository
 STATE = "state.json"
@@ -126,6 +132,21 @@ def prepare_pin(the_pin: pin.Pin, files: dict[str, str], to: str) -> dict:
     return {"project": project, "version": to, "released": released,
             "artifacts": {k: {"filename": a.filename, "size": a.size, "sha256": a.sha256}
                           for k, a in arts.items()}}
+
+
+def check_installable(the_pin: pin.Pin, files: dict[str, str], to: str) -> None:
+    """Refuse a target whose runtime does not resolve from the configured indexes (what
+    `make lock` would fail on at the end), before the wheels are fetched or a patch placed."""
+    sdist = fetch_target(files, "sdist", f"{the_pin.project}-{to}.tar.gz")
+    can = installable.of_sdist(fetch.blob_path(sdist.sha256), installable.arches(the_pin))
+    if can["installable"] is False:
+        raise OverlayError(f"rebase: {to} is not installable: its runtime does not resolve "
+                           f"from the configured indexes: {can['package']} not on "
+                           f"{', '.join(can['indexes'])} (make lock would fail on it); nothing "
+                           f"was changed: pick a release `make status` calls installable, or "
+                           f"configure an index that has {can['package']} (UV_INDEX_URL, "
+                           f"UV_EXTRA_INDEX_URL)")
+    _log.info(f"{to}: installable: {can['text']}")
 
 
 def source_build(old: dict | None, tree: Path, from_version: str) -> tuple[dict | None, list[str]]:
@@ -289,6 +310,7 @@ def start(repo: Path, to: str) -> dict | None:
         raise OverlayError(f"rebase: TO={to} is older than the pin {the_pin.upstream_version}; "
                            f"a rebase only moves forward")
     _log.info(f"{len(patches)} patch(es) from {the_pin.upstream_version} to {to}")
+    check_installable(the_pin, files, to)
     lock = prepare_pin(the_pin, files, to)
     shutil.rmtree(work, ignore_errors=True)
     tree = work / f"vllm-{to}"
@@ -335,9 +357,14 @@ def resume(repo: Path) -> dict:
         raise OverlayError(f"no rebase in progress ({work / STATE} does not exist): start one "
                            f"with `make rebase TO=<release>`")
     state = json.loads((work / STATE).read_text())
-    if state.get("phase"):  # patches/, the lock and VERSION are being (or were) written
-        return state
     tree = work / f"vllm-{state['to']}"
+    if state.get("phase"):  # patches/, the lock and VERSION are being (or were) written
+        if state.get("checks"):  # stopped at the series' tests: the fix must be committed
+            dirty = git(tree, "status", "--porcelain", "--untracked-files=no").stdout.strip()
+            if dirty:
+                raise OverlayError(f"{tree} has uncommitted changes: commit the fix into its "
+                                   f"patch's commit first (see the stop's commands)")
+        return state
     stopped = state.get("stopped")
     if stopped is None and state.get("current"):
         _roll_back_placement(tree, state["current"])
@@ -367,7 +394,8 @@ def resume(repo: Path) -> dict:
     return state
 
 
-def run(repo: Path, state: dict, build_wheel: bool = True, arch: str = "x86_64") -> dict:
+def run(repo: Path, state: dict, build_wheel: bool = True, arch: str = "x86_64",
+        make_runtime: bool = False) -> dict:
     """Place the remaining patches; stop at a conflict, else finish. Returns the state."""
     work = repo / WORK
     tree = work / f"vllm-{state['to']}"
@@ -398,8 +426,40 @@ def run(repo: Path, state: dict, build_wheel: bool = True, arch: str = "x86_64")
             return state
         state["current"] = None
         _save(work, state)
-    finish(repo, state, tree, build_wheel, arch)
+    if state.get("phase") is None and check_stop(repo, state, tree,
+                                                 treecheck.static_problems(tree, apply.BASE_TAG)):
+        return state
+    finish(repo, state, tree, build_wheel, arch, make_runtime)
     return state
+
+
+def runtime_python(repo: Path, arch: str) -> Path | None:
+    """The Python of the runtime venv of the repo's locks (runtime + test), when `make
+    test` made it (it is not made here: torch alone is 900 MB); VLLM_OVERLAY_RUNTIME_PYTHON
+    names another."""
+    if os.environ.get("VLLM_OVERLAY_RUNTIME_PYTHON"):
+        return Path(os.environ["VLLM_OVERLAY_RUNTIME_PYTHON"])
+    locks = [constraints.runtime_lock(arch, repo), constraints.test_lock(arch, repo)]
+    if not all(path.is_file() for path in locks):
+        return None
+    key = venvs.venv_key([], "\n".join(path.read_text() for path in locks))
+    venv = venvs.cache_dir() / "venvs" / f"runtime-{key}"
+    return venvs.python_of(venv) if (venv / ".complete").exists() else None
+
+
+def check_stop(repo: Path, state: dict, tree: Path, problems: list[dict]) -> bool:
+    """Record the checks' problems; a stop (message printed, log written) when any."""
+    state["checks"] = problems
+    if not problems:
+        _save(repo / WORK, state)
+        return False
+    names = {o["subject"]: o["patch"] for o in state["done"]}
+    for problem in problems:
+        problem["patch"] = names.get(problem["subject"], problem["subject"])
+    _save(repo / WORK, state)
+    write_log(repo, state)
+    print(check_stop_message(repo, state, tree))
+    return True
 
 
 BEFORE = "before"  # work/rebase/before/: the repository's pinned files as they were
@@ -494,7 +554,8 @@ def where_it_went(pin_tree: Path, patches: list[series.Patch], name: str, tree: 
     return out
 
 
-def finish(repo: Path, state: dict, tree: Path, build_wheel: bool, arch: str) -> None:
+def finish(repo: Path, state: dict, tree: Path, build_wheel: bool, arch: str,
+           make_runtime: bool = False) -> None:
     """Write patches/, upstream.lock.json and VERSION, re-lock, then build. Every step can be
     killed: CONTINUE=1 redoes what is missing, ABORT=1 restores the backup."""
     work = repo / WORK
@@ -521,6 +582,30 @@ def finish(repo: Path, state: dict, tree: Path, build_wheel: bool, arch: str) ->
         write_log(repo, state)
         print(lock_stop_message(state, failed))
         return
+    python = runtime_python(repo, arch)
+    if python is None and make_runtime:  # RUNTIME_VENV=1: make it now, as `make test` would
+        log_file = repo / "reports" / "runtime-venv.log"
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        _log.info(f"making the runtime venv of the new locks (network; pip's output in "
+                  f"{log_file})")
+        python = venvs.python_of(testenv.ensure_base(arch, repo, log=log_file))
+    tests = treecheck.series_tests(tree, apply.BASE_TAG)
+    if python is None:
+        note = (f"the modules the series touches were not imported, and its own tests "
+                f"({', '.join(sorted(tests)) or 'none'}) not run, in the rebased tree: no "
+                f"runtime venv for the new locks yet; `make test` runs them (or "
+                f"`make rebase CONTINUE=1 RUNTIME_VENV=1` makes the venv first)")
+        if note not in state["notes"]:
+            state["notes"].append(note)
+    else:
+        _log.info(f"importing the modules the series touches and running its own tests in "
+                  f"{tree} ({len(tests)} file(s), {python})")
+        problems = treecheck.import_problems(tree, apply.BASE_TAG, python)
+        if check_stop(repo, state, tree, problems or
+                      treecheck.run_tests(tree, apply.BASE_TAG, python)):
+            state["phase"] = "writing"  # CONTINUE=1 exports the fixed tree again
+            _save(work, state)
+            return
     state["complete"] = True
     md, _ = write_log(repo, state)
     shutil.rmtree(work)
@@ -535,7 +620,8 @@ def finish(repo: Path, state: dict, tree: Path, build_wheel: bool, arch: str) ->
     if build_wheel:
         print(build_overlay_wheel(arch, repo / "wheelhouse", repo / "patches", repo))
     print(f"next: `make test` (its runtime venv installs locks/runtime-{arch}.txt, re-locked "
-          f"for {state['to']})")
+          f"for {state['to']}), then `make changelog` (the move's release notes: the pin, the "
+          f"patches dropped upstream, the runtime changes)")
 
 
 def abort(repo: Path) -> None:
@@ -594,6 +680,28 @@ def stop_message(repo: Path, state: dict, tree: Path) -> str:
     return "\n".join(lines)
 
 
+def check_stop_message(repo: Path, state: dict, tree: Path) -> str:
+    problems = state["checks"]
+    written = bool(state.get("phase"))
+    first = next((p for p in problems if p.get("commit")), None)
+    fixup = f"--fixup={first['commit'][:12]}" if first else "--fixup=<the patch's commit>"
+    lines = [f"rebase: stopped before the build: the merged tree does not work "
+             f"({len(problems)} problem(s))",
+             *(f"  {p['patch']}: {p['detail']}" for p in problems),
+             f"the work tree keeps it: {tree}",
+             ("patches/, upstream.lock.json, VERSION and locks/ are written (ABORT=1 restores "
+              "them); CONTINUE=1 exports the fixed tree again. To go on:") if written else
+             "patches/, upstream.lock.json and VERSION are unchanged. To go on, fix it in "
+             "that patch's own commit:",
+             f"  cd {tree}",
+             "  # edit the files, then",
+             f"  git commit -q -a {fixup} && GIT_SEQUENCE_EDITOR=: git rebase -q -i "
+             f"--autosquash {apply.BASE_TAG}",
+             f"  cd {repo} && make rebase CONTINUE=1     # checks the tree again",
+             "or `make rebase ABORT=1`"]
+    return "\n".join(lines)
+
+
 def lock_stop_message(state: dict, failed: dict[str, str]) -> str:
     lines = [f"rebase: stopped before the build: the runtime lock does not follow "
              f"{state['to']} yet", *(f"  make lock ARCH={a} failed: {why}" for a, why in
@@ -617,8 +725,10 @@ def to_json(state: dict) -> dict:
     return {"from": state["from"], "to": state["to"], "version_from": state["version_from"],
             "version": state["version"], "state": "complete" if done else "stopped",
             "patches": state["done"] + [{"patch": n, "result": "pending"} for n in state["todo"]],
-            "lock": state["lock"], "notes": state["notes"],
-            "next": ["make test"] if done else
+            "lock": state["lock"], "notes": state["notes"], "checks": state.get("checks"),
+            "next": ["make test", "make changelog"] if done else
+            ["fix the tree (the stop's commands)", "make rebase CONTINUE=1"]
+            if state.get("checks") else
             [*(f"make lock ARCH={a}" for a in lock_arches(state)), "make rebase CONTINUE=1"]
             if state.get("phase") else ["git am --continue (in the work tree)",
                                         "make rebase CONTINUE=1"]}
@@ -648,6 +758,10 @@ def to_markdown(data: dict) -> str:
               "| artifact | file | size | sha256 |", "| --- | --- | --- | --- |"]
     for key, art in data["lock"]["artifacts"].items():
         lines.append(f"| {key} | `{art['filename']}` | {art['size']} | `{art['sha256']}` |")
+    if data.get("checks") is not None:
+        lines += ["", "## Checks of the merged tree (before the build)", ""]
+        lines += [f"- {p['patch']}: {p['detail']}" for p in data["checks"]] or \
+            ["- every changed Python file compiles, every call it adds names something defined"]
     if data["notes"]:
         lines += ["", "## For a human", "", *(f"- {note}" for note in data["notes"])]
     lines += ["", "## Next", "", *(f"- `{step}`" for step in data["next"]), ""]

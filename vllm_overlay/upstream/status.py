@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from vllm_overlay.build import apply
+from vllm_overlay.upstream import installable as installability
 from vllm_overlay.upstream import probes
 from vllm_overlay.upstream import releases as upstream
 from vllm_overlay.common import log
@@ -52,6 +53,8 @@ class Cell:
     files: list[str] = field(default_factory=list)
     probes: list[dict] = field(default_factory=list)  # {"probe", "holds", "why"}
     without: list[str] = field(default_factory=list)  # earlier patches left out here
+    hunks: int = 0        # a conflicting cell's cost: the patch's hunks in the files at
+    lines: int = 0        # fault, and their changed (+/-) lines
 
     def short(self) -> str:
         text = self.status
@@ -67,6 +70,7 @@ class Release:
     sha256: str
     cells: dict[str, Cell]
     seconds: float = 0.0
+    installable: dict = field(default_factory=dict)  # installable.of_sdist's answer
 
 
 def run_probes(tree: Path, patches: list[Patch], parsed: dict[str, list]) -> dict[str, list]:
@@ -148,6 +152,22 @@ def evaluate_release(tree: Path, patches: list[Patch], parsed: dict[str, list],
         return cells, (inside(tree, cells) if inside else None)
 
 
+def patch_cost(patch: Patch, files: list[str]) -> tuple[int, int]:
+    """(hunks, changed lines) of the patch in `files` (all its files when empty)."""
+    hunks = lines = 0
+    current = None
+    for line in patch.path.read_text(errors="replace").splitlines():
+        if line.startswith("diff --git "):
+            current = line.split(" b/", 1)[-1]
+        elif current is None or (files and current not in files):
+            continue
+        elif line.startswith("@@ "):
+            hunks += 1
+        elif line.startswith(("+", "-")) and not line.startswith(("+++ ", "--- ")):
+            lines += 1
+    return hunks, lines
+
+
 def _cells(patches, probe_results, applied) -> dict[str, Cell]:
     cells, left_out = {}, []
     for patch in patches:
@@ -157,6 +177,9 @@ def _cells(patches, probe_results, applied) -> dict[str, Cell]:
         cells[patch.name] = Cell("upstream" if upstreamed else status, status, detail,
                                  files if status in ("conflict", "3-way", "deleted") else [],
                                  results, list(left_out))
+        if status in ("conflict", "deleted", "present") and not upstreamed:
+            cells[patch.name].hunks, cells[patch.name].lines = patch_cost(
+                patch, files if status != "present" else [])
         if status in ("conflict", "deleted"):
             left_out.append(patch.name)
     return cells
@@ -174,6 +197,8 @@ class Matrix:
     releases: list[Release]
     bad_probes: list[dict]
     total_seconds: float = 0.0
+    changes: list[str] | None = None  # since the last report (None: not compared)
+    compared_with: str = ""
 
 
 def parse_all(patches: list[Patch]) -> dict[str, list]:
@@ -181,7 +206,7 @@ def parse_all(patches: list[Patch]) -> dict[str, list]:
 
 
 def compute(pin: Pin, patches: list[Patch], versions: list[str], urls: dict[str, str] | None,
-            patches_dir: Path, jobs: int = 4) -> Matrix:
+            patches_dir: Path, jobs: int = 4, check_installable: bool = True) -> Matrix:
     parsed = parse_all(patches)  # malformed probes fail before any download
     started = time.monotonic()
     progress = BatchProgress()
@@ -205,12 +230,14 @@ def compute(pin: Pin, patches: list[Patch], versions: list[str], urls: dict[str,
             sdist, tree = prepare(version)
             cells, _ = evaluate_release(tree, patches, parsed, pin_tree)
             seconds = time.monotonic() - t
+        can = installability.of_sdist(sdist.path, installability.arches(pin)) \
+            if check_installable else {}
         with done_lock:
             done[0] += 1
         summary = ", ".join(f"{name[:4]} {cell.short()}" for name, cell in cells.items())
-        _log.info(f"[{done[0]}/{len(versions)}] {version}: {summary or 'no patches'} "
-                  f"({seconds:.1f} s)")
-        return Release(version, sdist.filename, sdist.sha256, cells, seconds)
+        _log.info(f"[{done[0]}/{len(versions)}] {version}: {summary or 'no patches'}"
+                  + (f"; installable: {can['text']}" if can else "") + f" ({seconds:.1f} s)")
+        return Release(version, sdist.filename, sdist.sha256, cells, seconds, can)
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         releases = list(pool.map(one, versions))
@@ -265,6 +292,7 @@ def to_json(matrix: Matrix) -> dict:
     for release in data["releases"]:
         release.pop("seconds")
     data.pop("total_seconds")
+    data["summary"] = {r.version: release_summary(r) for r in matrix.releases}
     data["legend"] = {k: v for k, v in LEGEND.items() if v}
     return data
 
@@ -288,6 +316,7 @@ def to_markdown(matrix: Matrix) -> str:
     lines = [f"# Upstream status of the patch series ({matrix.project})", "",
              f"Pin: {matrix.pin}; patches: `{matrix.patches_dir}` ({len(matrix.patches)}); "
              f"releases: {', '.join(versions)}", ""]
+    lines += first_screen(matrix)
     if not matrix.patches:
         lines += ["The series is empty: nothing to check.", ""]
     else:
@@ -335,6 +364,105 @@ def to_markdown(matrix: Matrix) -> str:
     return "\n".join(lines)
 
 
+MOVE = {"upstream": "dropped", "clean": "clean", "offset": "clean", "3-way": "3-way",
+        "conflict": "conflicting", "deleted": "conflicting", "present": "conflicting"}
+
+
+def release_summary(release: Release) -> dict:
+    """What moving the pin to this release costs: how many patches a rebase drops (already
+    upstream), applies as they are, merges 3-way, and leaves to a human (their hunks and
+    changed lines), and whether its runtime installs."""
+    out = {"dropped": [], "clean": [], "3-way": [], "conflicting": []}
+    for name, cell in release.cells.items():
+        out[MOVE[cell.status]].append(name)
+    cost = [{"patch": n, "hunks": release.cells[n].hunks, "lines": release.cells[n].lines,
+             "why": release.cells[n].status} for n in out["conflicting"]]
+    return {**{k: len(v) for k, v in out.items()}, "conflicting_patches": cost,
+            "installable": (release.installable or {}).get("installable")}
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def first_screen(matrix: Matrix) -> list[str]:
+    """Per release: can we move there, and what does it cost; what changed since the last
+    report."""
+    lines = ["## Can we move, and what does it cost?", "",
+             "| release | installable (runtime from the configured indexes) | dropped (upstream)"
+             " | clean | 3-way | conflicting (hunks, changed lines) |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for r in matrix.releases:
+        pin = " (pin)" if r.version == matrix.pin else ""
+        s = release_summary(r)
+        cost = ", ".join(f"{c['patch'][:4]}{' ' + c['why'] if c['why'] != 'conflict' else ''}"
+                         f" ({_plural(c['hunks'], 'hunk')}, {_plural(c['lines'], 'line')})"
+                         for c in s["conflicting_patches"])
+        lines.append(f"| {r.version}{pin} | {(r.installable or {}).get('text', 'not checked')} "
+                     f"| {s['dropped']} | {s['clean']} | {s['3-way']} | {s['conflicting']}"
+                     f"{': ' + cost if cost else ''} |")
+    lines += ["", "### Changed since the last report", ""]
+    if matrix.changes is None:
+        lines.append(f"- not compared: {matrix.compared_with or 'no earlier report'}")
+    else:
+        lines += [f"- {c}" for c in matrix.changes] or \
+            [f"- nothing (compared with {matrix.compared_with})"]
+    return lines + [""]
+
+
+_CONFLICTING = ("conflict", "deleted")
+
+
+def _drifting(drift: dict | None) -> set[tuple[str, str, str]]:
+    """(patch, definition, release) of every follow-up change drift reports."""
+    out = set()
+    for p in (drift or {}).get("patches", []):
+        for d in p.get("definitions", []):
+            for c in d.get("changes", []):
+                if c.get("follow_up"):
+                    out.add((p["name"], f"{d['file']}::{d['name']}", c["release"]))
+    return out
+
+
+def changes_since(old: dict, new: dict) -> list[str]:
+    """What changed between two status.json reports: a patch newly upstream, newly
+    conflicting (or deleted), no longer conflicting, newly drifting; a release newer than
+    the last report's newest; a release's installability. Same pin only (else one line)."""
+    if old.get("pin") != new["pin"]:
+        return [f"the pin moved: {old.get('pin')} -> {new['pin']} (cells not compared)"]
+    out = []
+    before = {r["version"]: r for r in old.get("releases", [])}
+    newest = max((upstream.version_key(v) for v in before), default=None)
+    for r in new["releases"]:
+        version, was = r["version"], before.get(r["version"])
+        if was is None:
+            if newest is None or upstream.version_key(version) > newest:
+                can = (r.get("installable") or {}).get("text", "not checked")
+                out.append(f"{version}: new release (installable: {can})")
+            continue
+        old_can = (was.get("installable") or {}).get("installable")
+        new_can = (r.get("installable") or {}).get("installable")
+        if old_can is not None and new_can is not None and old_can != new_can:
+            out.append(f"{version}: installable now: {r['installable']['text']} "
+                       f"(was {was['installable']['text']})")
+        for name, cell in r["cells"].items():
+            prev = was.get("cells", {}).get(name)
+            if prev is None:
+                continue
+            if cell["status"] == "upstream" and prev["status"] != "upstream":
+                out.append(f"{version}: {name} newly upstream (was {prev['status']})")
+            elif cell["status"] in _CONFLICTING and prev["status"] not in _CONFLICTING:
+                out.append(f"{version}: {name} newly {cell['status']} (was {prev['status']}; "
+                           f"{cell['detail'].splitlines()[0] if cell['detail'] else ''})")
+            elif prev["status"] in _CONFLICTING and cell["status"] not in _CONFLICTING:
+                out.append(f"{version}: {name} no longer {prev['status']} (now "
+                           f"{cell['status']})")
+    if "drift" in old and "drift" in new:
+        for name, where, version in sorted(_drifting(new["drift"]) - _drifting(old["drift"])):
+            out.append(f"{version}: {name} newly drifting: upstream changed {where}")
+    return out
+
+
 def _span(names: list[str], indexes: list[int]) -> str:
     """'A' / 'A, B' / 'A .. D (4 releases)' when the indexes are one contiguous run."""
     if len(names) > 2 and indexes[-1] - indexes[0] == len(indexes) - 1:
@@ -346,6 +474,7 @@ def write_reports(matrix: Matrix, out_dir: Path, drift=None) -> tuple[Path, Path
     """reports/status.md and status.json, each written to a temp file then renamed; with
     drift (drift.Drift): its section in both, its diffs in reports/drift/."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    compare(matrix, out_dir / "status.json", drift)
     md, data = to_markdown(matrix), to_json(matrix)
     if drift is not None:
         drift.write(out_dir)
@@ -355,6 +484,25 @@ def write_reports(matrix: Matrix, out_dir: Path, drift=None) -> tuple[Path, Path
         atomic_write(out_dir / name, text)
         written.append(out_dir / name)
     return written[0], written[1]
+
+
+def compare(matrix: Matrix, previous: Path, drift=None) -> None:
+    """matrix.changes: what changed since the report at `previous` (the last one written)."""
+    try:
+        old = json.loads(previous.read_text())
+    except FileNotFoundError:
+        matrix.changes, matrix.compared_with = None, f"no earlier report ({previous})"
+        return
+    except (OSError, ValueError) as exc:
+        matrix.changes, matrix.compared_with = None, f"{previous} unreadable ({exc})"
+        return
+    new = to_json(matrix)
+    if drift is not None:
+        new["drift"] = drift.to_json()
+    if "drift" not in new:
+        old.pop("drift", None)
+    matrix.changes = changes_since(old, new)
+    matrix.compared_with = f"{previous}, written before this run"
 
 
 def timing_table(matrix: Matrix) -> str:

@@ -79,3 +79,57 @@ def test_first_version_and_a_previous_manifest(repo, tmp_path):
     bad.write_text("not json")
     with pytest.raises(OverlayError, match="manifest.json: not a release record"):
         changelog.make_changelog("x86_64", bad, repo=repo, wheelhouse=repo / "wheelhouse")
+
+
+def test_after_a_rebase_it_says_what_happened(repo):
+    """The pin moved 0.18.0 -> the current pin: the series was renumbered (a patch upstream
+    has was dropped before them), one patch was dropped by the rebase, one by its header,
+    one by hand; the lock moved torch. Not "N added / M dropped"."""
+    new = changelog.record("x86_64", repo)
+    old = json.loads(json.dumps(new))
+    old["version"], old["upstream"]["version"] = "0.18.0+mmcg.1", "0.18.0"
+    renumbered = []
+    for patch in old["series"]["patches"]:
+        number, rest = patch["name"].split("-", 1)
+        patch["name"] = f"{int(number) + 3:04d}-{rest}"
+        renumbered.append(patch["name"])
+    old["series"]["patches"][0]["sha256"] = "0" * 64  # rebased: its hunks moved
+    old["series"]["patches"][:0] = [
+        {"name": "0001-Found-by-the-rebase.patch", "sha256": "1" * 64,
+         "subject": "Found by the rebase", "origin": "backport"},
+        {"name": "0002-Header-says-upstream.patch", "sha256": "2" * 64,
+         "subject": "Header says upstream", "origin": "backport",
+         "applied_upstream": "0.19.0"},
+        {"name": "0003-Skipped-by-hand.patch", "sha256": "3" * 64,
+         "subject": "Skipped by hand", "origin": "vendor"}]
+    old["runtime_lock"]["torch"] = "2.9.0"
+    (repo / "releases").mkdir()
+    (repo / "releases" / "0.18.0+mmcg.1.json").write_text(json.dumps(old))
+    up = new["upstream"]["version"]
+    (repo / "reports").mkdir()
+    (repo / "reports" / f"rebase-0.18.0-{up}.json").write_text(json.dumps({"patches": [
+        {"patch": "0001-Found-by-the-rebase.patch", "subject": "Found by the rebase",
+         "result": "dropped-upstream", "release": "0.18.1"},
+        {"patch": "0003-Skipped-by-hand.patch", "subject": "Skipped by hand",
+         "result": "conflict", "resolution": "dropped by hand (nothing committed for it)"},
+        {"patch": renumbered[0], "subject": new["series"]["patches"][0]["subject"],
+         "result": "applied-3way"}]}))
+    notes = changelog.make_changelog("x86_64", repo=repo,
+                                     wheelhouse=repo / "wheelhouse").read_text()
+    count = len(new["series"]["patches"])
+    assert f"- **Upstream pin**: 0.18.0 -> {up}: 2 patch(es) dropped because upstream has " \
+           f"them, {count} carried over (1 rebased), 1 dropped otherwise, 0 added" in notes
+    assert "### Patches added (0)\n- none" in notes
+    dropped_upstream = notes.split("### Patches dropped upstream (2)\n")[1].split("\n\n")[0]
+    assert "`0001-Found-by-the-rebase.patch`: Found by the rebase (Origin: backport): " \
+           "upstream in 0.18.1 (the rebase found it there)" in dropped_upstream
+    assert "`0002-Header-says-upstream.patch`: Header says upstream (Origin: backport): " \
+           "upstream since 0.19.0 (its Applied-Upstream header)" in dropped_upstream
+    assert notes.split("### Patches dropped (1)\n")[1].startswith(
+        "- `0003-Skipped-by-hand.patch`: Skipped by hand (Origin: vendor): dropped by hand "
+        "(nothing committed for it) in the rebase")
+    changed = notes.split("### Patches changed (1)\n")[1].split("\n\n")[0]
+    first = new["series"]["patches"][0]["name"]
+    assert changed.startswith(f"- `{first}`") and \
+        f"; was `{renumbered[0]}`, rebase: applied-3way" in changed
+    assert "- torch: 2.9.0 -> " in notes.split("### Runtime dependency changes")[1]

@@ -12,20 +12,25 @@ index, and a series of five patches written against the pin:
   E  adds vllm/e.py            its probe (defines A_0) already holds on the pin: a bad probe
 Every release also has vllm/m.py's Runner (1.0.8 adds Runner.ours), which 1.0.9 deletes
 (moved to vllm/gpu/runner.py): no patch of these five touches it (test_deleted_* do).
+The runtime (requirements/cuda.txt) is numpy and torch; 1.0.10 adds flashinfer-python==0.7.3,
+which the faked resolver (network_lock) lacks when a test says so.
 """
 
 import hashlib
 import io
 import json
+import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from vllm_overlay.build import apply
+from vllm_overlay.build import apply, constraints, lockmeta
 from vllm_overlay.build import export
 from vllm_overlay.common import pin
+from vllm_overlay.common.errors import OverlayError
+from vllm_overlay.common.requirements import normalize_name, requirement_lines
 
 VERSIONS = [f"1.0.{i}" for i in range(11)]
 PRE = "1.1.0rc1"
@@ -35,6 +40,8 @@ OFFSET_FROM = 2
 THREE_WAY_FROM = 5
 RUNNER_UPSTREAM_FROM = 8  # Runner.ours: upstream in 1.0.8, then from 1.0.9 vllm/m.py is
 RUNNER_MOVED_FROM = 9      # deleted, Runner moved to vllm/gpu/runner.py (as GPUModelRunner in 0.34)
+NEW_RUNTIME_FROM = 10      # 1.0.10 pins a package version no index has (flashinfer in 0.34)
+NEW_RUNTIME_PIN = "flashinfer-python==0.7.3"
 
 
 def pytest_configure(config):
@@ -57,7 +64,10 @@ def release_files(i: int) -> dict[str, str]:
     if i >= THREE_WAY_FROM:
         d = d.replace("D_13 = 13\n", "D_13 = 'upstream'\n")
     files = {"vllm/__init__.py": "", "vllm/a.py": a, "vllm/b.py": b, "vllm/c.py": c,
-             "vllm/d.py": d, "setup.py": "raise SystemExit('synthetic')\n"}
+             "vllm/d.py": d, "setup.py": "raise SystemExit('synthetic')\n",
+             "requirements/common.txt": "numpy\n",
+             "requirements/cuda.txt": "-r common.txt\ntorch==2.10.0\n"
+             + (f"{NEW_RUNTIME_PIN}\n" if i >= NEW_RUNTIME_FROM else "")}
     runner = "class Runner:\n" + "".join(f"    def m{k}(self):\n        return {k}\n"
                                          for k in range(6))
     if i >= RUNNER_UPSTREAM_FROM:
@@ -92,6 +102,57 @@ PATCHES = {  # subject -> (edits, probes)
 }
 
 
+class NetworkLock:
+    """What `make lock` gets from the network, faked: `uv pip compile` pins every requirement
+    of its sources at 1.0 (one made-up hash each), and PyPI's metadata of a locked package
+    has no requirements. Everything else of the lock step runs as `make lock` runs it."""
+
+    def __init__(self):
+        self.calls: list[str] = []
+        self.fail: str | None = None
+        self.missing: set[str] = set()  # requirements no index has (uv's own message)
+
+    def compile_lock(self, sources, out, arch, cwd, constraints=()):
+        self.calls.append(f"compile {out}")
+        if self.fail:
+            raise OverlayError(f"uv pip compile ({out}) failed (exit 2):\n{self.fail}")
+        lines = [line for source in sources
+                 for line in requirement_lines((cwd / source).read_text())]
+        for line in lines:
+            if line in self.missing:
+                raise OverlayError(
+                    f"uv pip compile ({out}) failed (exit 1):\nerror: No solution found when "
+                    f"resolving dependencies\n  cause: Because there is no version of {line} "
+                    f"and you require {line}, we can conclude that your requirements are "
+                    f"unsatisfiable.")
+        names = sorted({normalize_name(re.split(r"[\s;<>=!~\[]", line, 1)[0])
+                        for line in lines})
+        text = "".join(f"{n}==1.0 \\\n    --hash=sha256:{hashlib.sha256(n.encode()).hexdigest()}\n"
+                       for n in names)
+        (cwd / out).write_text(f"#    make lock ARCH={arch}\n{text}")
+        return (cwd / out).read_text()
+
+    def package_metadata(self, name, version, hashes, arch):
+        return {"version": version, "from": f"{name}-{version}.whl", "requires_dist": [],
+                "requires_python": ""}
+
+
+@pytest.fixture
+def network_lock(monkeypatch) -> NetworkLock:
+    fake = NetworkLock()
+    monkeypatch.setattr(constraints, "compile_lock", fake.compile_lock)
+    monkeypatch.setattr(lockmeta, "package_metadata", fake.package_metadata)
+    return fake
+
+
+@pytest.fixture(autouse=True)
+def no_resolver_on_the_network(request):
+    """No test but a network one resolves against a real index: `make lock`'s uv (and the
+    installability check, which runs the same uv) is the fake above."""
+    if request.node.get_closest_marker("network") is None:
+        request.getfixturevalue("network_lock")
+
+
 @dataclass
 class Upstream:
     root: Path
@@ -111,6 +172,7 @@ def write_patches(dest: Path, pin_sdist: Path, root: Path, patches=PATCHES) -> N
     for subject, (edits, probes, *more) in patches.items():  # more: [other trailer lines]
         for name, edit in edits.items():
             path = tree / name
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(edit(path.read_text() if path.exists() else ""))
         apply.git(tree, "add", "-A")
         trailers = "".join(f"Probe: {p}\n" for p in probes or []) + \

@@ -64,3 +64,20 @@ def test_workflow_uploads_the_drift_report():
     assert "reports/drift/" in upload["with"]["path"].split()
     status_upload = jobs["status"]["steps"][-1]["with"]["path"].split()
     assert "reports/drift/" in status_upload and "reports/status.*" in status_upload
+
+
+def test_the_scheduled_status_fails_when_something_changed_since_the_last_report():
+    steps = yaml.safe_load(WORKFLOW.read_text())["jobs"]["drift"]["steps"]
+    uses = [s.get("uses", "") for s in steps]
+    status = next(s for s in steps if "make status" in s.get("run", ""))
+    assert 'make status RELEASES="$RELEASES" FAIL_ON_CHANGE=1' in status["run"]
+    # the last report comes back before the run, the new one is kept even when it fails,
+    # and the job fails after the report is uploaded and kept
+    restore = steps[uses.index("actions/cache/restore@v4")]
+    save = steps[uses.index("actions/cache/save@v4")]
+    assert restore["with"]["path"] == save["with"]["path"] == "reports/status.json"
+    assert uses.index("actions/cache/restore@v4") < steps.index(status) < \
+        uses.index("actions/cache/save@v4")
+    assert save["if"].startswith("always()")
+    alert = steps[-1]
+    assert alert["if"] == "steps.status.outputs.rc != '0'" and "exit 1" in alert["run"]

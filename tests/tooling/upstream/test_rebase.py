@@ -36,7 +36,7 @@ from vllm_overlay.common.git import git
 from vllm_overlay.common.requirements import normalize_name, requirement_lines
 from vllm_overlay.dist import docker
 from vllm_overlay.testing import testenv
-from vllm_overlay.upstream import rebase
+from vllm_overlay.upstream import rebase, treecheck
 
 from .conftest import write_patches
 
@@ -166,40 +166,6 @@ LABEL io.vllm-overlay.upstream-version="${{UPSTREAM_VERSION}}"
 """
 
 
-class NetworkLock:
-    """What `make lock` gets from the network, faked: `uv pip compile` pins every requirement
-    of its sources at 1.0 (one made-up hash each), and PyPI's metadata of a locked package
-    has no requirements. Everything else of the lock step runs as `make lock` runs it."""
-
-    def __init__(self):
-        self.calls: list[str] = []
-        self.fail: str | None = None
-
-    def compile_lock(self, sources, out, arch, cwd, constraints=()):
-        self.calls.append(f"compile {out}")
-        if self.fail:
-            raise OverlayError(f"uv pip compile ({out}) failed (exit 2):\n{self.fail}")
-        names = sorted({normalize_name(re.split(r"[\s;<>=!~\[]", line, 1)[0])
-                        for source in sources
-                        for line in requirement_lines((cwd / source).read_text())})
-        text = "".join(f"{n}==1.0 \\\n    --hash=sha256:{hashlib.sha256(n.encode()).hexdigest()}\n"
-                       for n in names)
-        (cwd / out).write_text(f"#    make lock ARCH={arch}\n{text}")
-        return (cwd / out).read_text()
-
-    def package_metadata(self, name, version, hashes, arch):
-        return {"version": version, "from": f"{name}-{version}.whl", "requires_dist": [],
-                "requires_python": ""}
-
-
-@pytest.fixture
-def network_lock(monkeypatch) -> NetworkLock:
-    fake = NetworkLock()
-    monkeypatch.setattr(constraints, "compile_lock", fake.compile_lock)
-    monkeypatch.setattr(lockmeta, "package_metadata", fake.package_metadata)
-    return fake
-
-
 @pytest.fixture
 def repo(tmp_path, monkeypatch, supply_venv, network_lock) -> Path:
     monkeypatch.setenv("VLLM_OVERLAY_CACHE", str(tmp_path / "cache"))
@@ -291,11 +257,13 @@ def test_rebase_stops_at_a_conflict_then_continue_completes(repo, tmp_path, caps
     out = capsys.readouterr().out
     assert "make test" in out and "flagged for a human: 0003" in out
     assert out.rstrip().endswith(f"next: `make test` (its runtime venv installs "
-                                 f"locks/runtime-x86_64.txt, re-locked for {TARGET})")
+                                 f"locks/runtime-x86_64.txt, re-locked for {TARGET}), then "
+                                 f"`make changelog` (the move's release notes: the pin, the "
+                                 f"patches dropped upstream, the runtime changes)")
 
     log = json.loads((repo / "reports" / f"rebase-{PIN}-{TARGET}.json").read_text())
     outcomes = by_subject(log)
-    assert log["state"] == "complete" and log["next"] == ["make test"]
+    assert log["state"] == "complete" and log["next"] == ["make test", "make changelog"]
     assert {k: o["result"] for k, o in outcomes.items()} == {
         "U": "dropped-upstream", "A": "applied-clean", "C": "flagged", "D": "applied-3way",
         "B": "conflict", "E": "applied-clean"}
@@ -733,3 +701,212 @@ def test_new_version_keeps_the_local_label():
     assert rebase.new_version("0.19.1+mmcg.1", "0.20.0") == "0.20.0+mmcg.1"
     assert rebase.new_version("0.19.1+mmcg.7", "0.33.0") == "0.33.0+mmcg.1"
     assert rebase.new_version("0.19.1+mmcg", "0.33.0") == "0.33.0+mmcg.1"
+
+
+def test_a_target_whose_runtime_does_not_resolve_is_refused_before_any_work(
+        repo, network_lock, tmp_path, monkeypatch):
+    for name in ("UV_DEFAULT_INDEX", "UV_INDEX_URL", "UV_INDEX", "UV_EXTRA_INDEX_URL"):
+        monkeypatch.delenv(name, raising=False)
+    network_lock.missing = {"torch==2.11.0"}  # the target's runtime pin, on no index
+    before = pinned_bytes(repo)
+    with pytest.raises(OverlayError, match=r"^rebase: 1.1.0 is not installable: its runtime "
+                                           r"does not resolve from the configured indexes: "
+                                           r"torch==2.11.0 not on https://pypi.org/simple "
+                                           r"\(make lock would fail on it\); nothing was "
+                                           r"changed"):
+        rebase_command.run(Args(to=TARGET), repo)
+    assert pinned_bytes(repo) == before and not (repo / "work").exists()
+    wheel = lock_entry(tmp_path / "dist" / wheel_name(TARGET))["sha256"]
+    assert not fetch.blob_path(wheel).exists()  # not even its wheel fetched
+    network_lock.missing = set()  # the index has it now (another index setting, or later)
+    monkeypatch.setenv("UV_EXTRA_INDEX_URL", "https://internal.example/simple")
+    assert rebase_command.run(Args(to=TARGET), repo) == 1  # on to B's conflict
+
+
+CALLS_A_DROPPED_HELPER = {  # upstream has our helper (its probe holds) under another name
+    "U2: add helper2": ({"vllm/u.py": lambda t: t.replace(
+        "U_5 = 5\n", "def helper2():\n    return 5\n")}, ["defines vllm/u.py::helper"]),
+    "H: use helper2": ({"vllm/a.py": lambda t: t + "\n\ndef use():\n"
+                                    "    from vllm.u import helper2\n    return helper2()\n",
+                        "vllm/e.py": lambda t: "E = 1\n"}, ["defines vllm/a.py::OURS"]),
+}
+
+
+def test_a_merge_that_calls_what_no_longer_exists_stops_before_anything_is_written(
+        repo, tmp_path, capsys):
+    shutil.rmtree(repo / "patches")
+    write_patches(repo / "patches", tmp_path / "dist" / f"vllm-{PIN}.tar.gz", tmp_path / "h",
+                  CALLS_A_DROPPED_HELPER)
+    git_commit_all(repo, "series U2 H")
+    before = pinned_bytes(repo)
+    assert rebase_command.run(Args(to=TARGET), repo) == 1
+    out = capsys.readouterr().out
+    assert "rebase: stopped before the build: the merged tree does not work (1 problem(s))" \
+        in out
+    assert "0002-H-use-helper2.patch: vllm/a.py:46 imports helper2 from vllm.u, which does " \
+           "not define it: upstream removed or renamed it?" in out
+    assert "git commit -q -a --fixup=" in out and "--autosquash upstream" in out
+    assert pinned_bytes(repo) == before  # nothing written, nothing built
+    log = json.loads((repo / "reports" / f"rebase-{PIN}-{TARGET}.json").read_text())
+    assert log["state"] == "stopped" and log["checks"][0]["check"] == "names"
+    assert [o["result"] for o in log["patches"]] == ["dropped-upstream", "applied-clean"]
+    # the human ports the call to upstream's name, in H's own commit, as the stop says
+    tree = repo / "work" / "rebase" / f"vllm-{TARGET}"
+    a = tree / "vllm/a.py"
+    a.write_text(a.read_text().replace("helper2", "helper"))
+    sha = log["checks"][0]["commit"]
+    git(tree, "commit", "-q", "-a", f"--fixup={sha}")
+    git(tree, "rebase", "-q", "-i", "--autosquash", "upstream",
+        env={"GIT_SEQUENCE_EDITOR": ":"})
+    assert rebase_command.run(Args(resume=True), repo) == 0
+    (patch,) = series.read_series(repo / "patches")
+    assert "+    return helper()" in patch.path.read_text()
+    md = (repo / "reports" / f"rebase-{PIN}-{TARGET}.md").read_text()
+    assert "## Checks of the merged tree (before the build)\n\n- every changed Python file " \
+           "compiles" in md
+
+
+def test_tree_checks_find_a_removed_method_and_code_that_does_not_compile(tmp_path):
+    tree = tmp_path / "t"
+    tree.mkdir()
+    git(tree, "init", "-q")
+    (tree / "m.py").write_text("class R:\n    def kept(self):\n        return 1\n")
+    (tree / "base.py").write_text("class Base:\n    def inherited(self):\n        return 2\n")
+    git_commit_all(tree, "base")
+    git(tree, "tag", "base")
+    (tree / "m.py").write_text("class R:\n    def kept(self):\n        return 1\n\n"
+                               "    def ours(self):\n        return self.kept() + "
+                               "self.inherited() + self.removed() + len([])\n")
+    git_commit_all(tree, "ours")
+    (tree / "n.py").write_text("def f(:\n")
+    git_commit_all(tree, "broken")
+    problems = treecheck.static_problems(tree, "base")
+    assert [(p["subject"], p["check"], p["detail"]) for p in problems] == [
+        ("ours", "names", "m.py:6 calls self.removed(), which is defined nowhere (not in the "
+                          "module, nor anywhere in the tree): upstream removed or renamed it?"),
+        ("broken", "compile", "n.py:1 does not compile: invalid syntax")]
+
+
+def test_the_series_own_tests_run_in_the_rebased_tree_and_a_failure_stops_the_build(
+        repo, tmp_path, capsys, monkeypatch):
+    import sys
+    shutil.rmtree(repo / "patches")
+    write_patches(repo / "patches", tmp_path / "dist" / f"vllm-{PIN}.tar.gz", tmp_path / "t", {
+        "A: change A_20": PATCHES["A: change A_20"],
+        "T: test B_3": ({"tests/test_t.py": lambda t: (
+            "from vllm.a import A_20\nfrom vllm.b import B_3\n\n\ndef test_a20():\n"
+            "    assert A_20 == 'ours'\n\n\ndef test_b3():\n    assert B_3 == 3\n")},
+            ["defines tests/test_t.py::NEVER"])})
+    git_commit_all(repo, "series A T")
+    built = []
+    monkeypatch.setattr(rebase, "build_overlay_wheel", lambda *a: built.append(1) or "built")
+    # no runtime venv for the new locks: not run, and the log says so
+    monkeypatch.delenv("VLLM_OVERLAY_RUNTIME_PYTHON", raising=False)
+    real_runtime_python = rebase.runtime_python
+    monkeypatch.setattr(rebase, "runtime_python", lambda *a: None)
+    assert rebase_command.run(Args(to=TARGET), repo) == 0
+    log = json.loads((repo / "reports" / f"rebase-{PIN}-{TARGET}.json").read_text())
+    assert any("tests/test_t.py) not run" in note for note in log["notes"])
+    git_commit_all(repo, "rebased")
+    rebase_command.run(Args(abort=True), repo) if (repo / "work" / "rebase").exists() else None
+    git(repo, "reset", "-q", "--hard", "HEAD~1")
+    # with a runtime venv (the tools' Python has pytest): B_3 is 'same' on the target
+    monkeypatch.setattr(rebase, "runtime_python", real_runtime_python)
+    monkeypatch.setenv("VLLM_OVERLAY_RUNTIME_PYTHON", sys.executable)
+    built.clear()
+    capsys.readouterr()
+    assert rebase_command.run(Args(to=TARGET), repo) == 1
+    out = capsys.readouterr().out
+    assert "0002-T-test-B_3.patch: failed: tests/test_t.py::test_b3" in out
+    assert "test_a20" not in out and built == []
+    log = json.loads((repo / "reports" / f"rebase-{PIN}-{TARGET}.json").read_text())
+    assert log["checks"][0]["test"] == "tests/test_t.py::test_b3"
+    tree = repo / "work" / "rebase" / f"vllm-{TARGET}"
+    test = tree / "tests/test_t.py"
+    test.write_text(test.read_text().replace("B_3 == 3", "B_3 in (3, 'same')"))
+    with pytest.raises(OverlayError, match="uncommitted changes: commit the fix"):
+        rebase_command.run(Args(resume=True), repo)
+    sha = git(tree, "log", "-1", "--format=%H").stdout.strip()
+    git(tree, "commit", "-q", "-a", f"--fixup={sha}")
+    git(tree, "rebase", "-q", "-i", "--autosquash", "upstream",
+        env={"GIT_SEQUENCE_EDITOR": ":"})
+    assert rebase_command.run(Args(resume=True), repo) == 0 and built == [1]
+    assert "B_3 in (3, 'same')" in series.read_series(repo / "patches")[1].path.read_text()
+
+
+def test_a_module_the_series_touches_that_fails_to_import_stops_the_build(
+        repo, tmp_path, capsys, monkeypatch):
+    import sys
+    shutil.rmtree(repo / "patches")
+    write_patches(repo / "patches", tmp_path / "dist" / f"vllm-{PIN}.tar.gz", tmp_path / "i", {
+        "I: derive B_NEXT": ({"vllm/b.py": lambda t: t + "B_NEXT = B_3 + 1\n"},
+                             ["defines vllm/b.py::B_NEXT"])})  # B_3 = 'same' on the target
+    git_commit_all(repo, "series I")
+    before = pinned_bytes(repo)
+    built = []
+    monkeypatch.setattr(rebase, "build_overlay_wheel", lambda *a: built.append(1) or "built")
+    monkeypatch.setenv("VLLM_OVERLAY_RUNTIME_PYTHON", sys.executable)
+    assert rebase_command.run(Args(to=TARGET), repo) == 1
+    out = capsys.readouterr().out
+    assert "0001-I-derive-B_NEXT.patch: import vllm.b fails: TypeError: can only concatenate " \
+           "str" in out and built == []
+    log = json.loads((repo / "reports" / f"rebase-{PIN}-{TARGET}.json").read_text())
+    assert log["checks"][0]["check"] == "imports" and log["state"] == "stopped"
+    rebase_command.run(Args(abort=True), repo)
+    assert pinned_bytes(repo) == before
+
+
+def test_runtime_venv_1_makes_the_new_locks_venv_to_run_the_checks(repo, tmp_path, capsys,
+                                                                   monkeypatch):
+    import sys
+    shutil.rmtree(repo / "patches")
+    write_patches(repo / "patches", tmp_path / "dist" / f"vllm-{PIN}.tar.gz", tmp_path / "i", {
+        "I: derive B_NEXT": ({"vllm/b.py": lambda t: t + "B_NEXT = B_3 + 1\n"},
+                             ["defines vllm/b.py::B_NEXT"])})
+    git_commit_all(repo, "series I")
+    made = []
+
+    def ensure_base(arch, repo_, log=None):  # pip installing the locks: the network, faked
+        made.append((arch, repo_, constraints.read_lock(constraints.runtime_lock(arch, repo_))[1]))
+        venv = tmp_path / "venv"
+        (venv / "bin").mkdir(parents=True, exist_ok=True)
+        if not (venv / "bin" / "python").exists():
+            (venv / "bin" / "python").symlink_to(sys.executable)
+        return venv
+
+    monkeypatch.delenv("VLLM_OVERLAY_RUNTIME_PYTHON", raising=False)
+    monkeypatch.setattr(testenv, "ensure_base", ensure_base)
+    args = Args(to=TARGET)
+    args.runtime_venv = True
+    assert rebase_command.run(args, repo) == 1
+    assert made == [("x86_64", repo, {"numpy": "1.0"})]  # the new pin's lock, re-locked
+    assert "0001-I-derive-B_NEXT.patch: import vllm.b fails: TypeError" in \
+        capsys.readouterr().out
+    make = subprocess.run(["make", "-n", "rebase", "CONTINUE=1", "RUNTIME_VENV=1"],
+                          cwd=Path(__file__).resolve().parents[3], capture_output=True,
+                          text=True, check=True).stdout
+    assert "--runtime-venv" in make
+
+
+def test_make_changelog_after_the_rebase_says_what_happened(repo, monkeypatch):
+    from vllm_overlay.build import changelog
+    (repo / "README.md").write_text(f"# x\n\n{changelog.START}\n{changelog.END}\n")
+    (repo / "releases").mkdir()
+    (repo / "releases" / f"{PIN}+test.3.json").write_text(
+        json.dumps(changelog.record("x86_64", repo)))  # what `make changelog` kept on the pin
+    git_commit_all(repo, "the pin's release record")
+    monkeypatch.setattr(rebase, "build_overlay_wheel", lambda *a: "wheel built")
+    assert rebase_command.run(Args(to=TARGET), repo) == 1
+    git(repo / "work" / "rebase" / f"vllm-{TARGET}", "am", "--skip")  # B dropped by hand
+    assert rebase_command.run(Args(resume=True), repo) == 0
+    notes = changelog.make_changelog("x86_64", repo=repo,
+                                     wheelhouse=repo / "wheelhouse").read_text()
+    assert f"- **Upstream pin**: {PIN} -> {TARGET}: 1 patch(es) dropped because upstream has " \
+           "them, 4 carried over (3 rebased), 1 dropped otherwise, 0 added" in notes
+    assert "- `0001-U-add-helper.patch`: U: add helper (Origin: vendor): upstream in 1.0.5 " \
+           "(the rebase found it there)" in notes
+    assert "- `0005-B-change-B_10.patch`: B: change B_10 (Origin: vendor): dropped by hand " \
+           "(nothing committed for it) in the rebase" in notes
+    assert "- `0001-A-change-A_20.patch`: A: change A_20 (Origin: vendor); was " \
+           "`0002-A-change-A_20.patch`, rebase: applied-clean" in notes
+    assert "- numpy: (new) -> 1.0" in notes.split("### Runtime dependency changes")[1]

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import subprocess
 
 import pytest
 
@@ -12,10 +13,17 @@ from vllm_overlay.common import series
 from vllm_overlay.upstream import status
 from vllm_overlay.upstream import releases as upstream
 from vllm_overlay.commands import bisect as upstream_cli
+from vllm_overlay.commands import status as status_cli
+from vllm_overlay.common.paths import REPO
 from vllm_overlay.common.errors import OverlayError
+from vllm_overlay.build import constraints
+from vllm_overlay.upstream import installable
+from tests.tooling.conftest import link_supply_venv
 
-from .conftest import (CONFLICT_FROM, OFFSET_FROM, PRE, RUNNER_MOVED_FROM, THREE_WAY_FROM,
-                       UPSTREAM_FROM, VERSIONS, write_patches)
+from .conftest import (CONFLICT_FROM, NEW_RUNTIME_PIN, OFFSET_FROM, PRE, RUNNER_MOVED_FROM,
+                       THREE_WAY_FROM, UPSTREAM_FROM, VERSIONS, write_patches)
+
+REAL_COMPILE_LOCK = constraints.compile_lock  # before the fixtures fake it
 
 
 def releases(u, spec=None, pre=False):
@@ -124,7 +132,8 @@ def test_a_patch_whose_file_upstream_deleted_is_not_a_conflict(synth_upstream, t
         assert cells[version][p].status == "deleted" and cells[version][p].files == ["vllm/m.py"]
     assert cells["1.0.8"][m].status == "upstream" and cells["1.0.8"][p].status == "clean"
     md = status.to_markdown(matrix)
-    assert "conflict" not in md.split("Legend:")[0]
+    assert "conflict" not in md.split("| patch |")[1].split("Legend:")[0]  # the matrix
+    assert "| 1.0.9 | yes | 1 | 0 | 0 | 1: 0002 deleted (1 hunk, 2 lines) |" in md
     assert "**deleted** a file the patch changes was deleted upstream" in md
     assert "upstream deleted vllm/m.py, which it changes" in md
     # no header: the first release where its probes held (1.0.8) says the same
@@ -241,3 +250,126 @@ def test_bisect_cli_prints_steps_and_keeps_the_log(synth_upstream, monkeypatch, 
     assert not list(log.parent.glob(".*tmp*"))
     code = cli.main(["bisect", "--patches", str(u.patches), "--check", "test"])
     assert code == 1 and "needs --cmd" in capsys.readouterr().err
+
+
+def test_status_says_per_release_whether_its_runtime_installs(synth_upstream, network_lock,
+                                                              monkeypatch, tmp_path):
+    for name in ("UV_DEFAULT_INDEX", "UV_INDEX_URL", "UV_INDEX", "UV_EXTRA_INDEX_URL"):
+        monkeypatch.delenv(name, raising=False)
+    network_lock.missing = {NEW_RUNTIME_PIN}  # the configured index lacks it
+    u = synth_upstream
+    versions, urls = releases(u, "1.0.9..latest")
+    matrix = compute(u, versions, urls)
+    can = {r.version: r.installable for r in matrix.releases}
+    assert can["1.0.9"]["installable"] is True and can["1.0.9"]["text"] == "yes"
+    assert can["1.0.10"]["installable"] is False
+    assert can["1.0.10"]["text"] == f"no ({NEW_RUNTIME_PIN} not on https://pypi.org/simple)"
+    md, js = status.write_reports(matrix, tmp_path / "out")
+    assert f"| 1.0.10 | no ({NEW_RUNTIME_PIN} not on https://pypi.org/simple) |" in \
+        md.read_text()
+    data = json.loads(js.read_text())
+    assert data["releases"][1]["installable"]["package"] == NEW_RUNTIME_PIN
+    # warm: the answer is cached per release runtime and index settings, not resolved again
+    calls = len(network_lock.calls)
+    compute(u, versions, urls)
+    assert len(network_lock.calls) == calls
+    # other index settings: resolved again
+    monkeypatch.setenv("UV_EXTRA_INDEX_URL", "https://user:secret@internal.example/simple")
+    again = compute(u, ["1.0.10"], urls).releases[0].installable
+    assert len(network_lock.calls) > calls
+    assert again["text"] == (f"no ({NEW_RUNTIME_PIN} not on https://pypi.org/simple, "
+                             "https://***@internal.example/simple)")
+    # a "no" is resolved again once it is old: the index got the pin since
+    network_lock.missing = set()
+    assert compute(u, ["1.0.10"], urls).releases[0].installable["installable"] is False
+    for cached in (tmp_path / "cache" / "installable").glob("[0-9a-f]*.json"):
+        data = json.loads(cached.read_text())
+        data["checked"] = 0  # long ago
+        cached.write_text(json.dumps(data))
+    assert compute(u, ["1.0.10"], urls).releases[0].installable["text"] == "yes"
+
+
+def test_installability_names_what_the_real_uv_cannot_find(tmp_path, monkeypatch,
+                                                           supply_venv):
+    """The real uv (no network: a file:// index) and the parsing of its message."""
+    monkeypatch.setattr(constraints, "compile_lock", REAL_COMPILE_LOCK)
+    monkeypatch.setenv("VLLM_OVERLAY_CACHE", str(tmp_path / "cache"))
+    link_supply_venv(tmp_path / "cache", supply_venv)
+    project = tmp_path / "simple" / "flashinfer-python"
+    project.mkdir(parents=True)
+    (project / "index.html").write_text(
+        '<a href="flashinfer_python-0.6.8-py3-none-any.whl">'
+        "flashinfer_python-0.6.8-py3-none-any.whl</a>\n")
+    monkeypatch.setenv("UV_INDEX_URL", (tmp_path / "simple").as_uri())
+    result = installable.resolve([NEW_RUNTIME_PIN], "x86_64")
+    assert result["installable"] is False, result
+    assert result["text"] == f"no ({NEW_RUNTIME_PIN} not on {(tmp_path / 'simple').as_uri()})"
+    result = installable.resolve(["no-such-package==1.0"], "x86_64")
+    assert result["package"] == "no-such-package==1.0"
+
+
+def _status(u, out, spec, *more):
+    return cli.main(["status", "--patches", str(u.patches), "--out", str(out), "--releases",
+                     spec, "--no-drift", *more])
+
+
+def test_first_screen_says_what_a_move_costs_and_fail_on_change_alerts(
+        synth_upstream, monkeypatch, capsys, tmp_path):
+    u = synth_upstream
+    monkeypatch.setattr(status_cli.pin, "load", lambda: u.pin)
+    monkeypatch.setenv("PIP_INDEX_URL", u.index)
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "")
+    out = tmp_path / "reports"
+    assert _status(u, out, "1.0.6..1.0.7", "--fail-on-change") == 0  # nothing to compare yet
+    md = (out / "status.md").read_text()
+    first_screen = md.splitlines()[:12]
+    assert "## Can we move, and what does it cost?" in first_screen
+    a, b, c, d, e = [p.name for p in series.read_series(u.patches)]
+    # 1.0.7: C and E upstream (dropped by a rebase), A at shifted lines, D 3-way, B conflicts
+    assert "| 1.0.7 | yes | 2 | 1 | 1 | 1: 0002 (1 hunk, 2 lines) |" in first_screen
+    assert "| 1.0.6 | yes | 2 | 2 | 1 | 0 |" in first_screen
+    assert "- not compared: no earlier report" in md
+    summary = json.loads((out / "status.json").read_text())["summary"]["1.0.7"]
+    assert summary["conflicting_patches"] == [{"patch": b, "hunks": 1, "lines": 2,
+                                               "why": "conflict"}]
+    # the same again: nothing changed, exit 0 even with the flag
+    assert _status(u, out, "1.0.6..1.0.7", "--fail-on-change") == 0
+    assert "- nothing (compared with " in (out / "status.md").read_text()
+    # the last report said B applied and C did not hold on 1.0.7: newly conflict / upstream
+    data = json.loads((out / "status.json").read_text())
+    cells = data["releases"][1]["cells"]
+    cells[b]["status"] = cells[c]["status"] = "clean"
+    (out / "status.json").write_text(json.dumps(data))
+    capsys.readouterr()
+    assert _status(u, out, "1.0.6..1.0.7") == 0  # reported, but no flag: exit 0
+    (out / "status.json").write_text(json.dumps(data))
+    assert _status(u, out, "1.0.6..1.0.7", "--fail-on-change") == 1
+    err = capsys.readouterr().err
+    assert f"1.0.7: {b} newly conflict (was clean; " in err
+    assert f"1.0.7: {c} newly upstream (was clean)" in err
+    assert f"- 1.0.7: {c} newly upstream (was clean)" in (out / "status.md").read_text()
+    # a release newer than the last report's newest is a change too
+    assert _status(u, out, "1.0.6..1.0.8", "--fail-on-change") == 1
+    assert "1.0.8: new release (installable: yes)" in capsys.readouterr().err
+
+
+def test_newly_drifting_is_a_change():
+    def report(releases):
+        return {"pin": "1.0.0", "releases": [], "drift": {"patches": [{
+            "name": "0001-x.patch", "definitions": [{"file": "vllm/a.py", "name": "f",
+                                                    "changes": [{"release": r, "follow_up": True}
+                                                                for r in releases]}]}]}}
+    assert status.changes_since(report(["1.0.2"]), report(["1.0.2"])) == []
+    assert status.changes_since(report(["1.0.2"]), report(["1.0.3", "1.0.2"])) == [
+        "1.0.3: 0001-x.patch newly drifting: upstream changed vllm/a.py::f"]
+    assert status.changes_since({"pin": "0.9"}, report([])) == [
+        "the pin moved: 0.9 -> 1.0.0 (cells not compared)"]
+
+
+def test_make_status_passes_fail_on_change():
+    make = subprocess.run(["make", "-n", "status", "FAIL_ON_CHANGE=1"], cwd=REPO,
+                          capture_output=True, text=True, check=True).stdout
+    assert "--fail-on-change" in make
+    make = subprocess.run(["make", "-n", "status"], cwd=REPO, capture_output=True, text=True,
+                          check=True).stdout
+    assert "--fail-on-change" not in make
