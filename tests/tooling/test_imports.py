@@ -14,7 +14,7 @@ ALLOWED = {
     "common": {"common"},
     "build": {"common", "build", "dist"},  # the wheelhouse keeps the simple index in step
     "dist": {"common", "dist"},
-    "upstream": {"common", "build", "upstream"},  # apply and fetch of the release trees
+    "upstream": {"common", "build", "testing", "upstream"},  # release trees; the runtime venv of a rebase
     "testing": {"common", "build", "testing"},
     "commands": {"common", "build", "dist", "upstream", "testing", "commands"},
 }

@@ -21,6 +21,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import threading
 import zipfile
 from pathlib import Path
@@ -29,15 +30,47 @@ from vllm_overlay.build import fetch, supplyenv
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.http import redact
 from vllm_overlay.common.paths import REPO, cache_dir
-from vllm_overlay.common.requirements import normalize_name
+from vllm_overlay.common.requirements import normalize_name, requirement_lines
 
 PYTHON = "3.11"  # the interpreter the locks are resolved for (the test environment's)
 PLATFORM = "manylinux_2_31"  # the upstream wheels' platform tag
 TEST_REQUIREMENTS = Path("tests") / "upstream" / "requirements-test.txt"
+RUNTIME_REQUIREMENTS = "requirements/cuda.txt"  # inside the sdist; it includes common.txt
 _ENTRY_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==(\S+)")
 
 
 _snapshots = threading.local()  # repo -> the locks/ snapshot of the build this thread runs
+
+
+def sdist_requirements(sdist: Path, top: str = RUNTIME_REQUIREMENTS) -> list[str]:
+    """The runtime pins the sdist declares: `top` with its `-r` includes expanded, in order.
+    The runtime venv no longer installs these directly: it installs locks/runtime-<arch>.txt,
+    which `make lock` resolves from the wheel's Requires-Dist (setup.py's copy of them); after
+    a pin move (`make rebase`) run `make lock` so the two agree again."""
+    try:
+        with tarfile.open(sdist) as tar:
+            root = tar.getmembers()[0].name.split("/", 1)[0]
+
+            def read(name: str, seen: tuple[str, ...]) -> list[str]:
+                if name in seen:
+                    raise OverlayError(f"{sdist.name}: {name} includes itself via -r")
+                member = tar.extractfile(f"{root}/{name}")
+                if member is None:
+                    raise OverlayError(f"{sdist.name}: {name} is not a file")
+                out = []
+                for line in requirement_lines(member.read().decode()):
+                    if line.startswith(("-r ", "--requirement ")):
+                        include = str(Path(name).parent / line.split(None, 1)[1])
+                        out += read(include, (*seen, name))
+                    else:
+                        out.append(line)
+                return out
+
+            return read(top, ())
+    except KeyError as exc:
+        raise OverlayError(f"{sdist.name}: no {exc.args[0]} in the sdist") from exc
+    except (tarfile.TarError, OSError) as exc:
+        raise OverlayError(f"{sdist}: cannot read requirements: {exc}") from exc
 
 
 def lock_dir(repo: Path = REPO) -> Path:

@@ -10,7 +10,6 @@ exists, and the 11 GB are installed once for both.
 """
 
 import sys
-import tarfile
 from pathlib import Path
 
 from vllm_overlay.build import constraints
@@ -21,39 +20,7 @@ from vllm_overlay.common.requirements import requirement_lines
 from vllm_overlay.common.paths import REPO, cache_dir
 
 TEST_REQUIREMENTS = REPO / "tests" / "upstream" / "requirements-test.txt"
-RUNTIME_REQUIREMENTS = "requirements/cuda.txt"  # inside the sdist; it includes common.txt
 _log = log.stage("venv")
-
-
-def sdist_requirements(sdist: Path, top: str = RUNTIME_REQUIREMENTS) -> list[str]:
-    """The runtime pins the sdist declares: `top` with its `-r` includes expanded, in order.
-    The runtime venv no longer installs these directly: it installs locks/runtime-<arch>.txt,
-    which `make lock` resolves from the wheel's Requires-Dist (setup.py's copy of them); after
-    a pin move (`make rebase`) run `make lock` so the two agree again."""
-    try:
-        with tarfile.open(sdist) as tar:
-            root = tar.getmembers()[0].name.split("/", 1)[0]
-
-            def read(name: str, seen: tuple[str, ...]) -> list[str]:
-                if name in seen:
-                    raise OverlayError(f"{sdist.name}: {name} includes itself via -r")
-                member = tar.extractfile(f"{root}/{name}")
-                if member is None:
-                    raise OverlayError(f"{sdist.name}: {name} is not a file")
-                out = []
-                for line in requirement_lines(member.read().decode()):
-                    if line.startswith(("-r ", "--requirement ")):
-                        include = str(Path(name).parent / line.split(None, 1)[1])
-                        out += read(include, (*seen, name))
-                    else:
-                        out.append(line)
-                return out
-
-            return read(top, ())
-    except KeyError as exc:
-        raise OverlayError(f"{sdist.name}: no {exc.args[0]} in the sdist") from exc
-    except (tarfile.TarError, OSError) as exc:
-        raise OverlayError(f"{sdist}: cannot read requirements: {exc}") from exc
 
 
 def test_requirements(path: Path = TEST_REQUIREMENTS) -> list[str]:

@@ -24,7 +24,6 @@ from vllm_overlay.common.fs import atomic_write
 from vllm_overlay.common.http import redact
 from vllm_overlay.common.paths import cache_dir
 from vllm_overlay.common.requirements import normalize_name
-from vllm_overlay.testing import testenv
 
 PYPI = "https://pypi.org/simple"
 RECHECK_NO = 6 * 3600  # s: a "no" is resolved again after this (the index may get the pin)
@@ -54,7 +53,7 @@ def requirements(sdist: Path) -> list[str]:
         return json.loads(where.read_text())
     except (OSError, ValueError):
         pass
-    lines = testenv.sdist_requirements(sdist)
+    lines = constraints.sdist_requirements(sdist)
     where.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(where, json.dumps(lines) + "\n")
     return lines

@@ -298,7 +298,7 @@ def test_rebase_stops_at_a_conflict_then_continue_completes(repo, tmp_path, caps
     assert "B_OURS = 'ours'" in (fresh_tree / "vllm/b.py").read_text()
     assert "D_13 = 'upstream'" in (fresh_tree / "vllm/d.py").read_text()
     # the runtime venv (make test) and the build venv (MODE=precompiled) follow the new pin
-    assert testenv.sdist_requirements(fetch.blob_path(the_pin.sdist.sha256)) == [
+    assert constraints.sdist_requirements(fetch.blob_path(the_pin.sdist.sha256)) == [
         "numpy", "torch==2.11.0"]
     assert the_pin.source_build.torch == "2.11.0"
     assert setup_py.build_requirements(fresh_tree, the_pin.source_build.torch) == [
