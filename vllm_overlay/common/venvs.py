@@ -51,7 +51,7 @@ def locked_venv_dir(name: str, locks: list[Path]) -> Path:
     return venv_dir(name, [], "\n".join(path.read_text() for path in locks))
 
 
-def ensure_locked_venv(name: str, locks: list[Path], rebuild: bool = False,
+def ensure_locked_venv(name: str, locks: list[Path], *, rebuild: bool = False,
                        log: Path | None = None) -> Path:
     """A venv holding exactly the packages of `locks` (hash-locked, complete): installed
     with --no-deps --require-hashes, then `pip check`; keyed by the locks' text."""
@@ -62,7 +62,7 @@ def ensure_locked_venv(name: str, locks: list[Path], rebuild: bool = False,
 
 
 def ensure_venv(name: str, requirements: list[str], extra_key: str = "",
-                install_args: tuple[str, ...] = (), check: bool = False,
+                install_args: tuple[str, ...] = (), *, check: bool = False,
                 rebuild: bool = False, log: Path | None = None) -> Path:
     """Path of a ready venv with `requirements` installed (pip output shown as progress, or
     written to `log` when the venv is made beside other work); `check`: run `pip check`

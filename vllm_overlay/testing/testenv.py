@@ -35,7 +35,7 @@ def ensure_base(arch: str = "x86_64", repo: Path = REPO, log: Path | None = None
     files = [constraints.runtime_lock(arch, repo), constraints.test_lock(arch, repo)]
     for path in files:
         constraints.read_lock(path)  # a missing or unpinned lock: the error names `make lock`
-    return venvs.ensure_locked_venv("runtime", files, log)
+    return venvs.ensure_locked_venv("runtime", files, log=log)
 
 
 _INSTALLED = ("import importlib.metadata as m, json; print(json.dumps({d.metadata['Name']: "
