@@ -54,6 +54,8 @@ CASES = {
         "video", [[10, 4, 4], [2, 8, 8]], 1, 1, {64: 1}),
     "a batch split on the frame limit": ("video", [[5, 4, 4], [5, 4, 4]], 2, 0, {64: 2}),
     "an image bigger than the largest budget": ("image", [[1, 48, 24]], 0, 1, {}),
+    # 320 tokens > 256, 5 frames within the frame limit: a miss on tokens
+    "a video bigger than the largest budget": ("video", [[5, 16, 16]], 0, 1, {}),
 }
 DIFFS: dict[str, float] = {}
 

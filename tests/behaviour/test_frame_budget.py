@@ -315,3 +315,88 @@ def test_get_processing_info_per_model_config(tiny_qwen3_vl_dir, make_vllm_confi
     assert not hasattr(
         type(MULTIMODAL_REGISTRY).get_processing_info, "cache_info"
     )
+
+
+# ---------------------------------------------------------------------------
+# The frames method not implemented (issue 24, 0006): a model that inherits
+# SupportsEncoderCudaGraph gets the protocol's stub (its body is `...`, so it
+# answers None); one whose method answers None is the same case. Both are
+# treated as a missing method: one warning naming it, no encoder graphs
+# (auto frames would be max_batch_size * None).
+# ---------------------------------------------------------------------------
+
+
+def _inherits_protocol_without_frames(small_cls):
+    """A model class that subclasses the protocol and implements every method
+    of the small model except get_max_frames_per_video."""
+    from vllm.model_executor.models.interfaces import SupportsEncoderCudaGraph
+
+    # The small model's own methods come before the protocol's stubs in the
+    # MRO; get_max_frames_per_video resolves to the protocol's.
+    body = {
+        name: value
+        for name, value in vars(small_cls).items()
+        if name != "get_max_frames_per_video" and not name.startswith("__")
+    }
+    body["__init__"] = lambda self, **kwargs: small_cls.__init__(self, **kwargs)
+    cls = type("InheritsProtocolStub", (SupportsEncoderCudaGraph, small_cls), body)
+    assert cls.get_max_frames_per_video is (
+        vars(SupportsEncoderCudaGraph)["get_max_frames_per_video"]
+    )
+    return cls
+
+
+@pytest.mark.parametrize("case", ["inherited-stub", "answers-none"])
+def test_frames_method_stub_or_none_is_a_missing_method(
+    tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model, vllm_logs, case
+):
+    from vllm.logger import _print_warning_once
+    from vllm.v1.worker.encoder_cudagraph import create_encoder_cudagraph_manager
+
+    vllm_config = make_vllm_config(
+        tiny_qwen3_vl_dir,
+        max_num_batched_tokens=2048,
+        compilation={"cudagraph_mm_encoder": True},
+    )
+    small = make_encoder_cg_model()
+    if case == "inherited-stub":
+        model = _inherits_protocol_without_frames(type(small))()
+        assert model.get_max_frames_per_video() is None  # the protocol's `...`
+    else:
+        model = small
+        model.get_max_frames_per_video = lambda: None
+    _print_warning_once.cache_clear()
+    for _ in range(2):  # the runner asks for a manager at profile and capture
+        mgr = create_encoder_cudagraph_manager(
+            vllm_config, torch.device("cpu"), torch.float32, model
+        )
+        assert mgr is None
+    warned = [
+        r.getMessage()
+        for r in vllm_logs
+        if r.levelno == logging.WARNING and "get_max_frames_per_video" in r.getMessage()
+    ]
+    assert len(warned) == 1, warned
+    assert "cudagraph_mm_encoder" in warned[0]
+    assert type(model).__name__ in warned[0]
+
+
+def test_frames_method_stub_unused_without_video(
+    tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model
+):
+    """With video off (limit 0) the frames method is never asked: a model
+    whose frames method answers None keeps its image graphs."""
+    vllm_config = make_vllm_config(
+        tiny_qwen3_vl_dir,
+        compilation={"cudagraph_mm_encoder": True},
+        limit_mm_per_prompt={"video": 0},
+    )
+    model = make_encoder_cg_model()
+    model.get_max_frames_per_video = lambda: None
+    from vllm.v1.worker.encoder_cudagraph import create_encoder_cudagraph_manager
+
+    mgr = create_encoder_cudagraph_manager(
+        vllm_config, torch.device("cpu"), torch.float32, model
+    )
+    assert mgr is not None and mgr.max_frames_per_batch == 0
+    assert mgr.supports_modality("image") and not mgr.supports_modality("video")

@@ -2,9 +2,11 @@
 
 Nano-Nemotron-VL's processing info answers get_mm_max_tokens_per_item itself:
 image -> an upper bound on the tokens of an image over every size the
-processor accepts (get_image_max_tokens_bound): for a limit of one image per
-prompt attained, so exact (with the dynamic tiler by an image 1 patch high,
-which the tiler regrids to 2 x the per-image patch cap); for a limit of
+processor accepts (get_image_max_tokens_bound), for the configured image
+limit per prompt (limit_mm_per_prompt), not the count passed in: the engine
+(MultiModalBudget) always asks with a count of 1. For a limit of one image
+per prompt attained, so exact (with the dynamic tiler by an image 1 patch
+high, which the tiler regrids to 2 x the per-image patch cap); for a limit of
 several, the dynamic tiler moves budget between the images of a prompt, so
 the bound is the prompt's whole patch budget less 4 patches per other image,
 capped at seq_len; video / audio -> seq_len, only for supported
@@ -16,8 +18,10 @@ bound with the dynamic tiler).
 Real vLLM classes throughout (processing info, dummy builder, multimodal
 processor as registered on the model class, the encoder-budget helper that
 the scheduler uses). The checkpoints need remote code from the hub, so the HF
-config and tokenizer are small hand-written ones, and the model config is a
-small stand-in exposing what the processing context reads.
+config and tokenizer are small hand-written ones; most tests use a small
+stand-in model config exposing what the processing context reads, and the
+engine-path tests at the end a real VllmConfig (EngineArgs) with
+MultiModalBudget and the InputProcessor.
 """
 
 import pytest
@@ -69,13 +73,15 @@ class StandInModelConfig:
         hf_config: PretrainedConfig,
         max_model_len: int,
         mm_processor_kwargs: dict | None = None,
+        image_limit: int = 1,
     ) -> None:
         self.model = "tiny-nano-nemotron-vl"
         self.hf_config = hf_config
         self.max_model_len = max_model_len
         self.dtype = torch.float32
         self.multimodal_config = MultiModalConfig(
-            mm_processor_kwargs=mm_processor_kwargs
+            mm_processor_kwargs=mm_processor_kwargs,
+            limit_per_prompt={"image": image_limit},
         )
 
     def get_multimodal_config(self) -> MultiModalConfig:
@@ -129,6 +135,7 @@ def make_processor(
     video: bool = True,
     audio: bool = False,
     max_model_len: int = 1024,
+    image_limit: int = 1,
 ) -> NanoNemotronVLMultiModalProcessor:
     hf_config = make_hf_config(
         dynamic=dynamic,
@@ -137,7 +144,7 @@ def make_processor(
         audio=audio,
     )
     kwargs = None if max_num_tiles is None else {"max_num_tiles": max_num_tiles}
-    model_config = StandInModelConfig(hf_config, max_model_len, kwargs)
+    model_config = StandInModelConfig(hf_config, max_model_len, kwargs, image_limit)
     ctx = InputProcessingContext(model_config, make_tokenizer(with_video_token=video))
     # The factories registered on the model class, as the registry uses them.
     processor = NemotronH_Nano_VL_V2._processor_factory.build_processor(ctx)
@@ -434,18 +441,19 @@ SHARED_BUDGET_SIZES = [(30858, 16), (145, 2672), (37251, 871), (29879, 519687)]
 def test_no_image_exceeds_the_bound_in_multi_image_prompts(
     sizes, extra_images, max_model_len, max_num_patches, min_num_patches
 ):
+    # The limit per prompt is at least the number of images in the prompt;
+    # the bound is what the scheduler's encoder budget sees for that limit
+    # (it asks with a count of 1, as MultiModalBudget does).
     processor = make_processor(
         dynamic=True,
         max_num_patches=max_num_patches,
         min_num_patches=min_num_patches,
         max_model_len=max_model_len,
+        image_limit=len(sizes) + extra_images,
     )
     info = processor.info
-    # The limit per prompt is at least the number of images in the prompt;
-    # the bound is what the scheduler's encoder budget sees for that limit.
-    count = len(sizes) + extra_images
     bound = get_mm_max_toks_per_item(
-        info.ctx.model_config, MULTIMODAL_REGISTRY, processor, {"image": count}
+        info.ctx.model_config, MULTIMODAL_REGISTRY, processor, {"image": 1}
     )["image"]
     assert bound >= min(info.get_image_max_tokens_bound(1), max_model_len)
     tokens = tokens_of_sizes(processor, sizes)
@@ -468,11 +476,14 @@ def test_no_image_exceeds_the_bound_in_multi_image_prompts(
 def test_search_for_images_that_gain_budget(sizes, setting):
     max_model_len, max_num_patches = setting
     processor = make_processor(
-        dynamic=True, max_num_patches=max_num_patches, max_model_len=max_model_len
+        dynamic=True,
+        max_num_patches=max_num_patches,
+        max_model_len=max_model_len,
+        image_limit=len(sizes),
     )
     info = processor.info
     bound = get_mm_max_toks_per_item(
-        info.ctx.model_config, MULTIMODAL_REGISTRY, processor, {"image": len(sizes)}
+        info.ctx.model_config, MULTIMODAL_REGISTRY, processor, {"image": 1}
     )["image"]
     tokens = tokens_of_sizes(processor, sizes)
     if tokens is None:
@@ -482,10 +493,276 @@ def test_search_for_images_that_gain_budget(sizes, setting):
 
 
 def test_shared_budget_needs_the_multi_image_bound():
-    processor = make_processor(dynamic=True, max_num_patches=1000, max_model_len=1024)
-    info = processor.info
-    assert max(tokens_of_sizes(processor, SHARED_BUDGET_SIZES)) == 904
-    assert info.get_mm_max_tokens_per_item(1024, {"image": 1}) == {"image": 500}
+    """The bound follows the configured image limit, whatever count the
+    caller passes (the engine passes 1)."""
+    one = make_processor(dynamic=True, max_num_patches=1000, max_model_len=1024)
+    assert max(tokens_of_sizes(one, SHARED_BUDGET_SIZES)) == 904
+    assert one.info.get_mm_max_tokens_per_item(1024, {"image": 1}) == {"image": 500}
+    four = make_processor(
+        dynamic=True, max_num_patches=1000, max_model_len=1024, image_limit=4
+    )
     # 4 * (1024 - 4) patches less 2 x 2 for the other image, 4 per token.
-    assert info.get_mm_max_tokens_per_item(1024, {"image": 4}) == {"image": 1019}
-    assert info.get_mm_max_tokens_per_item(1000, {"image": 4}) == {"image": 1000}
+    for count in (1, 4):
+        assert four.info.get_mm_max_tokens_per_item(1024, {"image": count}) == {
+            "image": 1019
+        }
+    assert four.info.get_mm_max_tokens_per_item(1000, {"image": 1}) == {
+        "image": 1000
+    }
+
+
+# ---------------------------------------------------------------------------
+# Through the engine's own path: a real VllmConfig (EngineArgs), the real
+# MultiModalBudget (what sizes the encoder cache; it asks the processing info
+# with a count of 1 for every modality, whatever limit_mm_per_prompt says)
+# and the real InputProcessor (what refuses an item above the encoder cache).
+# The checkpoints' HF config class is remote code, so the model directory
+# ships a tiny one of its own (trust_remote_code, loaded from the directory,
+# no hub); the text config is transformers' NemotronHConfig.
+# ---------------------------------------------------------------------------
+
+REMOTE_CONFIG = '''
+from transformers import NemotronHConfig, PretrainedConfig
+
+
+class TinyNanoNemotronVLConfig(PretrainedConfig):
+    model_type = "tiny_nano_nemotron_vl"
+
+    def __init__(self, text_config=None, vision_config=None, **kwargs):
+        super().__init__(**kwargs)
+        self.text_config = NemotronHConfig(**(text_config or {}))
+        self.vision_config = PretrainedConfig(**(vision_config or {}))
+'''
+
+
+def write_nano_nemotron_vl_dir(path, *, max_num_patches: int, min_num_patches: int):
+    import json
+
+    path.mkdir(parents=True)
+    (path / "configuration_tiny_nano_nemotron_vl.py").write_text(REMOTE_CONFIG)
+    config = {
+        "architectures": ["NemotronH_Nano_VL_V2"],
+        "model_type": "tiny_nano_nemotron_vl",
+        "auto_map": {
+            "AutoConfig": "configuration_tiny_nano_nemotron_vl.TinyNanoNemotronVLConfig"
+        },
+        "force_image_size": IMAGE_SIZE,
+        "patch_size": PATCH_SIZE,
+        "downsample_ratio": 0.5,
+        "use_thumbnail": True,
+        "norm_mean": [0.5, 0.5, 0.5],
+        "norm_std": [0.5, 0.5, 0.5],
+        "text_config": {
+            "hidden_size": 64,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "head_dim": 32,
+            "intermediate_size": 64,
+            "vocab_size": 64,
+            "max_position_embeddings": 65536,
+            "mamba_num_heads": 2,
+            "mamba_head_dim": 16,
+            "ssm_state_size": 8,
+            "n_groups": 1,
+            "hybrid_override_pattern": "M*",
+        },
+        "vision_config": {
+            "args": {
+                "min_num_patches": min_num_patches,
+                "max_num_patches": max_num_patches,
+            }
+        },
+    }
+    (path / "config.json").write_text(json.dumps(config))
+    make_tokenizer(with_video_token=True).save_pretrained(path)
+    return path
+
+
+_ENGINE_CONFIGS: dict = {}
+
+
+@pytest.fixture(scope="module")
+def engine_config(cpu_platform, tmp_path_factory):
+    """engine_config(max_model_len, max_num_patches, min_num_patches,
+    image_limit, max_num_batched_tokens=None) -> real VllmConfig (cached)."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    def build(
+        max_model_len, max_num_patches, min_num_patches, image_limit,
+        max_num_batched_tokens=None,
+    ):
+        key = (max_model_len, max_num_patches, min_num_patches, image_limit,
+               max_num_batched_tokens)
+        if key not in _ENGINE_CONFIGS:
+            model_dir = write_nano_nemotron_vl_dir(
+                tmp_path_factory.mktemp("nano-nemotron-vl") / "model",
+                max_num_patches=max_num_patches,
+                min_num_patches=min_num_patches,
+            )
+            _ENGINE_CONFIGS[key] = EngineArgs(
+                model=str(model_dir),
+                trust_remote_code=True,
+                dtype="float32",
+                max_model_len=max_model_len,
+                max_num_batched_tokens=max_num_batched_tokens,
+                limit_mm_per_prompt={"image": image_limit, "video": 0},
+                # 0.19.1's processor-cache path (call_hf_processor_mm_only)
+                # calls HF ProcessorMixin._merge_kwargs, which vLLM's own
+                # NanoNemotronVLProcessor lacks: process without the cache.
+                mm_processor_cache_gb=0,
+            ).create_engine_config()
+        return _ENGINE_CONFIGS[key]
+
+    return build
+
+
+_BUDGETS: dict = {}
+
+
+def engine_budget(vllm_config):
+    from vllm.multimodal.encoder_budget import MultiModalBudget
+
+    if id(vllm_config) not in _BUDGETS:
+        _BUDGETS[id(vllm_config)] = MultiModalBudget(vllm_config, MULTIMODAL_REGISTRY)
+    return _BUDGETS[id(vllm_config)]
+
+
+def tiler_tokens(tiler, sizes) -> list[int] | None:
+    """Tokens of each image of a prompt made of these images alone, as the
+    processor assigns them (_images_to_pixel_values_lst: compute_params over
+    all images at once, text length 0), or None where it refuses them."""
+    images = [SizeOnlyImage(width, height) for width, height in sizes]
+    try:
+        params = tiler.compute_params(
+            images, tiler.max_num_tokens_available(text_prompt_length=0)
+        )
+    except (ZeroDivisionError, ValueError):
+        return None
+    finally:
+        for image in images:
+            tiler.feature_size_cache.pop(id(image), None)
+    if any(0 in p.patch_size for p in params):
+        return None  # a grid side of 0 makes the resize fail
+    return [p.num_embeddings for p in params]
+
+
+# (max_model_len, max_num_patches, min_num_patches, image limit per prompt)
+ENGINE_SETTINGS = [
+    (1024, 1000, 4, 4),
+    (16384, 13312, 4, 6),
+    (1024, 1000, 4, 1),
+    (4096, 0, 4, 3),
+    (256, 20_000, 16, 2),
+    (1024, 300, 256, 5),
+    (4096, 2000, 1, 999),  # the default limit
+]
+
+# 4 moderate images (at most 1.4 Mpx each) at max_model_len 1024 /
+# max_num_patches 1000: the third gets 803 tokens, the one-image bound is 500;
+# the prompt is 1001 tokens (each image adds 2 marker tokens).
+SHARED_BUDGET_PHOTOS = [(574, 2086), (2551, 54), (39038, 34), (1473, 364)]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(setting=st.sampled_from(ENGINE_SETTINGS), data=st.data())
+@example(setting=(1024, 1000, 4, 4), data=None)
+def test_engine_image_bound_holds_for_every_accepted_prompt(
+    engine_config, setting, data
+):
+    """Whatever images a prompt within limit_mm_per_prompt holds, none gets
+    more tokens than the per-item bound MultiModalBudget computed (so none
+    exceeds the encoder cache), except in prompts longer than max_model_len,
+    which the engine refuses anyway."""
+    max_model_len, max_num_patches, min_num_patches, limit = setting
+    budget = engine_budget(
+        engine_config(max_model_len, max_num_patches, min_num_patches, limit)
+    )
+    bound = budget.mm_max_toks_per_item["image"]
+    assert bound <= budget.encoder_cache_size
+    if data is None:
+        sizes = SHARED_BUDGET_SIZES
+    else:
+        sizes = data.draw(
+            st.lists(st.tuples(SIDE, SIDE), min_size=1, max_size=min(limit, 6))
+        )
+    tiler = budget.processor.info.get_hf_processor().dynamic_tiler
+    tokens = tiler_tokens(tiler, sizes)
+    if tokens is None:
+        return
+    prompt_len = sum(n + 2 for n in tokens)
+    assert max(tokens) <= bound or prompt_len > max_model_len, (tokens, bound)
+    if limit == 1:
+        # One image per prompt: the one-image bound, exact.
+        assert bound == budget.processor.info.get_image_max_tokens_bound(1)
+
+
+# Images that gain budget are rare among random prompts: a search steered by
+# target() where the per-image cap is far below the prompt's budget finds
+# them (it fails with the one-image bound the engine asked for before).
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sizes=st.lists(st.tuples(SIDE, SIDE), min_size=3, max_size=6),
+    setting=st.sampled_from([(1024, 1000, 4, 6), (16384, 13312, 4, 6)]),
+)
+def test_engine_search_for_images_that_gain_budget(engine_config, sizes, setting):
+    budget = engine_budget(engine_config(*setting))
+    bound = budget.mm_max_toks_per_item["image"]
+    info = budget.processor.info
+    tokens = tiler_tokens(info.get_hf_processor().dynamic_tiler, sizes)
+    if tokens is None:
+        return
+    prompt_len = sum(n + 2 for n in tokens)
+    assert max(tokens) <= bound or prompt_len > setting[0], (tokens, bound)
+    target(max(tokens) / info.get_image_max_tokens_bound(1), label=str(setting))
+
+
+def test_engine_accepts_a_multi_image_prompt_within_the_limit(engine_config):
+    """The whole request path: 4 real images (pixels, the real multimodal
+    processor) in a prompt of 1001 tokens, within max_model_len 1024 and an
+    image limit of 4. One image gets 803 tokens, more than any image alone
+    (500); an encoder cache sized from the one-image bound (max(512
+    max_num_batched_tokens, 500)) refuses the request."""
+    from vllm import SamplingParams
+    from vllm.v1.engine.input_processor import InputProcessor
+
+    vllm_config = engine_config(1024, 1000, 4, 4, max_num_batched_tokens=512)
+    input_processor = InputProcessor(vllm_config)
+    images = [Image.new("RGB", size) for size in SHARED_BUDGET_PHOTOS]
+    request = input_processor.process_inputs(
+        "multi-image",
+        {"prompt": "<image>" * 4, "multi_modal_data": {"image": images}},
+        SamplingParams(max_tokens=1),
+        ("generate",),
+    )
+
+    budget = engine_budget(vllm_config)
+    assert budget.processor.info.get_image_max_tokens_bound(1) == 500
+    # 4 * (1024 - 4) patches less 2 x 2 for the other image, 4 per token.
+    assert budget.mm_max_toks_per_item == {"image": 1019}
+    assert input_processor.mm_encoder_cache_size == 1019
+    tokens = [f.mm_position.get_num_embeds() for f in request.mm_features]
+    assert tokens == tiler_tokens(
+        budget.processor.info.get_hf_processor().dynamic_tiler, SHARED_BUDGET_PHOTOS
+    )
+    assert max(tokens) == 803
+    assert len(request.prompt_token_ids) <= 1024
+
+
+def test_engine_limit_of_one_image_keeps_the_exact_bound(engine_config):
+    """limit_mm_per_prompt image=1: the bound stays the one-image bound (500,
+    attained), and a prompt of two images is refused by the limit."""
+    from vllm import SamplingParams
+    from vllm.v1.engine.input_processor import InputProcessor
+
+    vllm_config = engine_config(1024, 1000, 4, 1, max_num_batched_tokens=512)
+    assert engine_budget(vllm_config).mm_max_toks_per_item == {"image": 500}
+    input_processor = InputProcessor(vllm_config)
+    assert input_processor.mm_encoder_cache_size == 512
+    images = [Image.new("RGB", size) for size in SHARED_BUDGET_PHOTOS[:2]]
+    with pytest.raises(ValueError, match="At most 1 image"):
+        input_processor.process_inputs(
+            "two-images",
+            {"prompt": "<image>" * 2, "multi_modal_data": {"image": images}},
+            SamplingParams(max_tokens=1),
+            ("generate",),
+        )
