@@ -181,9 +181,14 @@ def uv_compile(sources: list[str], out: str, arch: str,
 
 
 def _index_args() -> list[str]:
+    """pip's indexes as uv flags, with pip's semantics: pip takes the best match over all its
+    indexes, while uv by default takes a package from the first index that has it, and puts
+    --extra-index-url before --index-url (a partial local mirror in pip's extra indexes then
+    hides PyPI's versions: `lark==1.2.2` unsatisfiable)."""
     indexes = fetch.pip_index_urls()
     return ["--index-url", indexes[0], *(a for url in indexes[1:]
-                                         for a in ("--extra-index-url", url))]
+                                         for a in ("--extra-index-url", url)),
+            "--index-strategy", "unsafe-best-match"]
 
 
 def _uv_env() -> dict[str, str]:

@@ -94,6 +94,8 @@ def test_lock_runs_uv_with_pips_index_settings_and_its_cache_in_ours(fake_uv, tm
     assert argv[argv.index("--index-url") + 1] == "http://user:pw-secret@127.0.0.1:9/simple"
     assert [argv[i + 1] for i, a in enumerate(argv) if a == "--extra-index-url"] == \
         ["http://127.0.0.2:9/a", "http://127.0.0.2:9/b"]
+    # pip's best match over all its indexes, not uv's first index that has the package
+    assert argv[argv.index("--index-strategy") + 1] == "unsafe-best-match"
     assert "UV_INDEX_URL" not in call["env"]  # pip's settings decide, not a stray uv one
     assert Path(call["env"]["UV_CACHE_DIR"]) == cache / "uv"
     assert "pw-secret" not in capfd.readouterr().err  # the echoed command is redacted
