@@ -8,10 +8,10 @@ FROM ${VLLM_BASE_IMAGE}
 
 ARG VLLM_BASE_IMAGE
 ARG UPSTREAM_VERSION=0.19.1
-ARG OVERLAY_VERSION=0.19.1+mmcg.1
-ARG WHEEL=vllm-0.19.1+mmcg.1-cp38-abi3-manylinux_2_31_x86_64.whl
+ARG OVERLAY_VERSION=0.19.1+mmcg.2
+ARG WHEEL=vllm-0.19.1+mmcg.2-cp38-abi3-manylinux_2_31_x86_64.whl
 # The wheel's SBOM copy beside it in wheelhouse/ (the same bytes as the one inside it).
-ARG SBOM=vllm-0.19.1+mmcg.1-cp38-abi3-manylinux_2_31_x86_64.cdx.json
+ARG SBOM=vllm-0.19.1+mmcg.2-cp38-abi3-manylinux_2_31_x86_64.cdx.json
 # From the wheelhouse manifest; empty means "not built through make docker" (refused).
 ARG WHEEL_SHA256=
 ARG SERIES_SHA256=

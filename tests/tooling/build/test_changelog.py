@@ -20,6 +20,7 @@ def repo(tmp_path):
         shutil.copy(REPO / name, root / name)
     for name in ("patches", "locks"):
         shutil.copytree(REPO / name, root / name)
+    (root / "VERSION").write_text("0.19.1+mmcg.1\n")  # the names below, whatever VERSION is now
     return root
 
 
