@@ -48,7 +48,7 @@ from typing import Any
 
 import torch
 
-from qwen3_vl_cpu import encoder_inputs, fa_attention
+from qwen3_vl_cpu import encoder_inputs, fa_attention, max_abs_diffs
 
 FREE_MEMORY = 64 << 30
 
@@ -250,20 +250,8 @@ def eager_embeddings(model, items) -> list[torch.Tensor]:
     return out
 
 
-def item_diffs(got, want) -> list[float]:
-    """Max abs difference per item; inf where the shape differs or a value is not
-    finite, and for every item one side lacks."""
-    diffs = []
-    for g, w in zip(got, want):
-        if g.shape != w.shape or not torch.isfinite(g).all():
-            diffs.append(float("inf"))
-        else:
-            diffs.append((g - w).abs().max().item())
-    return diffs + [float("inf")] * abs(len(got) - len(want))
-
-
 def assert_items_match(got, want, tol: float) -> float:
     """Item by item within ``tol``; the worst difference."""
-    diffs = item_diffs(got, want)
+    diffs = max_abs_diffs(got, want)
     assert diffs and max(diffs) < tol, f"_execute_mm_encoder vs eager, per item: {diffs}"
     return max(diffs)

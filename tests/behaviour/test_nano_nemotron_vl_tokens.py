@@ -402,22 +402,8 @@ def test_processed_images_within_bound(max_model_len, max_num_patches, size, tok
 def tokens_of_sizes(processor, sizes) -> list[int] | None:
     """Tokens of each image of a text-free prompt of these sizes, as the
     dynamic tiler assigns them all at once, or None where the processor
-    refuses the prompt (the tiler raises, or a grid side of 0 makes the
-    resize fail)."""
-    tiler = processor.info.get_hf_processor().dynamic_tiler
-    images = [SizeOnlyImage(width, height) for width, height in sizes]
-    try:
-        params = tiler.compute_params(
-            images, tiler.max_num_tokens_available(text_prompt_length=0)
-        )
-    except (ZeroDivisionError, ValueError):
-        return None
-    finally:
-        for image in images:
-            tiler.feature_size_cache.pop(id(image), None)
-    if any(0 in p.patch_size for p in params):
-        return None
-    return [p.num_embeddings for p in params]
+    refuses the prompt."""
+    return tiler_tokens(processor.info.get_hf_processor().dynamic_tiler, sizes)
 
 
 SIDE = st.one_of(st.integers(1, 64), st.integers(1, 8192), st.integers(1, 600_000))
