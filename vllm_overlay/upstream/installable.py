@@ -6,19 +6,18 @@ the same `uv pip compile` that `make lock` runs (constraints.compile_lock: CPyth
 manylinux_2_31, the arch), in a scratch folder. The answer is cached per requirements, arch
 and index settings (cache/installable/<key>.json), so a warm `make status` does not resolve
 again (a "no" is resolved again after RECHECK_NO: the index may have the pin by then); a failure that is not a resolution (no network, uv missing) is "unknown" and is not
-cached. uv reads its own index settings (UV_DEFAULT_INDEX / UV_INDEX_URL, UV_INDEX /
-UV_EXTRA_INDEX_URL; PyPI by default), not pip's: those are the indexes named here.
+cached. The indexes are pip's (pip config and PIP_INDEX_URL / PIP_EXTRA_INDEX_URL), which
+`make lock` hands to uv: those are the indexes named here.
 """
 
 import hashlib
 import json
-import os
 import re
 import tempfile
 import time
 from pathlib import Path
 
-from vllm_overlay.build import constraints
+from vllm_overlay.build import constraints, fetch
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.fs import atomic_write
 from vllm_overlay.common.http import redact
@@ -37,10 +36,7 @@ _CAUSES = [re.compile(rf"there is no version of {_NAME}"),
 
 def lock_indexes() -> list[str]:
     """The indexes `uv pip compile` (make lock) resolves from, credentials hidden."""
-    main = os.environ.get("UV_DEFAULT_INDEX") or os.environ.get("UV_INDEX_URL") or PYPI
-    extra = (os.environ.get("UV_INDEX", "") + " " +
-             os.environ.get("UV_EXTRA_INDEX_URL", "")).split()
-    return [redact(url) for url in [main, *extra]]
+    return [redact(url) for url in fetch.pip_index_urls()]
 
 
 def requirements(sdist: Path) -> list[str]:
@@ -62,9 +58,7 @@ def requirements(sdist: Path) -> list[str]:
 def _key(lines: list[str], arch: str) -> str:
     settings = {"requirements": lines, "arch": arch, "python": constraints.PYTHON,
                 "platform": constraints.PLATFORM,
-                "indexes": [os.environ.get(k, "") for k in (
-                    "UV_DEFAULT_INDEX", "UV_INDEX_URL", "UV_INDEX", "UV_EXTRA_INDEX_URL",
-                    "UV_INDEX_STRATEGY", "UV_CONFIG_FILE")]}
+                "indexes": fetch.pip_index_urls()}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 

@@ -144,8 +144,8 @@ def check_installable(the_pin: pin.Pin, files: dict[str, str], to: str) -> None:
                            f"from the configured indexes: {can['package']} not on "
                            f"{', '.join(can['indexes'])} (make lock would fail on it); nothing "
                            f"was changed: pick a release `make status` calls installable, or "
-                           f"configure an index that has {can['package']} (UV_INDEX_URL, "
-                           f"UV_EXTRA_INDEX_URL)")
+                           f"configure an index that has {can['package']} in pip's settings "
+                           f"(PIP_INDEX_URL, PIP_EXTRA_INDEX_URL or pip config)")
     _log.info(f"{to}: installable: {can['text']}")
 
 

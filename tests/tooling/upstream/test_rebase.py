@@ -16,6 +16,7 @@ import base64
 import hashlib
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -705,13 +706,13 @@ def test_new_version_keeps_the_local_label():
 
 def test_a_target_whose_runtime_does_not_resolve_is_refused_before_any_work(
         repo, network_lock, tmp_path, monkeypatch):
-    for name in ("UV_DEFAULT_INDEX", "UV_INDEX_URL", "UV_INDEX", "UV_EXTRA_INDEX_URL"):
-        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)  # pip's indexes: the release index alone
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "")
     network_lock.missing = {"torch==2.11.0"}  # the target's runtime pin, on no index
     before = pinned_bytes(repo)
     with pytest.raises(OverlayError, match=r"^rebase: 1.1.0 is not installable: its runtime "
                                            r"does not resolve from the configured indexes: "
-                                           r"torch==2.11.0 not on https://pypi.org/simple "
+                                           r"torch==2.11.0 not on file://\S+/index "
                                            r"\(make lock would fail on it\); nothing was "
                                            r"changed"):
         rebase_command.run(Args(to=TARGET), repo)
@@ -719,7 +720,7 @@ def test_a_target_whose_runtime_does_not_resolve_is_refused_before_any_work(
     wheel = lock_entry(tmp_path / "dist" / wheel_name(TARGET))["sha256"]
     assert not fetch.blob_path(wheel).exists()  # not even its wheel fetched
     network_lock.missing = set()  # the index has it now (another index setting, or later)
-    monkeypatch.setenv("UV_EXTRA_INDEX_URL", "https://internal.example/simple")
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "https://internal.example/simple")
     assert rebase_command.run(Args(to=TARGET), repo) == 1  # on to B's conflict
 
 

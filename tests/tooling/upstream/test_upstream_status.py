@@ -254,7 +254,8 @@ def test_bisect_cli_prints_steps_and_keeps_the_log(synth_upstream, monkeypatch, 
 
 def test_status_says_per_release_whether_its_runtime_installs(synth_upstream, network_lock,
                                                               monkeypatch, tmp_path):
-    for name in ("UV_DEFAULT_INDEX", "UV_INDEX_URL", "UV_INDEX", "UV_EXTRA_INDEX_URL"):
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)  # pip's indexes: PyPI alone
+    for name in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"):
         monkeypatch.delenv(name, raising=False)
     network_lock.missing = {NEW_RUNTIME_PIN}  # the configured index lacks it
     u = synth_upstream
@@ -274,7 +275,7 @@ def test_status_says_per_release_whether_its_runtime_installs(synth_upstream, ne
     compute(u, versions, urls)
     assert len(network_lock.calls) == calls
     # other index settings: resolved again
-    monkeypatch.setenv("UV_EXTRA_INDEX_URL", "https://user:secret@internal.example/simple")
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "https://user:secret@internal.example/simple")
     again = compute(u, ["1.0.10"], urls).releases[0].installable
     assert len(network_lock.calls) > calls
     assert again["text"] == (f"no ({NEW_RUNTIME_PIN} not on https://pypi.org/simple, "
@@ -300,7 +301,9 @@ def test_installability_names_what_the_real_uv_cannot_find(tmp_path, monkeypatch
     (project / "index.html").write_text(
         '<a href="flashinfer_python-0.6.8-py3-none-any.whl">'
         "flashinfer_python-0.6.8-py3-none-any.whl</a>\n")
-    monkeypatch.setenv("UV_INDEX_URL", (tmp_path / "simple").as_uri())
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)  # pip's indexes: this one alone
+    monkeypatch.setenv("PIP_INDEX_URL", (tmp_path / "simple").as_uri())
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "")
     result = installable.resolve([NEW_RUNTIME_PIN], "x86_64")
     assert result["installable"] is False, result
     assert result["text"] == f"no ({NEW_RUNTIME_PIN} not on {(tmp_path / 'simple').as_uri()})"
