@@ -31,6 +31,7 @@ from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.http import redact
 from vllm_overlay.common.paths import REPO, cache_dir
 from vllm_overlay.common.requirements import normalize_name, requirement_lines
+from vllm_overlay.common import wheelfile
 
 PYTHON = "3.11"  # the interpreter the locks are resolved for (the test environment's)
 PLATFORM = "manylinux_2_31"  # the upstream wheels' platform tag
@@ -159,7 +160,7 @@ def requires_dist(wheel: Path, version: str, name: str | None = None) -> list[st
     file name when it is stored under another (the sha256 cache)."""
     try:
         with zipfile.ZipFile(wheel) as zf:
-            metadata = zf.read(f"vllm-{version}.dist-info/METADATA").decode()
+            metadata = zf.read(wheelfile.dist_info(version) + "METADATA").decode()
     except (zipfile.BadZipFile, KeyError) as exc:
         raise OverlayError(f"{name or wheel.name} ({wheel}): not a valid wheel of vllm "
                            f"{version}: {exc}") from exc

@@ -24,6 +24,7 @@ from vllm_overlay.common.fs import sha256_file
 from vllm_overlay.common.series import Patch
 from vllm_overlay.common.wheelfile import name_tags, open_wheel, read_record, record_hash
 from vllm_overlay.build.zipraw import RawZipWriter
+from vllm_overlay.common import wheelfile
 
 # Changes that only a compiled (source / precompiled setup.py) build can carry.
 COMPILED = ("csrc/*", "cmake/*", "CMakeLists.txt", "*/CMakeLists.txt", "setup.py", "*.cu",
@@ -108,7 +109,7 @@ def _plan(upstream: Path, upstream_name: str, upstream_version: str, version: st
     tags = upstream_name[:-4].split("-", 2)[2]
     plan = WheelPlan(upstream, f"vllm-{version}-{tags}.whl", version, changed=shipped,
                      outside=outside)
-    old_info, new_info = f"vllm-{upstream_version}.dist-info/", f"vllm-{version}.dist-info/"
+    old_info, new_info = wheelfile.dist_info(upstream_version), wheelfile.dist_info(version)
     with zipfile.ZipFile(upstream) as zf:  # plan_wheel names a BadZipFile (corrupt cache?)
         names = zf.namelist()
         missing = [p for p, s in shipped.items() if s in "MD" and p not in names]
@@ -159,7 +160,7 @@ def render_record(plan: WheelPlan, upstream_rows: dict[str, tuple[str, str]]) ->
             writer.writerow([member.name, *upstream_rows[member.source]])
         else:
             writer.writerow([member.name, record_hash(member.data), len(member.data)])
-    writer.writerow([f"vllm-{plan.version}.dist-info/RECORD", "", ""])
+    writer.writerow([wheelfile.dist_info(plan.version) + "RECORD", "", ""])
     return out.getvalue().encode()
 
 

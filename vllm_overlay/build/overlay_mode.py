@@ -9,6 +9,7 @@ from vllm_overlay.build import wheelhouse as wheelhouse_store
 from vllm_overlay.build.zipraw import epoch_to_date_time
 from vllm_overlay.common import log, pin, series
 from vllm_overlay.common.paths import BUILD_TREES, REPO
+from vllm_overlay.common import wheelfile
 
 WHEELHOUSE = wheelhouse_store.WHEELHOUSE
 _log, _apply_log = log.stage("wheel"), log.stage("apply")
@@ -46,7 +47,7 @@ def build_overlay_wheel(arch: str = "x86_64", wheelhouse: Path = WHEELHOUSE,
             sha256 = overlay.write_wheel(plan, tmp, epoch_to_date_time(epoch),
                                          upstream_art.sha256, upstream_art.filename)
             verify.verify_wheel(plan, tmp, upstream_art.sha256,
-                                f"vllm-{the_pin.upstream_version}.dist-info/")
+                                wheelfile.dist_info(the_pin.upstream_version))
             sbom.check_wheel(tmp, the_pin.overlay_version, document)
             _log.info(f"apply {applied - started:.1f} s, wheel "
                       f"{time.monotonic() - applied:.1f} s")

@@ -14,7 +14,6 @@ every bom-ref is derived from names. The facts are gathered here (stdlib); the d
 made and schema-validated by cyclonedx-python-lib in the supply venv (cdx.py).
 """
 
-import base64
 import hashlib
 import json
 import uuid
@@ -27,13 +26,14 @@ from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.paths import REPO
 from vllm_overlay.common.pin import Pin
 from vllm_overlay.common.series import Patch
+from vllm_overlay.common import wheelfile
 
 MEMBER = "sboms/vllm.cdx.json"  # inside the dist-info directory (PEP 770)
 _URL_PREFIX = "https://github.com/"
 
 
 def member_name(version: str) -> str:
-    return f"vllm-{version}.dist-info/{MEMBER}"
+    return wheelfile.dist_info(version) + MEMBER
 
 
 def beside_name(wheel_name: str) -> str:
@@ -105,15 +105,14 @@ def check_wheel(wheel: Path, version: str, expected: bytes) -> None:
     at its PEP 770 path, listed in RECORD with the right hash and size."""
 
     name = member_name(version)
-    record_name = f"vllm-{version}.dist-info/RECORD"
+    record_name = wheelfile.dist_info(version) + "RECORD"
     with zipfile.ZipFile(wheel) as zf:
         if name not in zf.namelist():
             raise OverlayError(f"{wheel.name}: no SBOM member {name}")
         data = zf.read(name)
         record = zf.read(record_name).decode()
-    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
     rows = [line for line in record.splitlines() if line.split(",", 1)[0] == name]
-    if rows != [f"{name},sha256={digest},{len(data)}"]:
+    if rows != [f"{name},{wheelfile.record_hash(data)},{len(data)}"]:
         raise OverlayError(f"{wheel.name}: {record_name} has no correct row for {name} "
                            f"(found {rows})")
     if data != expected:
@@ -123,16 +122,15 @@ def check_wheel(wheel: Path, version: str, expected: bytes) -> None:
 def embed(wheel: Path, out: Path, version: str, document: bytes, date_time: tuple) -> None:
     """Write `wheel` plus the SBOM member (and its RECORD row) to `out`; every other member
     is copied raw (the setup.py modes: setuptools has no PEP 770 support)."""
-    name, record_name = member_name(version), f"vllm-{version}.dist-info/RECORD"
+    name, record_name = member_name(version), wheelfile.dist_info(version) + "RECORD"
     with zipfile.ZipFile(wheel) as zf, open(wheel, "rb") as src, open(out, "wb") as fp:
         infos = zf.infolist()
         if name in zf.namelist():
             raise OverlayError(f"{wheel.name}: already has {name}")
         record = zf.read(record_name).decode().splitlines()
-        digest = base64.urlsafe_b64encode(hashlib.sha256(document).digest()).rstrip(b"=")
         own = [row for row in record if row.startswith(record_name + ",")]
         rows = [row for row in record if row and row not in own]
-        rows += [f"{name},sha256={digest.decode()},{len(document)}", *own]
+        rows += [f"{name},{wheelfile.record_hash(document)},{len(document)}", *own]
         writer = RawZipWriter(fp)
         for info in infos:
             if info.filename == record_name:

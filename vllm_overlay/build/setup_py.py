@@ -38,6 +38,7 @@ from vllm_overlay.common.paths import BUILD_TREES, REPO
 from vllm_overlay.common.requirements import requirement_names
 from vllm_overlay.common.wheelfile import (check_version_and_tags, open_wheel, read_record,
                                            record_hash)
+from vllm_overlay.common import wheelfile
 
 # vLLM's build requirements: requirements/build.txt to 0.19, requirements/build/cuda.txt from 0.20
 BUILD_REQUIREMENTS = ("requirements/build.txt", "requirements/build/cuda.txt")
@@ -101,7 +102,7 @@ def verify_setup_wheel(built: Path, version: str, tree: Path,
     """RECORD correct, version everywhere, tags match the name, the tree's files shipped
     as they are; precompiled (`upstream` = wheel, dist-info): compiled and generated
     members byte-identical to upstream's (via both verified RECORDs)."""
-    dist_info = f"vllm-{version}.dist-info/"
+    dist_info = wheelfile.dist_info(version)
     if not built.name.startswith(f"vllm-{version}-"):
         raise OverlayError(f"{built.name}: not a wheel of version {version}")
     with open_wheel(built) as zf:
@@ -215,7 +216,7 @@ def build_setup_py_wheel(mode: str, arch: str = "x86_64",
             log_module.stage("verify").info(built[0].name)
             verify_setup_wheel(tmp, version, tree,
                                None if source else (upstream,
-                                                    f"vllm-{the_pin.upstream_version}.dist-info/"))
+                                                    wheelfile.dist_info(the_pin.upstream_version)))
             sbom.check_wheel(tmp, version, document)
             torch_version = subprocess.run(
                 [str(venvs.python_of(venv)), "-c", "import torch; print(torch.__version__)"],

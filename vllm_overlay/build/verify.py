@@ -7,7 +7,6 @@ vllm/_version.py and the WHEEL tags agree with the file name and VERSION. Upstre
 RECORD is checked once per upstream sha256 (remembered in the cache).
 """
 
-import base64
 import hashlib
 import zipfile
 from pathlib import Path
@@ -18,6 +17,7 @@ from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.paths import cache_dir
 from vllm_overlay.common.wheelfile import (check_version_and_tags, open_wheel, read_record,
                                            record_hash)
+from vllm_overlay.common import wheelfile
 
 _CHUNK = 4 << 20
 
@@ -55,7 +55,7 @@ def check_record_against_content(zf: zipfile.ZipFile, record_name: str,
             while chunk := member.read(_CHUNK):
                 digest.update(chunk)
                 size += len(chunk)
-        hashed = "sha256=" + base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode()
+        hashed = wheelfile.record_digest(digest.digest())
         if record[name] != (hashed, str(size)):
             raise OverlayError(f"{record_name}: wrong hash or size for {name}")
 
@@ -101,7 +101,7 @@ def verify_wheel(plan: WheelPlan, built: Path, upstream_sha256: str, upstream_di
             if not same:
                 raise OverlayError(f"{built.name}: {member.name} is not byte-identical to "
                                    f"upstream's {member.source}")
-        dist_info = f"vllm-{plan.version}.dist-info/"
+        dist_info = wheelfile.dist_info(plan.version)
         record = dist_info + "RECORD"
         check_record_against_content(zf_new, record, names=new_members)
         old_record = read_record(zf_old, upstream_dist_info + "RECORD")

@@ -12,8 +12,18 @@ from vllm_overlay.common.errors import OverlayError
 
 
 def record_hash(data: bytes) -> str:
-    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-    return f"sha256={digest}"
+    """A RECORD row's hash of `data`: sha256=<urlsafe base64, unpadded>."""
+    return record_digest(hashlib.sha256(data).digest())
+
+
+def record_digest(digest: bytes) -> str:
+    """The same for a sha256 digest already computed (a streamed member)."""
+    return "sha256=" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def dist_info(version: str, project: str = "vllm") -> str:
+    """The dist-info folder of a wheel of `project` `version`, with its trailing slash."""
+    return f"{project}-{version}.dist-info/"
 
 
 def name_tags(filename: str) -> list[str]:
