@@ -12,8 +12,11 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from vllm_overlay.build import fetch
+from vllm_overlay.common import pin, series
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.git import git
+from vllm_overlay.common.paths import REPO
 from vllm_overlay.common.series import Patch
 
 BASE_TAG = "upstream"
@@ -153,3 +156,12 @@ def changed_files(tree: Path) -> dict[str, str]:
     """path -> 'A'dded / 'M'odified / 'D'eleted between the base and HEAD (no renames)."""
     out = git(tree, "diff", "--name-status", "--no-renames", BASE_TAG, "HEAD").stdout
     return {path: status for status, path in (line.split("\t", 1) for line in out.splitlines())}
+
+
+def apply_pinned(tree: Path, patches_dir: Path = series.PATCHES, repo: Path = REPO) -> Path:
+    """The pinned sdist + the series as commits in tree/vllm-<version> (made anew): what
+    `make apply` gives a person and what `make check-patches` re-exports."""
+    the_pin = pin.load(repo)
+    sdist = fetch.fetch(the_pin.sdist, the_pin.project)
+    return apply_series(sdist, series.read_series(patches_dir),
+                        tree / f"vllm-{the_pin.upstream_version}", the_pin.released)

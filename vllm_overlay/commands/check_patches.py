@@ -3,8 +3,7 @@
 import tempfile
 from pathlib import Path
 
-from vllm_overlay.build import export
-from vllm_overlay.commands.apply import apply_fresh
+from vllm_overlay.build import apply, export
 from vllm_overlay.common import series
 from vllm_overlay.common.errors import OverlayError
 
@@ -18,7 +17,7 @@ def run(args) -> None:
     patches = series.read_series()
     problems = export.check_trailers(patches)
     with tempfile.TemporaryDirectory(prefix="check-patches-") as tmp:
-        tree = apply_fresh(Path(tmp) / "tree")
+        tree = apply.apply_pinned(Path(tmp) / "tree")
         fresh = Path(tmp) / "patches"
         export.export(tree, fresh)
         problems += export.compare_exports(series.PATCHES, fresh)

@@ -3,11 +3,10 @@
 from pathlib import Path
 
 from vllm_overlay.build import export
-from vllm_overlay.commands.apply import DEV_TREE
 from vllm_overlay.common import pin
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.git import git
-from vllm_overlay.common.paths import REPO
+from vllm_overlay.common.paths import DEV_TREE, REPO
 
 
 def add(sub) -> None:
