@@ -177,6 +177,12 @@ class Sdist:
     sha256: str
 
 
+def recorded_sha256(project: str, version: str) -> str | None:
+    """The sdist sha256 recorded for `version` (None: never downloaded); no hashing."""
+    record = _read_tofu().get(f"{project}-{version}.tar.gz")
+    return record["sha256"] if record else None
+
+
 def fetch_sdist(project: str, pin: Pin, version: str, urls: dict[str, str] | None,
                 progress: BatchProgress) -> Sdist:
     """The verified cached sdist of `version` (downloaded and recorded on first sight)."""

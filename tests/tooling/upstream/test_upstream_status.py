@@ -376,3 +376,30 @@ def test_make_status_passes_fail_on_change():
     make = subprocess.run(["make", "-n", "status"], cwd=REPO, capture_output=True, text=True,
                           check=True).stdout
     assert "--fail-on-change" not in make
+
+
+def test_warm_status_reuses_cached_cells_and_reads_pip_config_once(synth_upstream, monkeypatch,
+                                                                    tmp_path):
+    """A second `status` on the same releases, pin, series and code runs no git on the trees
+    (the cells are cached by content); the result is the same; a changed patch is evaluated
+    again. pip's index settings are read once per run, not per release and arch."""
+    u = synth_upstream
+    versions, urls = releases(u, "1.0.0,1.0.7,1.0.9,1.0.10")
+    cold = status.to_json(compute(u, versions, urls))
+    real_evaluate, real_urls = status.evaluate_release, installable.fetch.pip_index_urls
+    evaluated, reads = [], []
+    monkeypatch.setattr(status, "evaluate_release",
+                        lambda tree, *a, **k: evaluated.append(tree) or real_evaluate(tree, *a, **k))
+    monkeypatch.setattr(installable.fetch, "pip_index_urls",
+                        lambda: reads.append(1) or real_urls())
+    assert status.to_json(compute(u, versions, urls)) == cold
+    assert evaluated == []
+    assert len(reads) == 1
+    # another series (same names, other bytes): no stale cells
+    changed = tmp_path / "changed"
+    changed.mkdir()
+    for item in u.patches.iterdir():
+        data = item.read_bytes()
+        (changed / item.name).write_bytes(data + b"\n" if item.name.endswith(".patch") else data)
+    status.compute(u.pin, series.read_series(changed), versions, urls, changed, 2)
+    assert len(evaluated) == len(versions)  # the pin too: its blobs are the 3-way bases
