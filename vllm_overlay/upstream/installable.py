@@ -34,9 +34,15 @@ _CAUSES = [re.compile(rf"there is no version of {_NAME}"),
            re.compile(rf"{_NAME}\S* was not found in the provided package locations")]
 
 
-def lock_indexes() -> list[str]:
+def lock_indexes(urls: list[str] | None = None) -> list[str]:
     """The indexes `uv pip compile` (make lock) resolves from, credentials hidden."""
-    return [redact(url) for url in fetch.pip_index_urls()]
+    return [redact(url) for url in (fetch.pip_index_urls() if urls is None else urls)]
+
+
+def lock_settings() -> list[str]:
+    """pip's index URLs, read once (`pip config list`: a third of a second a call) for a
+    whole `status` run: pass them to of_sdist / resolve."""
+    return fetch.pip_index_urls()
 
 
 def requirements(sdist: Path) -> list[str]:
@@ -55,10 +61,10 @@ def requirements(sdist: Path) -> list[str]:
     return lines
 
 
-def _key(lines: list[str], arch: str) -> str:
+def _key(lines: list[str], arch: str, urls: list[str] | None = None) -> str:
     settings = {"requirements": lines, "arch": arch, "python": constraints.PYTHON,
                 "platform": constraints.PLATFORM,
-                "indexes": fetch.pip_index_urls()}
+                "indexes": fetch.pip_index_urls() if urls is None else urls}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
@@ -74,11 +80,12 @@ def cause(uv_error: str, lines: list[str]) -> str | None:
     return None
 
 
-def resolve(lines: list[str], arch: str) -> dict:
+def resolve(lines: list[str], arch: str, urls: list[str] | None = None) -> dict:
     """{"installable": True | False | None (unknown), "text": "yes" | "no (...)" |
     "unknown (...)", "package": what did not resolve, "indexes": [...]}; cached."""
-    indexes = lock_indexes()
-    where = cache_dir() / "installable" / f"{_key(lines, arch)}.json"
+    urls = fetch.pip_index_urls() if urls is None else urls
+    indexes = lock_indexes(urls)
+    where = cache_dir() / "installable" / f"{_key(lines, arch, urls)}.json"
     try:
         cached = json.loads(where.read_text())
         if cached["installable"] or time.time() - cached.get("checked", 0) < RECHECK_NO:
@@ -105,14 +112,16 @@ def resolve(lines: list[str], arch: str) -> dict:
     return result
 
 
-def of_sdist(sdist: Path, arches: list[str]) -> dict:
-    """A release's installability over `arches` (the first arch that fails decides)."""
+def of_sdist(sdist: Path, arches: list[str], urls: list[str] | None = None) -> dict:
+    """A release's installability over `arches` (the first arch that fails decides); urls:
+    pip's index URLs when the caller already read them (lock_settings)."""
+    urls = fetch.pip_index_urls() if urls is None else urls
     try:
         lines = requirements(sdist)
     except OverlayError as exc:
         return {"installable": None, "text": f"unknown ({exc})", "package": None,
-                "indexes": lock_indexes()}
-    results = {arch: resolve(lines, arch) for arch in arches}
+                "indexes": lock_indexes(urls)}
+    results = {arch: resolve(lines, arch, urls) for arch in arches}
     for arch, result in results.items():
         if result["installable"] is False:
             return {**result, "text": result["text"] + (f" [{arch}]" if len(arches) > 1 else "")}

@@ -177,6 +177,12 @@ class Sdist:
     sha256: str
 
 
+def recorded_sha256(project: str, version: str) -> str | None:
+    """The sdist sha256 recorded for `version` (None: never downloaded); no hashing."""
+    record = _read_tofu().get(f"{project}-{version}.tar.gz")
+    return record["sha256"] if record else None
+
+
 def fetch_sdist(project: str, pin: Pin, version: str, urls: dict[str, str] | None,
                 progress: BatchProgress) -> Sdist:
     """The verified cached sdist of `version` (downloaded and recorded on first sight)."""
@@ -215,9 +221,13 @@ def tree_entry(sha256: str) -> Path:
     return cache_dir() / "upstream-trees" / sha256
 
 
-def base_tree(sdist: Sdist, date: str) -> Path:
+def base_tree(sdist: Sdist, date: str, borrow: Path | None = None) -> Path:
     """A committed git work tree of the sdist (tag `upstream`), built once per sha256.
 
+    borrow: another cached tree's object store (the pin's), named in this one's git
+    alternates before the commit, so the blobs the two releases share are stored once
+    (status names the pin's objects there anyway, for its 3-way merges; the entry path is
+    per sha256, so a rebuilt pin tree has the same objects at the same place).
     Callers hold `using(tree)` while they change it and reset it with `reset(tree)`.
     """
     entry = tree_entry(sdist.sha256)
@@ -232,6 +242,11 @@ def base_tree(sdist: Sdist, date: str) -> Path:
         staging = entry.with_name(entry.name + f".tmp{os.getpid()}.{threading.get_ident()}")
         started = time.monotonic()
         apply.unpack_sdist(sdist.path, staging / "tree")
+        if borrow is not None:
+            git(staging / "tree", "init", "-q", "-b", "overlay")
+            info = staging / "tree" / ".git" / "objects" / "info"
+            info.mkdir(parents=True, exist_ok=True)
+            (info / "alternates").write_text(f"{borrow}\n")
         apply.init_base(staging / "tree", date)
         git(staging / "tree", "config", "gc.auto", "0")  # keep the objects 3-way needs
         (staging / ".complete").write_text(f"{sdist.filename}\n")
@@ -263,4 +278,7 @@ def release_tree(pin: Pin, version: str, urls: dict[str, str] | None,
                  progress: BatchProgress) -> tuple[Sdist, Path]:
     """Fetch (or re-verify) the release's sdist and return it with its cached base tree."""
     sdist = fetch_sdist(pin.project, pin, version, urls, progress)
-    return sdist, base_tree(sdist, pin.released)
+    pin_entry = tree_entry(pin.sdist.sha256)
+    borrow = pin_entry / "tree" / ".git" / "objects" \
+        if version != pin.upstream_version and (pin_entry / ".complete").exists() else None
+    return sdist, base_tree(sdist, pin.released, borrow)

@@ -10,7 +10,9 @@ Per release, on a cached committed tree of its sdist:
 Conflicts are results, not errors: only failures of the tool itself raise OverlayError.
 """
 
+import hashlib
 import json
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +27,7 @@ from vllm_overlay.upstream import releases as upstream
 from vllm_overlay.common import log
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.fs import atomic_write
+from vllm_overlay.common.paths import cache_dir
 from vllm_overlay.common.http import BatchProgress
 from vllm_overlay.common.git import git
 from vllm_overlay.common.pin import Pin
@@ -214,12 +217,20 @@ def compute(pin: Pin, patches: list[Patch], versions: list[str], urls: dict[str,
     def prepare(version: str) -> tuple[upstream.Sdist, Path]:
         return upstream.release_tree(pin, version, urls, progress)
 
+    cells_key = CellCache(pin, patches)
     # The pin first: its probes are the sanity check, and applying the series there writes
-    # the blobs that 3-way merges on the other releases use as their base.
+    # the blobs that 3-way merges on the other releases use as their base (so the pin's
+    # cached cells are used only when every other release's are cached too).
     t0 = time.monotonic()
     pin_sdist, pin_tree = prepare(pin.upstream_version)
-    pin_cells, _ = evaluate_release(pin_tree, patches, parsed, None)
+    others = [v for v in versions if v != pin.upstream_version]
+    pin_cells = cells_key.load(pin_sdist.sha256) if all(
+        cells_key.has(upstream.recorded_sha256(pin.project, v)) for v in others) else None
+    if pin_cells is None:
+        pin_cells, _ = evaluate_release(pin_tree, patches, parsed, None)
+        cells_key.save(pin_sdist.sha256, pin_cells)
     pin_seconds = time.monotonic() - t0
+    indexes = installability.lock_settings() if check_installable else None
     done, done_lock = [0], threading.Lock()
 
     def one(version: str) -> Release:
@@ -228,9 +239,12 @@ def compute(pin: Pin, patches: list[Patch], versions: list[str], urls: dict[str,
             sdist, cells, seconds = pin_sdist, pin_cells, pin_seconds
         else:
             sdist, tree = prepare(version)
-            cells, _ = evaluate_release(tree, patches, parsed, pin_tree)
+            cells = cells_key.load(sdist.sha256)
+            if cells is None:
+                cells, _ = evaluate_release(tree, patches, parsed, pin_tree)
+                cells_key.save(sdist.sha256, cells)
             seconds = time.monotonic() - t
-        can = installability.of_sdist(sdist.path, installability.arches(pin)) \
+        can = installability.of_sdist(sdist.path, installability.arches(pin), indexes) \
             if check_installable else {}
         with done_lock:
             done[0] += 1
@@ -259,6 +273,45 @@ def compute(pin: Pin, patches: list[Patch], versions: list[str], urls: dict[str,
                      "probes_fail_again_in": later_fail})
     return Matrix(pin.project, pin.upstream_version, str(patches_dir), info, releases, bad,
                   time.monotonic() - started)
+
+
+# The code whose behaviour decides a release's cells: a change to it is a new cache key.
+_CELL_CODE = [Path(__file__), Path(probes.__file__), Path(apply.__file__)]
+_CELLS_SCHEMA = 1
+
+
+class CellCache:
+    """A release's cells (before the matrix-wide `_deleted_but_upstream` pass), cached by
+    content: the release sdist's and the pin's sha256, the series (names, bytes, paths),
+    the git version and this code. A warm `status` then runs no git at all for a release."""
+
+    def __init__(self, pin: Pin, patches: list[Patch]):
+        version = subprocess.run(["git", "--version"], capture_output=True, text=True).stdout
+        digest = hashlib.sha256(json.dumps({
+            "schema": _CELLS_SCHEMA, "pin": pin.sdist.sha256, "git": version.strip(),
+            "code": [hashlib.sha256(p.read_bytes()).hexdigest() for p in _CELL_CODE],
+            "patches": [[p.name, str(p.path), hashlib.sha256(p.path.read_bytes()).hexdigest()]
+                        for p in patches]}, sort_keys=True).encode())
+        self.base = digest.hexdigest()
+
+    def path(self, sha256: str) -> Path:
+        key = hashlib.sha256(f"{self.base}\0{sha256}".encode()).hexdigest()
+        return cache_dir() / "status-cells" / f"{key}.json"
+
+    def has(self, sha256: str | None) -> bool:
+        return bool(sha256) and self.path(sha256).exists()
+
+    def load(self, sha256: str) -> dict[str, Cell] | None:
+        try:
+            data = json.loads(self.path(sha256).read_text())
+            return {name: Cell(**cell) for name, cell in data.items()}
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def save(self, sha256: str, cells: dict[str, Cell]) -> None:
+        where = self.path(sha256)
+        where.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(where, json.dumps({n: asdict(c) for n, c in cells.items()}) + "\n")
 
 
 def _deleted_but_upstream(patch: Patch, first: str | None, releases: list[Release]) -> None:

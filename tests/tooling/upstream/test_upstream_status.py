@@ -376,3 +376,55 @@ def test_make_status_passes_fail_on_change():
     make = subprocess.run(["make", "-n", "status"], cwd=REPO, capture_output=True, text=True,
                           check=True).stdout
     assert "--fail-on-change" not in make
+
+
+def test_warm_status_reuses_cached_cells_and_reads_pip_config_once(synth_upstream, monkeypatch,
+                                                                    tmp_path):
+    """A second `status` on the same releases, pin, series and code runs no git on the trees
+    (the cells are cached by content); the result is the same; a changed patch is evaluated
+    again. pip's index settings are read once per run, not per release and arch."""
+    u = synth_upstream
+    versions, urls = releases(u, "1.0.0,1.0.7,1.0.9,1.0.10")
+    cold = status.to_json(compute(u, versions, urls))
+    real_evaluate, real_urls = status.evaluate_release, installable.fetch.pip_index_urls
+    evaluated, reads = [], []
+    monkeypatch.setattr(status, "evaluate_release",
+                        lambda tree, *a, **k: evaluated.append(tree) or real_evaluate(tree, *a, **k))
+    monkeypatch.setattr(installable.fetch, "pip_index_urls",
+                        lambda: reads.append(1) or real_urls())
+    assert status.to_json(compute(u, versions, urls)) == cold
+    assert evaluated == []
+    assert len(reads) == 1
+    # another series (same names, other bytes): no stale cells
+    changed = tmp_path / "changed"
+    changed.mkdir()
+    for item in u.patches.iterdir():
+        data = item.read_bytes()
+        (changed / item.name).write_bytes(data + b"\n" if item.name.endswith(".patch") else data)
+    status.compute(u.pin, series.read_series(changed), versions, urls, changed, 2)
+    assert len(evaluated) == len(versions)  # the pin too: its blobs are the 3-way bases
+
+
+def test_release_trees_store_only_the_blobs_the_pin_lacks(synth_upstream):
+    """A release's cached tree borrows the pin tree's objects (git alternates) from the
+    start: a blob both releases have is stored once, in the pin's tree, and still reads."""
+    u = synth_upstream
+    versions, urls = releases(u, "1.0.0,1.0.10")
+    matrix = compute(u, versions, urls)
+    pin_tree = upstream.tree_entry(u.pin.sdist.sha256) / "tree"
+    tree = upstream.tree_entry(matrix.releases[1].sha256) / "tree"
+
+    def blobs(where):
+        out = subprocess.run(["git", "-C", str(where), "ls-tree", "-r", "upstream"],
+                             capture_output=True, text=True, check=True).stdout
+        return {line.split()[2] for line in out.splitlines()}
+
+    shared = blobs(pin_tree) & blobs(tree)
+    assert shared and blobs(tree) - shared  # the scenario: some files changed, most did not
+    own = tree / ".git" / "objects"
+    assert (own / "info" / "alternates").read_text().strip() == str(pin_tree / ".git" / "objects")
+    for blob in shared:
+        assert not (own / blob[:2] / blob[2:]).exists(), blob
+        subprocess.run(["git", "-C", str(tree), "cat-file", "-e", blob], check=True)
+    for blob in blobs(tree) - shared:
+        assert (own / blob[:2] / blob[2:]).exists(), blob
