@@ -89,3 +89,10 @@ def test_layers_import_only_downwards():
             assert not package_imports(name), f"{name} must run without the package"
             continue
         assert used <= ALLOWED[layer], f"{name} imports {sorted(used - ALLOWED[layer])}"
+
+
+@pytest.mark.parametrize("name", [m for m in MODULES if m.startswith("vllm_overlay.commands.")])
+def test_drivers_import_no_drivers(name):
+    """A command is a short driver: what two commands share lives in a layer below them."""
+    drivers = {m for m in package_imports(name) if m.startswith("vllm_overlay.commands")}
+    assert not drivers, f"{name} imports the driver(s) {sorted(drivers)}"

@@ -3,10 +3,10 @@
 import os
 from pathlib import Path
 
-from vllm_overlay.commands.status import REPORTS, _releases
 from vllm_overlay.common import log, pin, series
 from vllm_overlay.common.errors import OverlayError
-from vllm_overlay.upstream import bisect
+from vllm_overlay.common.paths import REPORTS
+from vllm_overlay.upstream import bisect, releases
 
 _log = log.stage("bisect")
 
@@ -35,7 +35,7 @@ def run(args) -> None:
         raise OverlayError("bisect --check test needs --cmd (make: CMD='...'), the command "
                            "that exits 0 on a good release")
     good = args.good or the_pin.upstream_version
-    versions, urls = _releases(the_pin, f"{good}..{args.bad}", args.pre)
+    versions, urls = releases.selected(the_pin, f"{good}..{args.bad}", args.pre)
     if versions[0] != good:
         raise OverlayError(f"bisect: GOOD={good} is not a release on the index")
     log_path = args.log or REPORTS / f"bisect-{versions[0]}-{versions[-1]}.log"

@@ -6,32 +6,17 @@ from pathlib import Path
 
 from vllm_overlay.common import log, pin, series
 from vllm_overlay.common.errors import OverlayError
-from vllm_overlay.common.paths import REPO
+from vllm_overlay.common.paths import REPORTS
 from vllm_overlay.upstream import drift, drift_report, releases, status
 
-REPORTS = REPO / "reports"
 _log = log.stage("status")
-
-
-def _releases(the_pin: pin.Pin, spec: str | None, pre: bool) -> tuple[list[str], dict | None]:
-    """The selected versions and the index's URLs (None when only the cache is used)."""
-    explicit = bool(spec) and ".." not in spec
-    names = releases.listed(spec) if explicit else []  # before any download
-    try:
-        urls = releases.list_sdists(the_pin.project)
-    except OverlayError:
-        if not explicit:
-            raise
-        _log.info("no index reachable; using cached sdists only")
-        return releases.select(names, the_pin.upstream_version, spec, pre), None
-    return releases.select(urls, the_pin.upstream_version, spec, pre), urls
 
 
 def run(args) -> int:
     the_pin = pin.load()
     args.patches = args.patches.resolve()  # git runs inside the release trees
     patches = series.read_series(args.patches)
-    versions, urls = _releases(the_pin, args.releases, args.pre)
+    versions, urls = releases.selected(the_pin, args.releases, args.pre)
     if args.list_releases:
         print(json.dumps(versions))
         return

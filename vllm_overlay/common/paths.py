@@ -5,7 +5,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_TREES = Path("work") / "build"  # where make wheel applies the series, relative to REPO
-DEV_TREE = REPO / "work" / "tree"  # make apply / export-patches: the tree a person edits
+DEV_TREE = REPO / "work" / "tree"
+REPORTS = REPO / "reports"  # make test, status, bisect and rebase write their reports here  # make apply / export-patches: the tree a person edits
 
 
 def cache_dir() -> Path:

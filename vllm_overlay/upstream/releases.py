@@ -124,6 +124,21 @@ def select(available, pin_version: str, spec: str | None, pre: bool = False) -> 
 # --- fetching with trust on first use ---------------------------------------------------
 
 
+def selected(the_pin: Pin, spec: str | None, pre: bool) -> tuple[list[str], dict | None]:
+    """The versions `spec` selects (status, bisect) and the index's sdist URLs (None when no
+    index is reachable and `spec` names releases: then only cached sdists are used)."""
+    explicit = bool(spec) and ".." not in spec
+    names = listed(spec) if explicit else []  # before any download
+    try:
+        urls = list_sdists(the_pin.project)
+    except OverlayError:
+        if not explicit:
+            raise
+        log.stage("status").info("no index reachable; using cached sdists only")
+        return select(names, the_pin.upstream_version, spec, pre), None
+    return select(urls, the_pin.upstream_version, spec, pre), urls
+
+
 def tofu_file() -> Path:
     return cache_dir() / "upstream-tofu.json"
 
