@@ -1,11 +1,14 @@
 """The real `make rebase TO=0.20.0` in a scratch clone of this repository (downloads 0.20.0's
 sdist and both CUDA wheels, ~510 MB, into the shared cache on a cold cache).
 
-0001-0004 are upstream in 0.20.0 and are dropped. 0005 and 0006 are ours and stop the run:
-0005's code merges 3-way, but the docs (and 0006's tests and part of its manager code) were
-written on top of 0002/0004's text, which upstream wrote differently. The test resolves those conflicts the simple way a
-human could (upstream's side, plus 0005's sentence about the deprecated alias), continues,
-and checks the finished rebase: lock, VERSION, series, check-patches and the wheel.
+0001-0004 and 0007 are upstream in 0.20.0 and are dropped. 0005 and 0006 are ours and stop
+the run: 0005's code merges 3-way, but the docs were written on top of 0002/0004's text,
+which upstream wrote differently; the test resolves them the simple way a person could
+(upstream's side plus 0005's sentence about the deprecated alias). 0006 needs a person: its
+manager and Qwen3-VL code sit on code 0.20.0 rewrote, so taking upstream's side of its
+conflicts leaves calls to what no longer exists, and the rebase's tree check stops there
+before anything is written; ABORT then puts everything back. The series of what does merge
+(0001-0005, 0007) goes through to the end: lock, VERSION, series, check-patches, the wheel.
 """
 
 import json
@@ -52,12 +55,17 @@ def continue_am(tree: Path, files: list[str]) -> None:
     git(tree, "am", "--continue")
 
 
-@pytest.mark.once_per_inputs
-def test_make_rebase_to_0_20_0(tmp_path):
-    clone = tmp_path / "clone"
-    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
-    pinned = {p: (clone / p).read_bytes() for p in ("VERSION", "upstream.lock.json")}
+PINNED = ("VERSION", "upstream.lock.json", "Dockerfile", "docker/source.Dockerfile")
 
+
+def pinned_bytes(clone: Path) -> dict[str, bytes]:
+    files = [clone / p for p in PINNED] + sorted((clone / "patches").iterdir()) + sorted(
+        (clone / "locks").iterdir())
+    return {str(f.relative_to(clone)): f.read_bytes() for f in files}
+
+
+def start_and_resolve_0005(clone: Path) -> Path:
+    """`make rebase TO=0.20.0`: 0001-0004 dropped, the stop at 0005 resolved; the tree."""
     proc = make(clone, f"TO={TO}")
     assert proc.returncode != 0, proc.stderr[-3000:]
     first = log(clone)
@@ -67,19 +75,30 @@ def test_make_rebase_to_0_20_0(tmp_path):
         assert first[number]["release"] == TO
     assert first["0005"]["result"] == "conflict"
     assert first["0005"]["unmerged"] == [DOCS]  # its code merged 3-way
-    assert first["0006"]["result"] == "pending"
     assert subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True,
                           text=True).stdout == ""
-    assert {p: (clone / p).read_bytes() for p in pinned} == pinned
     tree = clone / "work" / "rebase" / f"vllm-{TO}"
     assert f"cd {tree}" in proc.stdout and "make rebase CONTINUE=1" in proc.stdout
-
     # 0005: upstream's text, plus the sentence about the deprecated key
     keep_upstream_side(tree / DOCS)
     docs = (tree / DOCS).read_text()
     items = re.search(r"^\* `encoder_cudagraph_max_vision_items_per_batch`.*$", docs, re.M)[0]
     (tree / DOCS).write_text(docs.replace(items, f"{items} {ALIAS}", 1))
     continue_am(tree, [DOCS])
+    return tree
+
+
+def clone_of(tmp_path: Path) -> Path:
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+    return clone
+
+
+@pytest.mark.once_per_inputs
+def test_a_merge_that_does_not_work_stops_the_rebase_and_abort_restores_everything(tmp_path):
+    clone = clone_of(tmp_path)
+    before = pinned_bytes(clone)
+    tree = start_and_resolve_0005(clone)
     proc = make(clone, "CONTINUE=1")
     assert proc.returncode != 0, proc.stderr[-3000:]
     second = log(clone)
@@ -89,24 +108,49 @@ def test_make_rebase_to_0_20_0(tmp_path):
     # None frames method sits in manager code 0.20.0 wrote differently
     assert second["0006"]["unmerged"] == [DOCS, "tests/v1/cudagraph/test_encoder_cudagraph.py",
                                           "vllm/v1/worker/encoder_cudagraph.py"]
-
-    # 0006 and every later stop (0008-0010 backport fixes written on top of 0002-0006, which
-    # 0.20.0 has in upstream's own form): resolved the same simple way, to exercise the pipeline
     stopped = "0006"
-    for _ in range(10):
+    for _ in range(10):  # every stop resolved to upstream's side, as a hurried person might
         unmerged = log(clone)[stopped]["unmerged"]
         for name in unmerged:
             keep_upstream_side(tree / name)
         continue_am(tree, unmerged)
         proc = make(clone, "CONTINUE=1")
-        if proc.returncode == 0:
+        assert proc.returncode != 0, "a series whose 0006 lost its helpers must not build"
+        if "the merged tree does not work" in proc.stdout:
             break
-        assert "stopped before the build" not in proc.stdout, proc.stdout[-3000:]  # make lock
         stopped = next(n for n, o in log(clone).items() if n != "state"
                        and o["result"] == "conflict" and "resolution" not in o)
+    assert "the merged tree does not work" in proc.stdout, proc.stdout[-3000:]
+    assert re.search(r"0006-\S+: vllm/model_executor/models/qwen3_vl.py:\d+ calls "
+                     r"self._get_encoder_cudagraph_inputs\(\), which is defined nowhere",
+                     proc.stdout), proc.stdout[-3000:]
+    assert pinned_bytes(clone) == before  # the check runs before anything is written
+    proc = make(clone, "ABORT=1")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert pinned_bytes(clone) == before
+    assert subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True,
+                          text=True).stdout == ""
+
+
+@pytest.mark.once_per_inputs
+def test_make_rebase_to_0_20_0_of_what_merges(tmp_path):
+    clone = clone_of(tmp_path)
+    keep = [p.name for p in series.read_series(clone / "patches")
+            if p.name[:4] in ("0001", "0002", "0003", "0004", "0005", "0007")]
+    text = (clone / "patches" / "series").read_text()
+    lines = [line for line in text.splitlines(keepends=True)
+             if line.startswith("#") or line.strip() in keep]
+    (clone / "patches" / "series").write_text("".join(lines))
+    for path in (clone / "patches").glob("*.patch"):
+        if path.name not in keep:
+            path.unlink()
+    git(clone, "commit", "-q", "-am", "test: the series of what merges on 0.20.0")
+    start_and_resolve_0005(clone)
+    proc = make(clone, "CONTINUE=1")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     final = log(clone)
     assert final["state"] == "complete"
+    assert final["0005"]["resolution"] == "resolved by hand"
     assert final["0007"]["result"] == "dropped-upstream" and final["0007"]["release"] == TO
 
     the_pin = pin.load(clone)
@@ -121,7 +165,7 @@ def test_make_rebase_to_0_20_0(tmp_path):
         fetch.verify_file(fetch.blob_path(art.sha256), art)
     subjects = [p.subject for p in series.read_series(clone / "patches")]  # renumbered
     kept = [o for n, o in final.items() if n != "state" and o["result"] != "dropped-upstream"]
-    assert len(subjects) == len(kept) and [s.split()[0] for s in subjects][:2] == ["Accept", "Run"]
+    assert len(subjects) == len(kept) == 1 and subjects[0].split()[0] == "Accept"
     assert (clone / "wheelhouse" / f"vllm-{TO}+mmcg.1-cp38-abi3-manylinux_2_35_x86_64.whl"
             ).is_file()
     # the runtime locks were made for 0.20.0 before the build: the wheel's METADATA, the
