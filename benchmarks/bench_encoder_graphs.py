@@ -129,7 +129,7 @@ def figures(smoke: bool) -> None:
     print("\n2. Static buffers per captured graph (input + metadata + output), bytes")
     print(f"  {'max_model_len':>13} {'rule':24} {'frames':>6} "
           + " ".join(f"{'budget ' + str(b):>14}" for b in BUDGETS)
-          + f" {'total':>10} {'all touched*':>13}")
+          + f" {'total':>10} {'allocated**':>12} {'all touched*':>13}")
     for max_model_len in MAX_MODEL_LENS[:1 if smoke else None]:
         model = build_qwen3_vl(config(max_model_len))
         rules = (("auto (0004)", None), ("max_batch_size * 2", MAX_ITEMS * 2))
@@ -140,13 +140,20 @@ def figures(smoke: bool) -> None:
                      + sum(t.nbytes for t in meta.metadata_buffers.values()
                            if t is not None)
                      for meta in (mgr.budget_graphs[b] for b in BUDGETS)]
+            storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                        for meta in mgr.budget_graphs.values()
+                        for t in (meta.input_buffer, meta.output_buffer,
+                                  *meta.metadata_buffers.values()) if t is not None}
             touched = sum(m.graph.static_bytes() for m in mgr.budget_graphs.values())
             print(f"  {max_model_len:13d} {rule:24} {mgr.max_frames_per_batch:6d} "
                   + " ".join(f"{s:14,d}" for s in sizes)
-                  + f" {sum(sizes):10,d} {touched:13,d}", flush=True)
+                  + f" {sum(sizes):10,d} {sum(storages.values()):12,d} {touched:13,d}",
+                  flush=True)
     print("  * every storage the emulated graphs read or write (graph pool: intermediates"
           "\n    too, including the reference attention's S x S scores that flash attention"
-          "\n    does not allocate)")
+          "\n    does not allocate)"
+          "\n  ** the distinct storages behind those buffers: 0009 gives every smaller budget"
+          "\n    prefix views of the largest budget's buffers, so about the largest alone")
 
     print("\n3. Per-budget frame clamp (0004, as upstream 0.34): cu_seqlens length and"
           "\n   static bytes per graph, frames per graph min(max_frames_per_batch, budget)"

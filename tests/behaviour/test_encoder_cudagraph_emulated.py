@@ -130,6 +130,39 @@ def test_random_batches_match_eager(graphs, qwen3_vl_model, seed):
     assert emu.violations == []
 
 
+# batches in order: (modality, grids, replays per budget); largest, smallest, middle, ...
+INTERLEAVED = [
+    ("video", [[2, 8, 8], [3, 8, 12], [1, 16, 8]], {256: 1}),
+    ("image", [[1, 8, 12]], {64: 1}),
+    ("image", [[1, 16, 12], [1, 8, 8], [1, 8, 16]], {128: 1}),
+    ("video", [[4, 8, 8]], {64: 1}),
+    # 4 items of 64 tokens, 3 items per batch: 256 then 64 within one call
+    ("image", [[1, 16, 16]] * 4, {256: 1, 64: 1}),
+]
+
+
+def test_budgets_share_static_buffers_interleaved(graphs, qwen3_vl_model):
+    """0009: every budget's static input/output/metadata buffers are prefix views of
+    the largest's (one storage); replays of different budgets, interleaved (and two
+    budgets within one call), still match eager item by item."""
+    mgr, emu = graphs
+    largest = mgr.budget_graphs[max(BUDGETS)]
+    for budget, meta in mgr.budget_graphs.items():
+        assert meta.input_buffer.data_ptr() == largest.input_buffer.data_ptr(), budget
+        assert meta.output_buffer.data_ptr() == largest.output_buffer.data_ptr(), budget
+        for key, buf in meta.metadata_buffers.items():
+            if buf is not None and buf.ndim > 0:
+                assert buf.data_ptr() == largest.metadata_buffers[key].data_ptr(), (
+                    budget, key)
+    for seed, (modality, grids, replays) in enumerate(INTERLEAVED):
+        mm, got, counted = _run_case(mgr, emu, qwen3_vl_model, modality, grids,
+                                     seed=10 + seed)
+        DIFFS[f"interleaved {seed}: {modality} {replays}"] = assert_matches_eager(
+            qwen3_vl_model, mm, got)
+        assert counted == (len(grids), 0, replays), (seed, counted)
+    assert emu.violations == []
+
+
 # ---------------------------------------------------------------------------
 # Negative controls: the same harness must fail on a wrong graph path
 # ---------------------------------------------------------------------------
