@@ -217,9 +217,10 @@ def _passed_marker(item) -> Path:
 
 @pytest.hookimpl(tryfirst=True)  # before the fixtures (a real wheel build) are set up
 def pytest_runtest_setup(item):
-    if item.get_closest_marker("once_per_inputs") and not os.environ.get("VLLM_OVERLAY_RERUN"):
-        marker = _passed_marker(item)
-        if marker.is_file():
+    if item.get_closest_marker("once_per_inputs"):
+        # the inputs as they are when the test starts: a pass is recorded under these
+        item.passed_marker = marker = _passed_marker(item)
+        if marker.is_file() and not os.environ.get("VLLM_OVERLAY_RERUN"):
             when = json.loads(marker.read_text())["passed"]
             pytest.skip(f"passed {when} for the same inputs (pipeline code, series, pin, "
                         f"locks, test module): not rerun; VLLM_OVERLAY_RERUN=1 reruns it")
@@ -229,10 +230,10 @@ def pytest_runtest_setup(item):
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
-    if (report.when == "call" and report.passed and item.get_closest_marker("once_per_inputs")):
+    if report.when == "call" and report.passed and hasattr(item, "passed_marker"):
         import datetime
 
-        marker = _passed_marker(item)
+        marker = item.passed_marker
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps({"test": item.nodeid, "passed": datetime.datetime.now(
             datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}) + "\n")
