@@ -495,15 +495,26 @@ def _restore(repo: Path, work: Path) -> None:
             shutil.copy2(src, dest)
 
 
+_PLATFORM_TAG = re.compile(r"manylinux_\d+_\d+_(x86_64|aarch64)")
+
+
+def wheel_platforms(lock: dict) -> dict[str, str]:
+    """arch -> the platform tag of the pin's wheel for it (0.20.0: manylinux_2_35_<arch>)."""
+    return {m[1]: m[0] for art in lock["artifacts"].values()
+            if (m := _PLATFORM_TAG.search(art["filename"]))}
+
+
 def dockerfile_defaults(text: str, old: str, new: str, old_version: str,
-                        new_version: str) -> str:
+                        new_version: str, platforms: dict[str, str] | None = None) -> str:
     """The Dockerfile with its ARG defaults moved to the new pin: the overlay version (in the
-    wheel and SBOM names too), then the upstream release (the base image tag)."""
+    wheel and SBOM names too), the upstream release (the base image tag), and the wheel's
+    platform tag (`platforms`: arch -> tag of the new pin's wheel)."""
     release = re.compile(rf"(?<![\d.]){re.escape(old)}(?![\d]|\.\d)")
     out = []
     for line in text.splitlines(keepends=True):
         if line.startswith("ARG "):
             line = release.sub(new, line.replace(old_version, new_version))
+            line = _PLATFORM_TAG.sub(lambda m: (platforms or {}).get(m[1], m[0]), line)
         out.append(line)
     return "".join(out)
 
@@ -572,7 +583,8 @@ def finish(repo: Path, state: dict, tree: Path, build_wheel: bool, arch: str,
             if (repo / name).is_file():
                 text = (repo / name).read_text()
                 atomic_write(repo / name, dockerfile_defaults(
-                    text, state["from"], state["to"], state["version_from"], state["version"]))
+                    text, state["from"], state["to"], state["version_from"], state["version"],
+                    wheel_platforms(state["lock"])))
         state["phase"] = "locking"
         _save(work, state)
         print(f"rebase: {state['from']} -> {state['to']}: patches/, upstream.lock.json and "

@@ -23,6 +23,7 @@ from vllm_overlay.build import constraints, fetch, lockmeta
 from vllm_overlay.common import pin, series
 from vllm_overlay.common.git import git
 from vllm_overlay.common.paths import REPO
+from vllm_overlay.dist import docker
 
 pytestmark = pytest.mark.network
 
@@ -168,6 +169,10 @@ def test_make_rebase_to_0_20_0_of_what_merges(tmp_path):
     assert len(subjects) == len(kept) == 1 and subjects[0].split()[0] == "Accept"
     assert (clone / "wheelhouse" / f"vllm-{TO}+mmcg.1-cp38-abi3-manylinux_2_35_x86_64.whl"
             ).is_file()
+    # the image's defaults name that wheel and its SBOM (manylinux_2_35 since 0.20.0)
+    args = docker.declared_args(clone / "Dockerfile")
+    assert args["WHEEL"] == f"vllm-{TO}+mmcg.1-cp38-abi3-manylinux_2_35_x86_64.whl"
+    assert args["SBOM"] == f"vllm-{TO}+mmcg.1-cp38-abi3-manylinux_2_35_x86_64.cdx.json"
     # the runtime locks were made for 0.20.0 before the build: the wheel's METADATA, the
     # lock, the SBOM inside the wheel and the published constraints agree
     for arch in ("x86_64", "aarch64"):

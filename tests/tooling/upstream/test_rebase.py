@@ -911,3 +911,23 @@ def test_make_changelog_after_the_rebase_says_what_happened(repo, monkeypatch):
     assert "- `0001-A-change-A_20.patch`: A: change A_20 (Origin: vendor); was " \
            "`0002-A-change-A_20.patch`, rebase: applied-clean" in notes
     assert "- numpy: (new) -> 1.0" in notes.split("### Runtime dependency changes")[1]
+
+
+def test_dockerfile_defaults_follow_the_new_wheels_platform_tag():
+    """0.20.0's wheels are manylinux_2_35: the image's WHEEL and SBOM defaults must name them
+    (found on a real rebase: they kept 0.19.1's manylinux_2_31)."""
+    text = ("ARG VLLM_BASE_IMAGE=vllm/vllm-openai:v0.19.1\n"
+            "ARG WHEEL=vllm-0.19.1+mmcg.2-cp38-abi3-manylinux_2_31_x86_64.whl\n"
+            "ARG SBOM=vllm-0.19.1+mmcg.2-cp38-abi3-manylinux_2_31_x86_64.cdx.json\n"
+            "RUN echo manylinux_2_31_x86_64 0.19.1\n")
+    lock = {"artifacts": {"sdist": {"filename": "vllm-0.20.0.tar.gz"},
+                          "wheel-x86_64": {"filename": "vllm-0.20.0-cp38-abi3-manylinux_2_35_x86_64.whl"},
+                          "wheel-aarch64": {"filename": "vllm-0.20.0-cp38-abi3-manylinux_2_35_aarch64.whl"}}}
+    assert rebase.wheel_platforms(lock) == {"x86_64": "manylinux_2_35_x86_64",
+                                            "aarch64": "manylinux_2_35_aarch64"}
+    out = rebase.dockerfile_defaults(text, "0.19.1", "0.20.0", "0.19.1+mmcg.2", "0.20.0+mmcg.1",
+                                     rebase.wheel_platforms(lock))
+    assert out == ("ARG VLLM_BASE_IMAGE=vllm/vllm-openai:v0.20.0\n"
+                   "ARG WHEEL=vllm-0.20.0+mmcg.1-cp38-abi3-manylinux_2_35_x86_64.whl\n"
+                   "ARG SBOM=vllm-0.20.0+mmcg.1-cp38-abi3-manylinux_2_35_x86_64.cdx.json\n"
+                   "RUN echo manylinux_2_31_x86_64 0.19.1\n")  # only the ARG defaults move
