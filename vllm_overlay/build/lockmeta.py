@@ -264,8 +264,8 @@ def closure_request(arch: str, lock: str, repo: Path = REPO,
                            f"ARCH={arch}`") from exc
     locked = constraints.read_lock(constraints.runtime_lock(arch, repo))[1]
     if roots is None:
-        roots = lock_roots(arch, repo)["runtime"] + (
-            lock_roots(arch, repo)["test"] if lock == "test" else [])
+        recorded = lock_roots(arch, repo)
+        roots = recorded["runtime"] + (recorded["test"] if lock == "test" else [])
     if lock == "test":
         locked = {**locked, **constraints.read_lock(constraints.test_lock(arch, repo))[1]}
     return {"locked": locked, "packages": packages, "roots": roots, "arch": arch,
