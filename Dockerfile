@@ -41,9 +41,9 @@ LABEL org.opencontainers.image.title="vllm-overlay" \
 RUN --mount=type=bind,target=/mnt/overlay \
     test -n "${WHEEL_SHA256}" -a -n "${SERIES_SHA256}" \
     || { echo "error: build this image with 'make docker' (WHEEL_SHA256 / SERIES_SHA256 unset)" >&2; exit 1; } \
-    && python3 /mnt/overlay/vllm_overlay/dist/in_image/overlay_install.py \
+    && python3 /mnt/overlay/vllm_overlay/publishing/in_image/overlay_install.py \
         "/mnt/overlay/wheelhouse/${WHEEL}" --sha256 "${WHEEL_SHA256}" \
-    && python3 /mnt/overlay/vllm_overlay/dist/in_image/image_check.py --version "${OVERLAY_VERSION}" --import \
+    && python3 /mnt/overlay/vllm_overlay/publishing/in_image/image_check.py --version "${OVERLAY_VERSION}" --import \
     && install -D -m 0644 "/mnt/overlay/wheelhouse/${SBOM}" /usr/share/vllm-overlay/vllm.cdx.json \
     && python3 -c "import hashlib, importlib.metadata as m, sys; \
 data = open('/usr/share/vllm-overlay/vllm.cdx.json', 'rb').read(); \

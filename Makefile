@@ -55,7 +55,7 @@ bench:            ## printed figures: make wheel vs cp and a naive repack; overl
 test: check-patches  ## all CI runs: tooling, wheel, runtime venv, behaviour, upstream subset (reports/)
 	$(OVERLAY) test --arch $(call q,$(ARCH))
 
-# --- distribution: internal index + Docker image (vllm_overlay/dist/) ---
+# --- distribution: internal index + Docker image (vllm_overlay/publishing/) ---
 publish:          ## upload wheelhouse/ wheels: INDEX_URL=<upload URL> [SIMPLE_URL=] [WHEELHOUSE=]
 	@test -n $(call q,$(INDEX_URL)) || { echo "error: make publish needs INDEX_URL=<upload URL>" >&2; exit 2; }
 	@$(OVERLAY) publish $(publish_args)

@@ -44,7 +44,7 @@ def drive(smoke: bool) -> int:
     """In the repo's Python: make the overlay venv, run the figures and time the tests."""
     sys.path.insert(0, str(ROOT))
     import benchlib
-    from vllm_overlay.build.overlay_mode import build_overlay_wheel
+    from vllm_overlay.wheelbuild.overlay_mode import build_overlay_wheel
     from vllm_overlay.common import venvs
     from vllm_overlay.common.paths import cache_dir
     from vllm_overlay.testing import testenv

@@ -13,9 +13,9 @@ import time
 
 import benchlib
 
-from vllm_overlay.build import fetch
-from vllm_overlay.build import overlay_mode
-from vllm_overlay.build import setup_py
+from vllm_overlay.wheelbuild import fetch
+from vllm_overlay.wheelbuild import overlay_mode
+from vllm_overlay.wheelbuild import setup_py
 from vllm_overlay.common import pin
 from vllm_overlay.common import series
 from vllm_overlay.common import venvs

@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vllm_overlay.build import apply  # noqa: E402
-from vllm_overlay.build import fetch  # noqa: E402
+from vllm_overlay.wheelbuild import apply  # noqa: E402
+from vllm_overlay.wheelbuild import fetch  # noqa: E402
 from vllm_overlay.common import pin  # noqa: E402
 from vllm_overlay.common import series  # noqa: E402
 from vllm_overlay.upstream import drift  # noqa: E402

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import benchlib
 
-from vllm_overlay.build import apply
-from vllm_overlay.build import export
-from vllm_overlay.build import fetch
+from vllm_overlay.wheelbuild import apply
+from vllm_overlay.wheelbuild import export
+from vllm_overlay.wheelbuild import fetch
 from vllm_overlay.common import pin
 from vllm_overlay.common import series
 from vllm_overlay.common import venvs
@@ -34,7 +34,7 @@ from vllm_overlay.common.paths import cache_dir
 REPO = benchlib.REPO
 
 # The build in a fresh process, which reports its own peak RSS (itself and git children).
-BUILD = ("import resource as R, sys; from pathlib import Path; from vllm_overlay.build "
+BUILD = ("import resource as R, sys; from pathlib import Path; from vllm_overlay.wheelbuild "
          "import overlay_mode; r = Path(sys.argv[1]); overlay_mode.build_overlay_wheel('x86_64', "
          "r / 'wheelhouse', r / 'patches', r); print('peak_kb', max(R.getrusage(w).ru_maxrss "
          "for w in (R.RUSAGE_SELF, R.RUSAGE_CHILDREN)), file=sys.stderr)")

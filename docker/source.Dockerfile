@@ -46,8 +46,8 @@ LABEL org.opencontainers.image.title="vllm-overlay" \
 RUN --mount=type=bind,from=wheel-build,source=/src,target=/mnt/overlay \
     set -- /mnt/overlay/wheelhouse/vllm-*.whl \
     && test "$#" -eq 1 \
-    && python3 /mnt/overlay/vllm_overlay/dist/in_image/overlay_install.py "$1" \
-    && python3 /mnt/overlay/vllm_overlay/dist/in_image/image_check.py --version "${OVERLAY_VERSION}" --import
+    && python3 /mnt/overlay/vllm_overlay/publishing/in_image/overlay_install.py "$1" \
+    && python3 /mnt/overlay/vllm_overlay/publishing/in_image/image_check.py --version "${OVERLAY_VERSION}" --import
 ENV VLLM_OVERLAY_HEALTH_PORT=8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15m --retries=3 \
     CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ['VLLM_OVERLAY_HEALTH_PORT'], timeout=4)"]

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from vllm_overlay.build import apply
-from vllm_overlay.build import export
+from vllm_overlay.wheelbuild import apply
+from vllm_overlay.wheelbuild import export
 
 UPSTREAM = "9.9.9"
 VERSION = "9.9.9+test.1"
@@ -138,7 +138,7 @@ def visible_files(house: Path) -> dict[str, tuple[int, int]]:
 @pytest.fixture(scope="session")
 def supply_venv() -> Path:
     """The real cache's supply venv (the SBOM library; created once), for test caches."""
-    from vllm_overlay.build import supplyenv
+    from vllm_overlay.wheelbuild import supplyenv
 
     return supplyenv.bin_dir().parent
 

@@ -12,11 +12,11 @@ PACKAGE = REPO / "vllm_overlay"
 # with a plain python3 inside the image, so they import nothing of the package at all.
 ALLOWED = {
     "common": {"common"},
-    "build": {"common", "build", "dist"},  # the wheelhouse keeps the simple index in step
-    "dist": {"common", "dist"},
-    "upstream": {"common", "build", "testing", "upstream"},  # release trees; the runtime venv of a rebase
-    "testing": {"common", "build", "testing"},
-    "commands": {"common", "build", "dist", "upstream", "testing", "commands"},
+    "wheelbuild": {"common", "wheelbuild", "publishing"},  # the wheelhouse keeps the simple index in step
+    "publishing": {"common", "publishing"},
+    "upstream": {"common", "wheelbuild", "testing", "upstream"},  # release trees; the runtime venv of a rebase
+    "testing": {"common", "wheelbuild", "testing"},
+    "commands": {"common", "wheelbuild", "publishing", "upstream", "testing", "commands"},
 }
 
 
@@ -73,7 +73,7 @@ def test_the_cycle_check_can_fail(monkeypatch):
     """Negative control: a made-up edge common.pin -> build.fetch closes a cycle."""
     real = package_imports
     monkeypatch.setitem(globals(), "package_imports", lambda n: real(n) | (
-        {"vllm_overlay.build.fetch"} if n == "vllm_overlay.common.pin" else set()))
+        {"vllm_overlay.wheelbuild.fetch"} if n == "vllm_overlay.common.pin" else set()))
     with pytest.raises(AssertionError, match="import cycle"):
         test_no_import_cycle()
 

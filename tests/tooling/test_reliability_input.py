@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from vllm_overlay.build import changelog
+from vllm_overlay.wheelbuild import changelog
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.paths import REPO
 
@@ -158,7 +158,7 @@ def checkout(tmp_path):
 
 def test_the_image_revision_says_dirty_after_an_uncommitted_series_change(checkout):
     from vllm_overlay.common.git import git_value
-    from vllm_overlay.dist import docker
+    from vllm_overlay.publishing import docker
 
     head = git_value(checkout, "rev-parse", "HEAD")
     assert docker.build_args("source", repo=checkout)["VCS_REF"] == head
@@ -172,7 +172,7 @@ def test_the_image_revision_says_dirty_after_an_uncommitted_series_change(checko
 
 
 def test_the_source_label_never_carries_the_remote_s_credentials(checkout):
-    from vllm_overlay.dist import docker
+    from vllm_overlay.publishing import docker
 
     source = docker.build_args("source", repo=checkout)["SOURCE_URL"]
     assert "s3cr3t" not in source and source == "https://git.example/overlay.git"

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from vllm_overlay.build import changelog
+from vllm_overlay.wheelbuild import changelog
 
 
 def add(sub) -> None:

@@ -3,7 +3,7 @@
 import tempfile
 from pathlib import Path
 
-from vllm_overlay.build import apply, export
+from vllm_overlay.wheelbuild import apply, export
 from vllm_overlay.common import series
 from vllm_overlay.common.errors import OverlayError
 

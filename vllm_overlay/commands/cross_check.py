@@ -3,7 +3,7 @@
 import tempfile
 from pathlib import Path
 
-from vllm_overlay.build import cross_check, wheelhouse
+from vllm_overlay.wheelbuild import cross_check, wheelhouse
 
 
 def add(sub) -> None:

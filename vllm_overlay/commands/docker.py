@@ -1,6 +1,6 @@
 """`docker`: build the Docker image (needs a Docker engine)."""
 
-from vllm_overlay.dist import docker
+from vllm_overlay.publishing import docker
 
 
 def add(sub) -> None:

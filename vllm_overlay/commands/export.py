@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from vllm_overlay.build import export
+from vllm_overlay.wheelbuild import export
 from vllm_overlay.common import pin
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.git import git

@@ -1,6 +1,6 @@
 """`fetch`: download + verify the pinned upstream artifacts."""
 
-from vllm_overlay.build import fetch
+from vllm_overlay.wheelbuild import fetch
 from vllm_overlay.common import pin
 
 

@@ -1,7 +1,7 @@
 """`lock`: resolve the hash-locked runtime and test packages into locks/ (uv; network)."""
 
-from vllm_overlay.build import constraints, lockmeta, supplyenv
-from vllm_overlay.dist import publish
+from vllm_overlay.wheelbuild import constraints, lockmeta, supplyenv
+from vllm_overlay.publishing import publish
 
 
 def add(sub) -> None:

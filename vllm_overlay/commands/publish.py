@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from vllm_overlay.build.wheelhouse import WHEELHOUSE
-from vllm_overlay.dist import publish
+from vllm_overlay.wheelbuild.wheelhouse import WHEELHOUSE
+from vllm_overlay.publishing import publish
 
 
 def add(sub) -> None:

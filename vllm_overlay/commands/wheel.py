@@ -1,7 +1,7 @@
 """`wheel`: build + verify a wheel into wheelhouse/ in one of the three modes."""
 
-from vllm_overlay.build import setup_py
-from vllm_overlay.build.overlay_mode import build_overlay_wheel
+from vllm_overlay.wheelbuild import setup_py
+from vllm_overlay.wheelbuild.overlay_mode import build_overlay_wheel
 from vllm_overlay.common.errors import OverlayError
 
 

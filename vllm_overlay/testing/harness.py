@@ -17,14 +17,14 @@ from concurrent.futures import ThreadPoolExecutor
 import time
 from pathlib import Path
 
-from vllm_overlay.build import apply
-from vllm_overlay.build import fetch
+from vllm_overlay.wheelbuild import apply
+from vllm_overlay.wheelbuild import fetch
 from vllm_overlay.common import pin
 from vllm_overlay.common import series
 from vllm_overlay.testing import subset
 from vllm_overlay.testing import testenv
 from vllm_overlay.common import venvs
-from vllm_overlay.build.overlay_mode import build_overlay_wheel
+from vllm_overlay.wheelbuild.overlay_mode import build_overlay_wheel
 from vllm_overlay.common import log
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.fs import atomic_write

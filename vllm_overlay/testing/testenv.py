@@ -12,7 +12,7 @@ exists, and the 11 GB are installed once for both.
 import sys
 from pathlib import Path
 
-from vllm_overlay.build import constraints
+from vllm_overlay.wheelbuild import constraints
 from vllm_overlay.common import log, venvs
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.fs import sha256_file
@@ -49,7 +49,7 @@ def check_metadata(base: Path, arch: str = "x86_64", repo: Path = REPO) -> int:
     import json
     import subprocess
 
-    from vllm_overlay.build import lockmeta
+    from vllm_overlay.wheelbuild import lockmeta
     from vllm_overlay.common.requirements import normalize_name
 
     path = lockmeta.metadata_path(arch, repo)

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vllm_overlay.build import apply
+from vllm_overlay.wheelbuild import apply
 from vllm_overlay.common import log
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.fs import atomic_write

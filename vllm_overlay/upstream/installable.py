@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from vllm_overlay.build import constraints, fetch
+from vllm_overlay.wheelbuild import constraints, fetch
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.fs import atomic_write
 from vllm_overlay.common.http import redact

@@ -38,8 +38,8 @@ import tarfile
 import urllib.request
 from pathlib import Path
 
-from vllm_overlay.build import apply, constraints, export, fetch, lockmeta, setup_py
-from vllm_overlay.build.overlay_mode import build_overlay_wheel
+from vllm_overlay.wheelbuild import apply, constraints, export, fetch, lockmeta, setup_py
+from vllm_overlay.wheelbuild.overlay_mode import build_overlay_wheel
 from vllm_overlay.common import log, pin, series, venvs
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.fs import atomic_write

@@ -17,8 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from vllm_overlay.build import apply
-from vllm_overlay.build import fetch
+from vllm_overlay.wheelbuild import apply
+from vllm_overlay.wheelbuild import fetch
 from vllm_overlay.common import log
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.fs import atomic_write, file_lock, sha256_file

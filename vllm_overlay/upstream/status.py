@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from vllm_overlay.build import apply
+from vllm_overlay.wheelbuild import apply
 from vllm_overlay.upstream import installable as installability
 from vllm_overlay.upstream import probes
 from vllm_overlay.upstream import releases as upstream

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from vllm_overlay.build import apply, constraints, lockmeta
-from vllm_overlay.build import export
+from vllm_overlay.wheelbuild import apply, constraints, lockmeta
+from vllm_overlay.wheelbuild import export
 from vllm_overlay.common import pin
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.requirements import normalize_name, requirement_lines

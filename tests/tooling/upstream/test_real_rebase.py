@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from vllm_overlay.build import constraints, fetch, lockmeta
+from vllm_overlay.wheelbuild import constraints, fetch, lockmeta
 from vllm_overlay.common import pin, series
 from vllm_overlay.common.git import git
 from vllm_overlay.common.paths import REPO
-from vllm_overlay.dist import docker
+from vllm_overlay.publishing import docker
 
 pytestmark = pytest.mark.network
 

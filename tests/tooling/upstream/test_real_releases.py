@@ -9,9 +9,9 @@ import subprocess
 
 import pytest
 
-from vllm_overlay.build import apply
-from vllm_overlay.build import export
-from vllm_overlay.build import fetch
+from vllm_overlay.wheelbuild import apply
+from vllm_overlay.wheelbuild import export
+from vllm_overlay.wheelbuild import fetch
 from vllm_overlay.common import pin
 from vllm_overlay.common.paths import REPO
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from tests.tooling.conftest import SYNTH_LOCK, link_supply_venv
-from vllm_overlay.build import apply, constraints, export, fetch, lockmeta, setup_py
+from vllm_overlay.wheelbuild import apply, constraints, export, fetch, lockmeta, setup_py
 from vllm_overlay.commands import apply as apply_command
 from vllm_overlay.commands import export as export_command
 from vllm_overlay.commands import rebase as rebase_command
@@ -35,7 +35,7 @@ from vllm_overlay.common import pin, series
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.git import git
 from vllm_overlay.common.requirements import normalize_name, requirement_lines
-from vllm_overlay.dist import docker
+from vllm_overlay.publishing import docker
 from vllm_overlay.testing import testenv
 from vllm_overlay.upstream import rebase, treecheck
 
@@ -890,7 +890,7 @@ def test_runtime_venv_1_makes_the_new_locks_venv_to_run_the_checks(repo, tmp_pat
 
 
 def test_make_changelog_after_the_rebase_says_what_happened(repo, monkeypatch):
-    from vllm_overlay.build import changelog
+    from vllm_overlay.wheelbuild import changelog
     (repo / "README.md").write_text(f"# x\n\n{changelog.START}\n{changelog.END}\n")
     (repo / "releases").mkdir()
     (repo / "releases" / f"{PIN}+test.3.json").write_text(

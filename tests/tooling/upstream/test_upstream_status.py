@@ -16,7 +16,7 @@ from vllm_overlay.commands import bisect as upstream_cli
 from vllm_overlay.commands import status as status_cli
 from vllm_overlay.common.paths import REPO
 from vllm_overlay.common.errors import OverlayError
-from vllm_overlay.build import constraints
+from vllm_overlay.wheelbuild import constraints
 from vllm_overlay.upstream import installable
 from tests.tooling.conftest import link_supply_venv
 
