@@ -90,6 +90,7 @@ def ensure_vllm_env(base: Path, wheel: Path, sha256: str | None = None,
         (venv / ".complete").touch()  # last use, for prune_vllm_envs
         return venv
     prune_vllm_envs()
+    check_free_space(cache_dir())
     import shutil
     import subprocess
     import tempfile
@@ -118,20 +119,38 @@ def ensure_vllm_env(base: Path, wheel: Path, sha256: str | None = None,
 
 
 STALE_DAYS = 3
+KEEP = 4  # per-wheel venvs kept however recent: pristine + overlay, and a build or two back
+BUSY_SECONDS = 3600  # used this recently: maybe another work tree's, never removed
+NEEDED_BYTES = 2 * 1024**3  # one per-wheel venv (about 1.1 GB) with room to spare
 
 
-def prune_vllm_envs(max_age_days: float = STALE_DAYS) -> None:
-    """Remove per-wheel venvs (1 GB each; every overlay build makes a new one) unused for days.
+def prune_vllm_envs(max_age_days: float = STALE_DAYS, keep: int = KEEP) -> None:
+    """Remove per-wheel venvs (1.1 GB each; every overlay build makes a new one): those
+    unused for days, and beyond the `keep` most recently used those unused for an hour.
 
-    Age, not "all but the current one": other work trees may share this cache right now.
+    Never the recently used ones: other work trees may share this cache right now.
     """
     import shutil
     import time
 
-    for marker in (cache_dir() / "venvs").glob("vllm-*-over-*/.complete"):
-        if time.time() - marker.stat().st_mtime > max_age_days * 86400:
-            _log.info(f"removing {marker.parent.name} (unused for {max_age_days} days)")
+    markers = sorted((cache_dir() / "venvs").glob("vllm-*-over-*/.complete"),
+                     key=lambda marker: marker.stat().st_mtime, reverse=True)
+    for rank, marker in enumerate(markers):
+        idle = time.time() - marker.stat().st_mtime
+        if idle > max_age_days * 86400 or (rank >= keep and idle > BUSY_SECONDS):
+            _log.info(f"removing {marker.parent.name} (unused for {idle / 3600:.1f} h)")
             shutil.rmtree(marker.parent, ignore_errors=True)
+
+
+def check_free_space(where: Path, needed: int = NEEDED_BYTES) -> None:
+    """Refuse before a 1 GB install rather than fail half-way with ENOSPC."""
+    import shutil
+
+    free = shutil.disk_usage(where).free
+    if free < needed:
+        raise OverlayError(f"{where}: {free / 1024**3:.1f} GB free, a per-wheel venv needs "
+                           f"{needed / 1024**3:.0f} GB; free disk space (the per-wheel venvs "
+                           f"there, vllm-*-over-*, can be deleted: they are rebuilt on demand)")
 
 
 if __name__ == "__main__":  # pragma: no cover - manual use: python -m vllm_overlay.testing.testenv
