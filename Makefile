@@ -20,7 +20,7 @@ wheel:            ## fetch (sha256-checked), apply the series, build + verify th
 lock:             ## resolve locks/runtime-<arch>.txt + locks/test-<arch>.txt with hashes (uv; network)
 	$(OVERLAY) lock --arch $(call q,$(ARCH))
 
-changelog:        ## release notes since the previous version -> wheelhouse/CHANGES-<VERSION>.md, README [PREVIOUS=]
+changelog:        ## release notes since the previous version -> wheelhouse/CHANGES-<VERSION>.md, CHANGELOG.md [PREVIOUS=]
 	$(OVERLAY) changelog --arch $(call q,$(ARCH)) $(if $(PREVIOUS),--previous $(call q,$(PREVIOUS)))
 
 wheel-dry-run:    ## MODE=source preflight + the setup.py command it would run

@@ -85,7 +85,7 @@ def test_layers_import_only_downwards():
             continue  # vllm_overlay, __main__, cli and the subpackages' __init__
         layer = parts[1]
         used = {m.split(".")[1] for m in package_imports(name) if m.count(".") >= 1}
-        if layer == "dist" and parts[2] == "in_image":
+        if layer == "publishing" and parts[2] == "in_image":
             assert not package_imports(name), f"{name} must run without the package"
             continue
         assert used <= ALLOWED[layer], f"{name} imports {sorted(used - ALLOWED[layer])}"

@@ -34,10 +34,10 @@ def one_error_line(proc: subprocess.CompletedProcess) -> str:
 @pytest.fixture
 def repo(tmp_path):
     """A copy of what the changelog reads and writes: VERSION, the lock, patches/, locks/,
-    README, releases/."""
+    CHANGELOG.md, releases/."""
     root = tmp_path / "repo"
     root.mkdir()
-    for name in ("VERSION", "upstream.lock.json", "README.md"):
+    for name in ("VERSION", "upstream.lock.json", "CHANGELOG.md"):
         shutil.copy(REPO / name, root / name)
     for name in ("patches", "locks", "releases"):
         shutil.copytree(REPO / name, root / name)
@@ -73,7 +73,7 @@ def test_a_previous_that_is_no_record_is_one_error_and_nothing_is_written(repo, 
     before = snapshot(repo)
     with pytest.raises(OverlayError, match=r"previous\.json: not a release record or manifest"):
         changelog.make_changelog("x86_64", bad, repo=repo, wheelhouse=repo / "wheelhouse")
-    assert snapshot(repo) == before  # no README entry, no releases/ record, no notes
+    assert snapshot(repo) == before  # no CHANGELOG.md entry, no releases/ record, no notes
 
 
 @pytest.mark.parametrize("text", ["", "[]", "{}", '{"version": 1}'],
@@ -100,11 +100,11 @@ def test_versions_with_a_numeric_local_part_compare(repo):
     assert changelog._version_key("0.20.0") > changelog._version_key("0.19.1+mmcg.9")
 
 
-def test_a_readme_without_the_section_writes_nothing(repo):
-    readme = repo / "README.md"
-    readme.write_text(readme.read_text().replace(changelog.START, ""))
+def test_a_changelog_without_the_section_writes_nothing(repo):
+    changes = repo / "CHANGELOG.md"
+    changes.write_text(changes.read_text().replace(changelog.START, ""))
     before = snapshot(repo)
-    with pytest.raises(OverlayError, match="README.md: no changelog section"):
+    with pytest.raises(OverlayError, match="CHANGELOG.md: no changelog section"):
         changelog.make_changelog("x86_64", repo=repo, wheelhouse=repo / "wheelhouse")
     assert snapshot(repo) == before  # neither the notes nor the releases/ record
 

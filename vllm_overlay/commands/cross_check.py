@@ -21,5 +21,5 @@ def run(args) -> int:
     print(f"A = {a.name}\nB = {b.name}")
     for path, what in diff.items():
         print(f"  {what:10} {path}")
-    print(f"{len(diff)} installed file(s) differ (README: Build modes says which must)")
+    print(f"{len(diff)} installed file(s) differ (docs/build-modes.md says which must)")
     return 0

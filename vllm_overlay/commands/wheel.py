@@ -10,7 +10,7 @@ def add(sub) -> None:
     p.add_argument("--arch", default="x86_64", choices=["x86_64", "aarch64"])
     p.add_argument("--mode", default="overlay", choices=["overlay", "precompiled", "source"],
                    help="overlay: swap the series into the upstream wheel (default); "
-                        "precompiled / source: vLLM's own setup.py (README: Build modes)")
+                        "precompiled / source: vLLM's own setup.py (docs/build-modes.md)")
     p.add_argument("--dry-run", action="store_true",
                    help="source mode: run the preflight checks and print the build command")
     p.set_defaults(func=run)

@@ -277,7 +277,7 @@ def different_file(path: Path, digest: str, served: str, url: str, simple_url: s
 
 
 def for_publishing(name: str) -> bool:
-    """The overlay wheels (`...-manylinux_*.whl`, README: Build modes) are for publishing;
+    """The overlay wheels (`...-manylinux_*.whl`, docs/build-modes.md) are for publishing;
     the MODE=precompiled / source wheels (`...-linux_<arch>.whl`, which `make cross-check`
     needs in the wheelhouse) are not: indexes that check platform tags refuse them."""
     return name.endswith(".whl") and name.removesuffix(".whl").rsplit("-", 1)[-1].startswith(
@@ -294,7 +294,7 @@ def local_wheels(wheelhouse: Path) -> dict[Path, str]:
             continue
         if not for_publishing(name):
             _log.info(f"{name}: not uploaded (a MODE=precompiled / source wheel, not for "
-                      f"publishing: README, Build modes)")
+                      f"publishing: docs/build-modes.md)")
             continue
         got = sha256_file(path)
         if got != digest:
@@ -308,8 +308,9 @@ def local_wheels(wheelhouse: Path) -> dict[Path, str]:
 
 
 def beside_files(wheelhouse: Path, wheels: dict[Path, str]) -> list[str]:
-    """The files beside the published wheels that no package index takes (README: Supply
-    chain): each wheel's provenance and SBOM copy, and the constraints of its arch."""
+    """The files beside the published wheels that no package index takes
+    (docs/supply-chain.md): each wheel's provenance and SBOM copy, and the constraints of its
+    arch."""
     sums = index.read_sums(wheelhouse)
     names = []
     for wheel in wheels:
@@ -390,5 +391,5 @@ def publish(index_url: str, wheelhouse: Path, simple_url: str | None = None) -> 
     if extra := beside_files(wheelhouse, wheels):
         _log.info(f"not on the index (it takes only packages; the SBOM is also inside the "
                   f"wheel): hand users {', '.join(str(wheelhouse / n) for n in extra)}, listed "
-                  f"in {wheelhouse / 'SHA256SUMS'} (README: Supply chain)")
+                  f"in {wheelhouse / 'SHA256SUMS'} (docs/supply-chain.md)")
     return result

@@ -4,8 +4,8 @@ Compares this version's release record (the pin, each patch with its sha256 and 
 the runtime lock) with the previous version's: the newest releases/<version>.json below
 VERSION, or PREVIOUS=<file> (such a record, or a wheelhouse manifest-<arch>.json, which
 has the same keys). Writes this version's record to releases/, the notes to the wheelhouse,
-and the same notes at the top of the README's changelog section (replacing an older entry
-for this version), so re-running it changes nothing.
+and the same notes at the top of CHANGELOG.md's list of versions, newest first (replacing
+an older entry for this version), so re-running it changes nothing.
 """
 
 import json
@@ -19,6 +19,7 @@ from vllm_overlay.common.fs import atomic_write
 from vllm_overlay.common.paths import REPO
 
 START, END = "<!-- changelog:start -->", "<!-- changelog:end -->"
+CHANGELOG = "CHANGELOG.md"  # the entries sit between START and END
 _URL_RE = re.compile(r"https://github\.com/\S+/(?:pull|issues)/\d+")
 
 
@@ -214,11 +215,11 @@ def render(new: dict, old: dict | None, old_name: str | None, log: dict | None =
     return "\n".join(lines) + "\n"
 
 
-def readme_with(readme: Path, notes: str, version: str) -> str:
-    """The README's text with `notes` as this version's changelog entry."""
-    text = readme.read_text()
+def changelog_with(changes: Path, notes: str, version: str) -> str:
+    """CHANGELOG.md's text with `notes` as this version's entry."""
+    text = changes.read_text()
     if START not in text or END not in text:
-        raise OverlayError(f"{readme}: no changelog section ({START} ... {END})")
+        raise OverlayError(f"{changes}: no changelog section ({START} ... {END})")
     head, rest = text.split(START, 1)
     body, tail = rest.split(END, 1)
     demoted = re.sub(r"(?m)^(#+) ", r"#\1 ", notes).strip()  # below the section's heading
@@ -238,10 +239,10 @@ def make_changelog(arch: str = "x86_64", previous: Path | None = None, repo: Pat
     notes = render(new, old, old_name, rebase_log(repo, old, new))
     wheelhouse = wheelhouse or repo / "wheelhouse"
     out = wheelhouse / f"CHANGES-{new['version']}.md"
-    readme = readme_with(repo / "README.md", notes, new["version"])  # fails before any write
+    changes = changelog_with(repo / CHANGELOG, notes, new["version"])  # fails before any write
     for folder in (wheelhouse, repo / "releases"):
         folder.mkdir(parents=True, exist_ok=True)
     atomic_write(out, notes)
     atomic_write(repo / "releases" / f"{new['version']}.json", json.dumps(new, indent=2) + "\n")
-    atomic_write(repo / "README.md", readme)
+    atomic_write(repo / CHANGELOG, changes)
     return out

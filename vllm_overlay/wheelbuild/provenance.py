@@ -16,7 +16,7 @@ from pathlib import Path
 from vllm_overlay.common.pin import Pin
 from vllm_overlay.common.series import Patch
 
-BUILD_TYPE = "urn:vllm-overlay:build-type:make-wheel:v1"  # README: Supply chain
+BUILD_TYPE = "urn:vllm-overlay:build-type:make-wheel:v1"  # docs/supply-chain.md
 LOCAL_BUILDER = "urn:vllm-overlay:builder:local"
 
 

@@ -153,7 +153,7 @@ def build_setup_py_wheel(mode: str, arch: str = "x86_64",
     if mode == "source" and source is None:
         source = source_preflight(the_pin=the_pin)
     with wheelhouse_store.locked_inputs(wheelhouse_dir, patches_dir, repo) as (
-            the_pin, patches, snapshot):  # read once, under the lock (README: Guarantees)
+            the_pin, patches, snapshot):  # read once, under the lock (docs/guarantees.md)
         series_sha = series.series_digest(patches, snapshot)
         epoch = key.source_date_epoch(patches, the_pin.released)
         version = the_pin.overlay_version

@@ -254,7 +254,7 @@ def store(wheelhouse: Path, mode: str, arch: str, key: str, the_pin: pin.Pin, ep
             shutil.rmtree(tmp_dir, ignore_errors=True)
             raise OverlayError(f"wheel: {exc.strerror or exc}: {exc.filename or tmp_dir}; "
                                f"the visible wheelhouse is unchanged or consistent "
-                               f"(README: Guarantees), temp files removed") from exc
+                               f"(docs/guarantees.md), temp files removed") from exc
         shutil.rmtree(tmp_dir, ignore_errors=True)
         _log.info(f"{dest} ({size / 1e6:.1f} MB, sha256 {sha256}) verified")
         return dest

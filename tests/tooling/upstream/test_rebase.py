@@ -891,7 +891,7 @@ def test_runtime_venv_1_makes_the_new_locks_venv_to_run_the_checks(repo, tmp_pat
 
 def test_make_changelog_after_the_rebase_says_what_happened(repo, monkeypatch):
     from vllm_overlay.wheelbuild import changelog
-    (repo / "README.md").write_text(f"# x\n\n{changelog.START}\n{changelog.END}\n")
+    (repo / "CHANGELOG.md").write_text(f"# x\n\n{changelog.START}\n{changelog.END}\n")
     (repo / "releases").mkdir()
     (repo / "releases" / f"{PIN}+test.3.json").write_text(
         json.dumps(changelog.record("x86_64", repo)))  # what `make changelog` kept on the pin

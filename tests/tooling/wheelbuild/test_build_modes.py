@@ -223,7 +223,7 @@ def test_modes_publish_side_by_side_through_one_path(synth):
 # ------------------------------------------------------------- the real cross-check
 
 # What must differ between the installed trees of the overlay wheel (A) and vLLM's own
-# precompiled setup.py build (B) of the same tree, and why (README: Build modes).
+# precompiled setup.py build (B) of the same tree, and why (docs/build-modes.md).
 EXPECTED_DIFFERENCES = {
     # the file names and WHEEL tags differ on purpose: A keeps upstream's manylinux_2_31
     # name, B keeps what setup.py bdist_wheel --py-limited-api=cp38 says (linux_x86_64)

@@ -13,10 +13,10 @@ from vllm_overlay.common.paths import REPO
 
 @pytest.fixture
 def repo(tmp_path):
-    """A copy of what the changelog reads: VERSION, the lock, patches/, locks/, README."""
+    """A copy of what the changelog reads: VERSION, the lock, patches/, locks/, CHANGELOG.md."""
     root = tmp_path / "repo"
     root.mkdir()
-    for name in ("VERSION", "upstream.lock.json", "README.md"):
+    for name in ("VERSION", "upstream.lock.json", "CHANGELOG.md"):
         shutil.copy(REPO / name, root / name)
     for name in ("patches", "locks"):
         shutil.copytree(REPO / name, root / name)
@@ -62,12 +62,12 @@ def test_changes_since_the_previous_version(repo):
     assert record["series"]["patches"][0]["origin"].startswith("backport, https://")
 
 
-def test_readme_section_gets_the_entry_once(repo):
+def test_changelog_section_gets_the_entry_once(repo):
     previous(repo)
     for _ in range(2):  # re-running replaces this version's entry, never duplicates it
         changelog.make_changelog("x86_64", repo=repo, wheelhouse=repo / "wheelhouse")
-    readme = (repo / "README.md").read_text()
-    section = readme.split(changelog.START)[1].split(changelog.END)[0]
+    text = (repo / "CHANGELOG.md").read_text()
+    section = text.split(changelog.START)[1].split(changelog.END)[0]
     assert section.count("### 0.19.1+mmcg.1\n") == 1
     assert "#### Patches added (1)" in section
 

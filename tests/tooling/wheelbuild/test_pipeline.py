@@ -277,7 +277,7 @@ def test_interrupted_build_leaves_the_wheelhouse_as_it_was(built):
     assert proc.returncode == 137, proc.stderr.decode()
     assert list((s.wheelhouse / ".tmp").iterdir())  # the killed build's temp file
     # Same file name: the old wheel is unlisted before it would be replaced, so what is
-    # left is the old wheel, unchanged, listed nowhere with another hash (README: Guarantees).
+    # left is the old wheel, unchanged, listed nowhere with another hash (docs/guarantees.md).
     assert visible(s.wheelhouse)[OUT_NAME] == before[OUT_NAME]
     assert "SHA256SUMS" not in visible(s.wheelhouse) or \
         OUT_NAME not in visible(s.wheelhouse)["SHA256SUMS"].decode()

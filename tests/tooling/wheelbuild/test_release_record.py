@@ -2,8 +2,8 @@
 
 A wheel's content is decided by patches/; its name by VERSION. When the shipped series
 changes, VERSION must move on and `make changelog` must record the new series, or two
-different wheels carry one version and the README's changelog names a series that is not
-the shipped one."""
+different wheels carry one version and CHANGELOG.md names a series that is not the
+shipped one."""
 
 import json
 
@@ -24,10 +24,10 @@ def test_release_record_of_version_describes_the_current_series():
     assert [p["sha256"] for p in record["series"]["patches"]] == [p.sha256() for p in patches]
 
 
-def test_readme_changelog_names_the_current_series():
+def test_changelog_names_the_current_series():
     version = pin.load().overlay_version
     current = series.series_digest(series.read_series(), series.PATCHES)
-    changes = (REPO / "CHANGELOG.md") if (REPO / "CHANGELOG.md").is_file() else REPO / "README.md"
+    changes = REPO / "CHANGELOG.md"
     text = changes.read_text()
     entry = text.split(f"## {version}\n", 1)[1] if f"## {version}\n" in text else ""
     assert f"`{current[:16]}`" in entry.split("\n## ", 1)[0], (
