@@ -15,7 +15,7 @@ from vllm_overlay.wheelbuild import constraints, provenance, sbom, supplyenv
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.pin import Pin
 from vllm_overlay.common.series import Patch
-from vllm_overlay.publishing import index
+from vllm_overlay.common import index
 
 
 def inputs(arch: str, repo: Path) -> list[str]:

@@ -23,7 +23,7 @@ from vllm_overlay.common import log, pin, series
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.fs import atomic_write, file_lock, replace, sha256_file
 from vllm_overlay.common.paths import REPO
-from vllm_overlay.publishing import index
+from vllm_overlay.common import index
 
 WHEELHOUSE = REPO / "wheelhouse"
 _log = log.stage("wheel")
