@@ -149,10 +149,10 @@ def test_sdist_hash_is_recorded_then_verified(synth_upstream):
     compute(u, versions, urls)
     record = json.loads(upstream.tofu_file().read_text())
     sha = record["vllm-1.0.1.tar.gz"]["sha256"]
-    assert sha == upstream.fetch.sha256_file(u.sdist("1.0.1"))
+    assert sha == upstream.sha256_file(u.sdist("1.0.1"))
     # reuse works without any index (urls=None) and re-hashes the cached file
     assert compute(u, versions, None).releases[1].sha256 == sha
-    blob = upstream.fetch.blob_path(sha)
+    blob = upstream.blobcache.blob_path(sha)
     os.chmod(blob, 0o644)
     blob.write_bytes(blob.read_bytes() + b"tampered")
     with pytest.raises(OverlayError) as err:
