@@ -31,13 +31,16 @@ from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.http import redact
 from vllm_overlay.common.paths import REPO, cache_dir
 from vllm_overlay.common.requirements import normalize_name, requirement_lines
+# the compiled-lock parser, under the names this module's callers use
+from vllm_overlay.common.requirements import LOCK_ENTRY_RE as _ENTRY_RE  # noqa: F401
+from vllm_overlay.common.requirements import lock_entries as entries
+from vllm_overlay.common.requirements import read_lock  # noqa: F401
 from vllm_overlay.common import wheelfile
 
 PYTHON = "3.11"  # the interpreter the locks are resolved for (the test environment's)
 PLATFORM = "manylinux_2_31"  # the upstream wheels' platform tag
 TEST_REQUIREMENTS = Path("tests") / "upstream" / "requirements-test.txt"
 RUNTIME_REQUIREMENTS = "requirements/cuda.txt"  # inside the sdist; it includes common.txt
-_ENTRY_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==(\S+)")
 
 
 _snapshots = threading.local()  # repo -> the locks/ snapshot of the build this thread runs
@@ -116,23 +119,6 @@ def runtime_lock(arch: str, repo: Path = REPO) -> Path:
 
 def test_lock(arch: str, repo: Path = REPO) -> Path:
     return lock_dir(repo) / f"test-{arch}.txt"
-
-
-def entries(text: str) -> dict[str, str]:
-    """name -> pinned version of a compiled lock (`name==version \\` lines)."""
-    return {normalize_name(m[1]): m[3] for line in text.splitlines() if (m := _ENTRY_RE.match(line))}
-
-
-def read_lock(path: Path) -> tuple[str, dict[str, str]]:
-    """(text, name -> version); a missing or unpinned lock is an error naming the fix."""
-    if not path.is_file():
-        raise OverlayError(f"{path}: no runtime lock for this arch: run `make lock "
-                           f"ARCH={path.stem.split('-', 1)[-1]}`")
-    text = path.read_text()
-    for line in text.splitlines():
-        if line and not line.startswith(("#", " ")) and not _ENTRY_RE.match(line):
-            raise OverlayError(f"{path}: not a pinned `name==version` entry: {line!r}")
-    return text, entries(text)
 
 
 def sha256_text(text: str) -> str:
