@@ -131,11 +131,16 @@ INSTALL_COMMAND = "pip install --no-deps --require-hashes -r constraints-{arch}.
 def constraints_text(arch: str, wheels: dict[str, str], version: str, repo: Path = REPO) -> str:
     """The runtime lock plus `vllm==<version>` with the sha256 of each wheel of it."""
     lock = runtime_lock(arch, repo)
-    text, _ = read_lock(lock)
+    return render_constraints(arch, wheels, version, lock_label(lock), read_lock(lock)[0])
+
+
+def render_constraints(arch: str, wheels: dict[str, str], version: str, label: str,
+                       text: str) -> str:
+    """constraints-<arch>.txt from the lock's text, named by its `label` in the repository."""
     names = "".join(f"# vllm wheel: {name}\n" for name in sorted(wheels))
     hashes = "".join(f" \\\n    --hash=sha256:{wheels[name]}" for name in sorted(wheels))
     return (f"# Hash-locked runtime of vllm {version} ({arch}, CPython {PYTHON}), from "
-            f"{lock_label(lock)} (make lock).\n"
+            f"{label} (make lock).\n"
             f"# Install (with the internal index in pip's index settings):\n"
             f"# {INSTALL_COMMAND.format(arch=arch)}\n"
             f"{text}{names}vllm=={version}{hashes}\n")
