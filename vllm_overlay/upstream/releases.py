@@ -19,7 +19,7 @@ from pathlib import Path
 
 from vllm_overlay.wheelbuild import apply
 from vllm_overlay.wheelbuild import fetch
-from vllm_overlay.common import blobcache, log
+from vllm_overlay.common import blobcache, log, pipindex
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.fs import atomic_write, file_lock, sha256_file
 from vllm_overlay.common.git import git
@@ -68,10 +68,10 @@ def sort_versions(versions) -> list[str]:
 
 def list_sdists(project: str, indexes: list[str] | None = None) -> dict[str, str]:
     """version -> sdist URL of every release on pip's indexes (first index that has it wins)."""
-    indexes = fetch.pip_index_urls() if indexes is None else indexes
+    indexes = pipindex.pip_index_urls() if indexes is None else indexes
     pattern = re.compile(rf"^{re.escape(project)}-(.+)\.tar\.gz$", re.I)
     found: dict[str, str] = {}
-    for filename, url in fetch.project_files(project, indexes).items():
+    for filename, url in pipindex.project_files(project, indexes).items():
         if (m := pattern.match(filename)) and _VERSION_RE.match(m[1]):
             found.setdefault(m[1], url)
     if not found:

@@ -26,7 +26,7 @@ import threading
 import zipfile
 from pathlib import Path
 
-from vllm_overlay.wheelbuild import fetch, supplyenv
+from vllm_overlay.wheelbuild import supplyenv
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.http import redact
 from vllm_overlay.common.paths import REPO, cache_dir
@@ -35,7 +35,7 @@ from vllm_overlay.common.requirements import normalize_name, requirement_lines
 from vllm_overlay.common.requirements import LOCK_ENTRY_RE as _ENTRY_RE  # noqa: F401
 from vllm_overlay.common.requirements import lock_entries as entries
 from vllm_overlay.common.requirements import read_lock  # noqa: F401
-from vllm_overlay.common import wheelfile
+from vllm_overlay.common import pipindex, wheelfile
 
 PYTHON = "3.11"  # the interpreter the locks are resolved for (the test environment's)
 PLATFORM = "manylinux_2_31"  # the upstream wheels' platform tag
@@ -162,7 +162,7 @@ def requires_dist(wheel: Path, version: str, name: str | None = None) -> list[st
 def uv_compile(sources: list[str], out: str, arch: str,
                constraints: list[str] = ()) -> tuple[list[str], dict[str, str]]:
     """The `uv pip compile` command line and environment: pip's index settings (pip config
-    and PIP_INDEX_URL / PIP_EXTRA_INDEX_URL, as fetch and lockmeta read them) passed as
+    and PIP_INDEX_URL / PIP_EXTRA_INDEX_URL, as common/pipindex.py reads them) passed as
     uv's own flags, so the lock is resolved where pip installs from; uv's cache inside
     VLLM_OVERLAY_CACHE (UV_CACHE_DIR), like every other download of the project."""
     cmd = [str(supplyenv.bin_dir() / "uv"), "pip", "compile", "--generate-hashes", "--quiet",
@@ -177,7 +177,7 @@ def _index_args() -> list[str]:
     indexes, while uv by default takes a package from the first index that has it, and puts
     --extra-index-url before --index-url (a partial local mirror in pip's extra indexes then
     hides PyPI's versions: `lark==1.2.2` unsatisfiable)."""
-    indexes = fetch.pip_index_urls()
+    indexes = pipindex.pip_index_urls()
     return ["--index-url", indexes[0], *(a for url in indexes[1:]
                                          for a in ("--extra-index-url", url)),
             "--index-strategy", "unsafe-best-match"]

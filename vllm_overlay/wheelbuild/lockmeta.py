@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from vllm_overlay.wheelbuild import constraints, fetch, supplyenv
-from vllm_overlay.common import pin
+from vllm_overlay.common import pin, pipindex
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.fs import atomic_write
 from vllm_overlay.common.paths import REPO
@@ -110,7 +110,7 @@ class RangeFile(io.RawIOBase):
 
 def _index_files(project: str) -> list[dict]:
     """PEP 691 file entries for `project` over pip's indexes (the first index that has it)."""
-    for index in fetch.pip_index_urls():
+    for index in pipindex.pip_index_urls():
         if not index.startswith(("http:", "https:")):
             continue
         page = index.rstrip("/") + f"/{project}/"
@@ -122,7 +122,7 @@ def _index_files(project: str) -> list[dict]:
             return [{**f, "url": urllib.parse.urljoin(page, f["url"])}
                     for f in json.loads(body)["files"]]
     raise OverlayError(f"{project}: no JSON simple page (PEP 691) on pip's indexes "
-                       f"({', '.join(fetch.pip_index_urls())})")
+                       f"({', '.join(pipindex.pip_index_urls())})")
 
 
 def _parse(text: str) -> dict:

@@ -386,11 +386,11 @@ def test_warm_status_reuses_cached_cells_and_reads_pip_config_once(synth_upstrea
     u = synth_upstream
     versions, urls = releases(u, "1.0.0,1.0.7,1.0.9,1.0.10")
     cold = status.to_json(compute(u, versions, urls))
-    real_evaluate, real_urls = status.evaluate_release, installable.fetch.pip_index_urls
+    real_evaluate, real_urls = status.evaluate_release, installable.pipindex.pip_index_urls
     evaluated, reads = [], []
     monkeypatch.setattr(status, "evaluate_release",
                         lambda tree, *a, **k: evaluated.append(tree) or real_evaluate(tree, *a, **k))
-    monkeypatch.setattr(installable.fetch, "pip_index_urls",
+    monkeypatch.setattr(installable.pipindex, "pip_index_urls",
                         lambda: reads.append(1) or real_urls())
     assert status.to_json(compute(u, versions, urls)) == cold
     assert evaluated == []
