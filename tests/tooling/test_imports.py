@@ -12,7 +12,7 @@ PACKAGE = REPO / "vllm_overlay"
 # with a plain python3 inside the image, so they import nothing of the package at all.
 ALLOWED = {
     "common": {"common"},
-    "wheelbuild": {"common", "wheelbuild", "publishing"},  # the wheelhouse keeps the simple index in step
+    "wheelbuild": {"common", "wheelbuild"},
     "publishing": {"common", "publishing"},
     "upstream": {"common", "wheelbuild", "testing", "upstream"},  # release trees; the runtime venv of a rebase
     "testing": {"common", "wheelbuild", "testing"},

@@ -106,9 +106,12 @@ def read_series(patches_dir: Path = PATCHES) -> list[Patch]:
     return patches
 
 
-def series_digest(patches: list[Patch], patches_dir: Path = PATCHES) -> str:
-    """One hash over the series file and every patch it names."""
+def series_digest(patches: list[Patch], patches_dir: Path = PATCHES,
+                  hashes: dict[str, str] | None = None) -> str:
+    """One hash over the series file and every patch it names (`hashes`: patch name ->
+    sha256, when the caller hashed them already)."""
     digest = hashlib.sha256((patches_dir / "series").read_bytes())
     for patch in patches:
-        digest.update(patch.name.encode() + b"\0" + patch.sha256().encode())
+        sha256 = hashes[patch.name] if hashes else patch.sha256()
+        digest.update(patch.name.encode() + b"\0" + sha256.encode())
     return digest.hexdigest()

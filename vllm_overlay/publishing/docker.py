@@ -15,7 +15,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from vllm_overlay.publishing import index
+from vllm_overlay.common import index
 from vllm_overlay.common import pin
 from vllm_overlay.common import series
 from vllm_overlay.common import log

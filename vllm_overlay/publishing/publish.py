@@ -43,7 +43,7 @@ from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.fs import sha256_file
 from vllm_overlay.common.http import page_links, redact
 from vllm_overlay.common.requirements import normalize_name
-from vllm_overlay.publishing import index
+from vllm_overlay.common import index
 
 TWINE_REQUIREMENTS = Path(__file__).with_name("requirements-publish.txt")  # twine, pinned
 TWINE_LOCK = Path(__file__).with_name("requirements-publish.lock")  # all of it, with hashes

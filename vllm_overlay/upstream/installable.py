@@ -17,7 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from vllm_overlay.wheelbuild import constraints, fetch
+from vllm_overlay.wheelbuild import constraints
+from vllm_overlay.common import pipindex
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.fs import atomic_write
 from vllm_overlay.common.http import redact
@@ -36,13 +37,13 @@ _CAUSES = [re.compile(rf"there is no version of {_NAME}"),
 
 def lock_indexes(urls: list[str] | None = None) -> list[str]:
     """The indexes `uv pip compile` (make lock) resolves from, credentials hidden."""
-    return [redact(url) for url in (fetch.pip_index_urls() if urls is None else urls)]
+    return [redact(url) for url in (pipindex.pip_index_urls() if urls is None else urls)]
 
 
 def lock_settings() -> list[str]:
     """pip's index URLs, read once (`pip config list`: a third of a second a call) for a
     whole `status` run: pass them to of_sdist / resolve."""
-    return fetch.pip_index_urls()
+    return pipindex.pip_index_urls()
 
 
 def requirements(sdist: Path) -> list[str]:
@@ -64,7 +65,7 @@ def requirements(sdist: Path) -> list[str]:
 def _key(lines: list[str], arch: str, urls: list[str] | None = None) -> str:
     settings = {"requirements": lines, "arch": arch, "python": constraints.PYTHON,
                 "platform": constraints.PLATFORM,
-                "indexes": fetch.pip_index_urls() if urls is None else urls}
+                "indexes": pipindex.pip_index_urls() if urls is None else urls}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
@@ -83,7 +84,7 @@ def cause(uv_error: str, lines: list[str]) -> str | None:
 def resolve(lines: list[str], arch: str, urls: list[str] | None = None) -> dict:
     """{"installable": True | False | None (unknown), "text": "yes" | "no (...)" |
     "unknown (...)", "package": what did not resolve, "indexes": [...]}; cached."""
-    urls = fetch.pip_index_urls() if urls is None else urls
+    urls = pipindex.pip_index_urls() if urls is None else urls
     indexes = lock_indexes(urls)
     where = cache_dir() / "installable" / f"{_key(lines, arch, urls)}.json"
     try:
@@ -115,7 +116,7 @@ def resolve(lines: list[str], arch: str, urls: list[str] | None = None) -> dict:
 def of_sdist(sdist: Path, arches: list[str], urls: list[str] | None = None) -> dict:
     """A release's installability over `arches` (the first arch that fails decides); urls:
     pip's index URLs when the caller already read them (lock_settings)."""
-    urls = fetch.pip_index_urls() if urls is None else urls
+    urls = pipindex.pip_index_urls() if urls is None else urls
     try:
         lines = requirements(sdist)
     except OverlayError as exc:

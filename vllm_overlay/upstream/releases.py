@@ -19,11 +19,11 @@ from pathlib import Path
 
 from vllm_overlay.wheelbuild import apply
 from vllm_overlay.wheelbuild import fetch
-from vllm_overlay.common import log
+from vllm_overlay.common import blobcache, log, pipindex
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.fs import atomic_write, file_lock, sha256_file
 from vllm_overlay.common.git import git
-from vllm_overlay.common.http import BatchProgress, download
+from vllm_overlay.common.http import BatchProgress
 from vllm_overlay.common.paths import cache_dir
 from vllm_overlay.common.pin import Artifact, Pin
 
@@ -68,10 +68,10 @@ def sort_versions(versions) -> list[str]:
 
 def list_sdists(project: str, indexes: list[str] | None = None) -> dict[str, str]:
     """version -> sdist URL of every release on pip's indexes (first index that has it wins)."""
-    indexes = fetch.pip_index_urls() if indexes is None else indexes
+    indexes = pipindex.pip_index_urls() if indexes is None else indexes
     pattern = re.compile(rf"^{re.escape(project)}-(.+)\.tar\.gz$", re.I)
     found: dict[str, str] = {}
-    for filename, url in fetch.project_files(project, indexes).items():
+    for filename, url in pipindex.project_files(project, indexes).items():
         if (m := pattern.match(filename)) and _VERSION_RE.match(m[1]):
             found.setdefault(m[1], url)
     if not found:
@@ -166,20 +166,13 @@ def _record_tofu(filename: str, entry: dict) -> None:
 
 def _download(url: str, filename: str, progress: BatchProgress) -> tuple[Path, str, int]:
     """Stream url into the blob cache; returns (path, sha256, size)."""
-    blobs = cache_dir() / "sha256"
-    blobs.mkdir(parents=True, exist_ok=True)
-    part = blobs / f"{filename}.part{os.getpid()}.{threading.get_ident()}"
-    progress.started()
-    try:
-        sha, size = download(url, part, filename, progress.advance)
+    def check(sha: str, size: int) -> None:
         if "#sha256=" in url and url.rsplit("#sha256=", 1)[1].lower() != sha:
             raise OverlayError(f"{filename}: downloaded sha256 {sha} != the index's "
                                f"{url.rsplit('#sha256=', 1)[1]} ({url})")
-        os.chmod(part, 0o444)
-        dest = fetch.blob_path(sha)
-        os.replace(part, dest)
-    finally:
-        part.unlink(missing_ok=True)
+
+    progress.started()
+    dest, sha, size = blobcache.write(url, filename, progress.advance, check)
     progress.advance(0, finished=True)
     return dest, sha, size
 
@@ -208,7 +201,7 @@ def fetch_sdist(project: str, pin: Pin, version: str, urls: dict[str, str] | Non
     record = _read_tofu().get(filename)
     if record:
         art = Artifact("sdist", filename, int(record["size"]), record["sha256"])
-        path = fetch.blob_path(art.sha256)
+        path = blobcache.blob_path(art.sha256)
         if path.exists():
             got = sha256_file(path)  # every reuse: a full re-hash
             if got != art.sha256:

@@ -12,24 +12,20 @@ import zipfile
 from pathlib import Path
 
 from vllm_overlay.wheelbuild import constraints, provenance, sbom, supplyenv
+from vllm_overlay.wheelbuild.record import BuildRecord
+from vllm_overlay.common import index
 from vllm_overlay.common.errors import OverlayError
-from vllm_overlay.common.pin import Pin
-from vllm_overlay.common.series import Patch
-from vllm_overlay.publishing import index
 
 
-def inputs(arch: str, repo: Path) -> list[str]:
+def inputs(record: BuildRecord) -> list[str]:
     """What the files beside the wheel depend on beyond the wheel's inputs (for build keys)."""
-    lock_text = constraints.read_lock(constraints.runtime_lock(arch, repo))[0]
-    meta = constraints.lock_dir(repo) / f"metadata-{arch}.json"
-    meta_text = meta.read_text() if meta.is_file() else ""
-    return [f"lock={constraints.sha256_text(lock_text)}",
-            f"lock-metadata={constraints.sha256_text(meta_text)}",
+    return [f"lock={record.lock.sha256}",
+            f"lock-metadata={constraints.sha256_text(record.lock.metadata_text)}",
             f"supply={constraints.sha256_text(supplyenv.LOCK.read_text())}"]
 
 
-def beside_wheel(wheelhouse: Path, wheel: Path, sha256: str, the_pin: Pin, arch: str, mode: str,
-                 epoch: int, series_sha: str, patches: list[Patch], repo: Path) -> dict[str, str]:
+def beside_wheel(wheelhouse: Path, wheel: Path, sha256: str,
+                 record: BuildRecord) -> dict[str, str]:
     """file name -> text of the files to publish beside `wheel` (already in SHA256SUMS)."""
     version = wheel.name.split("-")[1]
     with zipfile.ZipFile(wheel) as zf:
@@ -38,15 +34,12 @@ def beside_wheel(wheelhouse: Path, wheel: Path, sha256: str, the_pin: Pin, arch:
                                "(every build mode embeds one: wheelbuild/sbom.py)")
         document = zf.read(sbom.member_name(version)).decode()
     sbom_name = sbom.beside_name(wheel.name)
-    lock = constraints.runtime_lock(arch, repo)
-    lock_sha = constraints.sha256_text(constraints.read_lock(lock)[0])
     subjects = {wheel.name: sha256, sbom_name: hashlib.sha256(document.encode()).hexdigest()}
     files = {sbom_name: document,
-             provenance.beside_name(wheel.name): provenance.statement(
-                 subjects, the_pin, arch, mode, version, epoch, series_sha, patches,
-                 (constraints.lock_label(lock), lock_sha), repo)}
-    overlay = the_pin.overlay_version
+             provenance.beside_name(wheel.name): provenance.statement(subjects, record, version)}
+    overlay, arch = record.pin.overlay_version, record.arch
     wheels = {name: digest for name, digest in index.read_sums(wheelhouse).items()
               if name.startswith(f"vllm-{overlay}-") and name.endswith(f"_{arch}.whl")}
-    files[f"constraints-{arch}.txt"] = constraints.constraints_text(arch, wheels, overlay, repo)
+    files[f"constraints-{arch}.txt"] = constraints.render_constraints(
+        arch, wheels, overlay, record.lock.label, record.lock.text)
     return files

@@ -26,18 +26,21 @@ import threading
 import zipfile
 from pathlib import Path
 
-from vllm_overlay.wheelbuild import fetch, supplyenv
+from vllm_overlay.wheelbuild import supplyenv
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.http import redact
 from vllm_overlay.common.paths import REPO, cache_dir
 from vllm_overlay.common.requirements import normalize_name, requirement_lines
-from vllm_overlay.common import wheelfile
+# the compiled-lock parser, under the names this module's callers use
+from vllm_overlay.common.requirements import LOCK_ENTRY_RE as _ENTRY_RE  # noqa: F401
+from vllm_overlay.common.requirements import lock_entries as entries
+from vllm_overlay.common.requirements import read_lock  # noqa: F401
+from vllm_overlay.common import pipindex, wheelfile
 
 PYTHON = "3.11"  # the interpreter the locks are resolved for (the test environment's)
 PLATFORM = "manylinux_2_31"  # the upstream wheels' platform tag
 TEST_REQUIREMENTS = Path("tests") / "upstream" / "requirements-test.txt"
 RUNTIME_REQUIREMENTS = "requirements/cuda.txt"  # inside the sdist; it includes common.txt
-_ENTRY_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==(\S+)")
 
 
 _snapshots = threading.local()  # repo -> the locks/ snapshot of the build this thread runs
@@ -118,23 +121,6 @@ def test_lock(arch: str, repo: Path = REPO) -> Path:
     return lock_dir(repo) / f"test-{arch}.txt"
 
 
-def entries(text: str) -> dict[str, str]:
-    """name -> pinned version of a compiled lock (`name==version \\` lines)."""
-    return {normalize_name(m[1]): m[3] for line in text.splitlines() if (m := _ENTRY_RE.match(line))}
-
-
-def read_lock(path: Path) -> tuple[str, dict[str, str]]:
-    """(text, name -> version); a missing or unpinned lock is an error naming the fix."""
-    if not path.is_file():
-        raise OverlayError(f"{path}: no runtime lock for this arch: run `make lock "
-                           f"ARCH={path.stem.split('-', 1)[-1]}`")
-    text = path.read_text()
-    for line in text.splitlines():
-        if line and not line.startswith(("#", " ")) and not _ENTRY_RE.match(line):
-            raise OverlayError(f"{path}: not a pinned `name==version` entry: {line!r}")
-    return text, entries(text)
-
-
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -145,11 +131,16 @@ INSTALL_COMMAND = "pip install --no-deps --require-hashes -r constraints-{arch}.
 def constraints_text(arch: str, wheels: dict[str, str], version: str, repo: Path = REPO) -> str:
     """The runtime lock plus `vllm==<version>` with the sha256 of each wheel of it."""
     lock = runtime_lock(arch, repo)
-    text, _ = read_lock(lock)
+    return render_constraints(arch, wheels, version, lock_label(lock), read_lock(lock)[0])
+
+
+def render_constraints(arch: str, wheels: dict[str, str], version: str, label: str,
+                       text: str) -> str:
+    """constraints-<arch>.txt from the lock's text, named by its `label` in the repository."""
     names = "".join(f"# vllm wheel: {name}\n" for name in sorted(wheels))
     hashes = "".join(f" \\\n    --hash=sha256:{wheels[name]}" for name in sorted(wheels))
     return (f"# Hash-locked runtime of vllm {version} ({arch}, CPython {PYTHON}), from "
-            f"{lock_label(lock)} (make lock).\n"
+            f"{label} (make lock).\n"
             f"# Install (with the internal index in pip's index settings):\n"
             f"# {INSTALL_COMMAND.format(arch=arch)}\n"
             f"{text}{names}vllm=={version}{hashes}\n")
@@ -171,7 +162,7 @@ def requires_dist(wheel: Path, version: str, name: str | None = None) -> list[st
 def uv_compile(sources: list[str], out: str, arch: str,
                constraints: list[str] = ()) -> tuple[list[str], dict[str, str]]:
     """The `uv pip compile` command line and environment: pip's index settings (pip config
-    and PIP_INDEX_URL / PIP_EXTRA_INDEX_URL, as fetch and lockmeta read them) passed as
+    and PIP_INDEX_URL / PIP_EXTRA_INDEX_URL, as common/pipindex.py reads them) passed as
     uv's own flags, so the lock is resolved where pip installs from; uv's cache inside
     VLLM_OVERLAY_CACHE (UV_CACHE_DIR), like every other download of the project."""
     cmd = [str(supplyenv.bin_dir() / "uv"), "pip", "compile", "--generate-hashes", "--quiet",
@@ -186,7 +177,7 @@ def _index_args() -> list[str]:
     indexes, while uv by default takes a package from the first index that has it, and puts
     --extra-index-url before --index-url (a partial local mirror in pip's extra indexes then
     hides PyPI's versions: `lark==1.2.2` unsatisfiable)."""
-    indexes = fetch.pip_index_urls()
+    indexes = pipindex.pip_index_urls()
     return ["--index-url", indexes[0], *(a for url in indexes[1:]
                                          for a in ("--extra-index-url", url)),
             "--index-strategy", "unsafe-best-match"]

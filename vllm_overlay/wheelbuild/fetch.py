@@ -1,178 +1,18 @@
-"""Fetch: pinned upstream artifacts into a cache keyed by sha256, verified before any use.
-
-Files are found through the package indexes pip is configured with (pip's config and
-PIP_* environment; pip's own default index otherwise), using the PEP 691 JSON or PEP 503
-HTML simple API. A cached file is trusted only after its size and sha256 were checked;
-the check is remembered per (size, mtime, inode) so a warm cache is not re-hashed.
+"""Fetch: pinned upstream artifacts into the blob cache (common/blobcache.py), verified
+before any use; found on the package indexes pip is configured with (common/pipindex.py).
 """
 
-import json
-import os
-import subprocess
-import sys
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
-from vllm_overlay.common import log
+from vllm_overlay.common import blobcache, log
+# the blob cache's and the index client's names, as this module's callers have used them
+from vllm_overlay.common.blobcache import (blob_path, cached, download_pinned,  # noqa: F401
+                                           verify_file)
 from vllm_overlay.common.errors import OverlayError
-from vllm_overlay.common.fs import sha256_file
-from vllm_overlay.common.http import Progress, download, page_links
-from vllm_overlay.common.paths import cache_dir
 from vllm_overlay.common.pin import Artifact
+from vllm_overlay.common.pipindex import find_url, project_files  # noqa: F401
 
-# pip's own default index (pip._internal.models.index.PyPI.simple_url, not a public API)
-PYPI_SIMPLE = "https://pypi.org/simple"
 _log = log.stage("fetch")
-
-
-def blob_path(sha256: str) -> Path:
-    return cache_dir() / "sha256" / sha256
-
-
-def _stat_key(path: Path) -> str:
-    st = path.stat()
-    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
-
-
-def verify_file(path: Path, art: Artifact) -> None:
-    """Raise unless `path` has the artifact's size and sha256."""
-    size = path.stat().st_size
-    if size != art.size:
-        raise OverlayError(
-            f"{art.filename}: size {size} != pinned {art.size} ({path})")
-    got = sha256_file(path)
-    if got != art.sha256:
-        raise OverlayError(
-            f"{art.filename}: sha256 {got} != pinned {art.sha256} ({path})")
-
-
-def cached(art: Artifact, rehash: bool = False) -> Path | None:
-    """The verified cached file, or None if absent. A corrupt entry is an error.
-    With rehash, the file is hashed in full whatever its marker says (an in-place write can
-    keep size, mtime and inode)."""
-    path = blob_path(art.sha256)
-    if not path.exists():
-        return None
-    marker = path.with_name(path.name + ".verified")
-    if not rehash and marker.exists() and marker.read_text() == _stat_key(path):
-        return path
-    try:
-        verify_file(path, art)
-    except OverlayError as exc:
-        raise OverlayError(f"corrupt cache entry: {exc}; delete {path} to fetch again") from exc
-    try:
-        marker.write_text(_stat_key(path))
-    except OSError:
-        pass  # a read-only cache: verified now, and again next time
-    return path
-
-
-# --- index discovery -------------------------------------------------------------------
-
-
-def pip_index_urls() -> list[str]:
-    """The index URLs pip would use, in pip's order: index-url then extra-index-urls."""
-    out = subprocess.run([sys.executable, "-m", "pip", "config", "list"],
-                         capture_output=True, text=True).stdout
-    config: dict[str, str] = {}
-    for line in out.splitlines():
-        key, _, value = line.partition("=")
-        config[key.strip()] = value.strip().strip("'\"")
-
-    def lookup(name: str) -> str | None:
-        for scope in (":env:", "download", "install", "global"):
-            if f"{scope}.{name}" in config:
-                return config[f"{scope}.{name}"]
-        return os.environ.get("PIP_" + name.upper().replace("-", "_"))
-
-    index = lookup("index-url")
-    index = index or PYPI_SIMPLE
-    return [index, *(lookup("extra-index-url") or "").split()]
-
-
-def project_files(project: str, indexes: list[str] | None = None) -> dict[str, str]:
-    """filename -> URL over pip's indexes (or `indexes`); the first index that has a file wins."""
-    found: dict[str, str] = {}
-    unreachable: dict[str, str] = {}
-    for index in pip_index_urls() if indexes is None else indexes:
-        for filename, url in index_files(index, project, unreachable).items():
-            found.setdefault(filename, url)
-    if unreachable:
-        where = "; ".join(f"{page} ({why})" for page, why in unreachable.items())
-        if not found:
-            raise OverlayError(f"{project}: pip's index cannot be read: {where} (check the "
-                               f"network, or PIP_INDEX_URL / PIP_EXTRA_INDEX_URL)")
-        _log.info(f"warning: {project}: skipped an index that cannot be read: {where}")
-    return found
-
-
-def index_files(index_url: str, project: str,
-                unreachable: dict[str, str] | None = None) -> dict[str, str]:
-    """filename -> absolute URL for one project on one simple index (PEP 691 or 503); an
-    index that cannot be read has none (and is noted in `unreachable`: page -> why)."""
-    page = index_url.rstrip("/") + f"/{project}/"
-    request = urllib.request.Request(page, headers={
-        "Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1"})
-    try:
-        if page.startswith("file:"):
-            path = Path(urllib.request.url2pathname(urllib.parse.urlparse(page).path))
-            body, ctype = (path / "index.html").read_bytes(), "text/html"
-        else:
-            with urllib.request.urlopen(request, timeout=60) as resp:
-                body, ctype = resp.read(), resp.headers.get("Content-Type", "")
-    except (OSError, ValueError) as exc:
-        if unreachable is not None and not (isinstance(exc, urllib.error.HTTPError)
-                                            and exc.code == 404):  # 404: not on this index
-            unreachable[page] = str(getattr(exc, "reason", None) or exc)
-        return {}
-    if "json" in ctype:
-        files = json.loads(body)["files"]
-        # the sha256 as PEP 503 links carry it, so every caller sees the index's hash
-        return {f["filename"]: urllib.parse.urljoin(page, f["url"]) + (
-                    f"#sha256={f['hashes']['sha256']}" if "sha256" in f.get("hashes", {})
-                    and "#" not in f["url"] else "") for f in files}
-    return page_links(body.decode("utf-8", "replace"), page)
-
-
-def find_url(art: Artifact, project: str) -> str:
-    indexes = pip_index_urls()
-    for index in indexes:
-        if url := index_files(index, project).get(art.filename):
-            return url
-    raise OverlayError(f"{art.filename}: not found on any pip index ({', '.join(indexes)})")
-
-
-# --- download ------------------------------------------------------------------------
-
-
-def download_pinned(url: str, dest: Path, art: Artifact) -> None:
-    """Stream `url` into dest (via a .part file), verifying size and sha256 before rename."""
-    part = dest.with_name(dest.name + f".part{os.getpid()}")
-    try:
-        sha256, size = download(url, part, art.filename, Progress(art.filename, art.size).advance)
-        if size < art.size:
-            raise OverlayError(f"{art.filename}: download from {url} truncated: got {size} "
-                               f"of {art.size} bytes ({art.size - size} missing); try again")
-        if size != art.size or sha256 != art.sha256:
-            raise OverlayError(
-                f"{art.filename}: downloaded from {url} but got size {size}, sha256 "
-                f"{sha256}; pinned size {art.size}, sha256 {art.sha256}")
-        os.chmod(part, 0o444)
-        os.replace(part, dest)
-    finally:
-        part.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
 
 
 def fetch(art: Artifact, project: str = "vllm", rehash: bool = False) -> Path:
@@ -182,10 +22,7 @@ def fetch(art: Artifact, project: str = "vllm", rehash: bool = False) -> Path:
     dest = blob_path(art.sha256)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        for part in dest.parent.glob(dest.name + ".part*"):  # left by a killed download
-            pid = part.name.rpartition(".part")[2]
-            if not (pid.isdigit() and _alive(int(pid))):
-                part.unlink(missing_ok=True)
+        blobcache.remove_dead_parts(dest)  # left by a killed download
     except OSError as exc:
         raise OverlayError(f"{art.filename}: cannot write the cache {dest.parent}: {exc} "
                            f"(set VLLM_OVERLAY_CACHE to a writable folder)") from exc

@@ -5,33 +5,16 @@ the wheel (wheelbuild/ and the shared common/ layer), nothing else: editing the 
 the status code or the distribution code leaves `make wheel` a no-op.
 """
 
-import datetime
-import email.utils
 import hashlib
-import os
-
 from pathlib import Path
 
 import vllm_overlay
 from vllm_overlay import common, wheelbuild
-from vllm_overlay.common import pin, series
-from vllm_overlay.common.errors import OverlayError
+from vllm_overlay.wheelbuild.record import BuildRecord
 
 PACKAGE = Path(vllm_overlay.__file__).parent
 # the subpackages whose code can change a built wheel, named from the package itself
 WHEEL_SHAPING = tuple(sub.__name__.rpartition(".")[2] for sub in (wheelbuild, common))
-
-
-def source_date_epoch(patches: list[series.Patch], released: str) -> int:
-    """SOURCE_DATE_EPOCH if set, else the newest patch date, else the upstream release date."""
-    if env := os.environ.get("SOURCE_DATE_EPOCH"):
-        if not env.strip().isdigit():
-            raise OverlayError(f"SOURCE_DATE_EPOCH={env!r} is not a whole number of seconds "
-                               f"since 1970-01-01 UTC (e.g. SOURCE_DATE_EPOCH=1700000000)")
-        return int(env)
-    dates = [email.utils.parsedate_to_datetime(p.date).timestamp() for p in patches if p.date]
-    release = datetime.datetime.fromisoformat(released.replace("Z", "+00:00")).timestamp()
-    return int(max(dates, default=release))
 
 
 def wheel_code_digest() -> str:
@@ -43,8 +26,8 @@ def wheel_code_digest() -> str:
     return digest.hexdigest()
 
 
-def build_key(the_pin: pin.Pin, arch: str, series_sha: str, epoch: int,
-              mode: str = "overlay", extra: list[str] = ()) -> str:
-    parts = [the_pin.overlay_version, arch, the_pin.sdist.sha256, the_pin.wheel(arch).sha256,
-             series_sha, str(epoch), wheel_code_digest(), f"mode={mode}", *extra]
+def build_key(record: BuildRecord, extra: list[str] = ()) -> str:
+    parts = [record.pin.overlay_version, record.arch, record.pin.sdist.sha256,
+             record.upstream.sha256, record.series_sha, str(record.epoch), wheel_code_digest(),
+             f"mode={record.mode}", *extra]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()

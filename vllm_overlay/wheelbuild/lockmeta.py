@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from vllm_overlay.wheelbuild import constraints, fetch, supplyenv
-from vllm_overlay.common import pin
+from vllm_overlay.common import pin, pipindex
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.fs import atomic_write
 from vllm_overlay.common.paths import REPO
@@ -110,7 +110,7 @@ class RangeFile(io.RawIOBase):
 
 def _index_files(project: str) -> list[dict]:
     """PEP 691 file entries for `project` over pip's indexes (the first index that has it)."""
-    for index in fetch.pip_index_urls():
+    for index in pipindex.pip_index_urls():
         if not index.startswith(("http:", "https:")):
             continue
         page = index.rstrip("/") + f"/{project}/"
@@ -122,7 +122,7 @@ def _index_files(project: str) -> list[dict]:
             return [{**f, "url": urllib.parse.urljoin(page, f["url"])}
                     for f in json.loads(body)["files"]]
     raise OverlayError(f"{project}: no JSON simple page (PEP 691) on pip's indexes "
-                       f"({', '.join(fetch.pip_index_urls())})")
+                       f"({', '.join(pipindex.pip_index_urls())})")
 
 
 def _parse(text: str) -> dict:
@@ -249,10 +249,11 @@ def lock_follows(arch: str, repo: Path = REPO) -> bool:
 
 
 def closure_request(arch: str, lock: str, repo: Path = REPO,
-                    roots: list[str] | None = None) -> dict:
+                    roots: list[str] | None = None, locked: dict[str, str] | None = None) -> dict:
     """lockcheck.problems' arguments for a lock of the repo: "runtime" (locks/runtime-<arch>
     .txt over its roots) or "test" (runtime + test lock over both roots); `roots` instead of
-    the recorded ones (make wheel: the built wheel's own Requires-Dist)."""
+    the recorded ones (make wheel: the built wheel's own Requires-Dist); `locked`: the
+    runtime lock's entries, when the caller read it already (a build's record)."""
     path = metadata_path(arch, repo)
     if not path.is_file():
         raise OverlayError(f"{path}: no lock metadata for {arch}: run `make lock ARCH={arch}`")
@@ -262,7 +263,8 @@ def closure_request(arch: str, lock: str, repo: Path = REPO,
     except (ValueError, KeyError, TypeError) as exc:
         raise OverlayError(f"{path}: not a lock metadata record ({exc}): run `make lock "
                            f"ARCH={arch}`") from exc
-    locked = constraints.read_lock(constraints.runtime_lock(arch, repo))[1]
+    if locked is None:
+        locked = constraints.read_lock(constraints.runtime_lock(arch, repo))[1]
     if roots is None:
         recorded = lock_roots(arch, repo)
         roots = recorded["runtime"] + (recorded["test"] if lock == "test" else [])
@@ -273,13 +275,14 @@ def closure_request(arch: str, lock: str, repo: Path = REPO,
 
 
 def check_wheel_requirements(arch: str, requires_dist: list[str], what: str,
-                             repo: Path = REPO) -> None:
+                             repo: Path = REPO, locked: dict[str, str] | None = None) -> None:
     """Refuse a runtime lock that does not satisfy `what`'s own Requires-Dist (specifiers,
     markers for the arch, extras, and what those need in turn): the SBOM, the constraints
     file and the test environment are all made from that lock."""
     if not requires_dist:
         return
-    request = {**closure_request(arch, "runtime", repo, roots=requires_dist), "root": what}
+    request = {**closure_request(arch, "runtime", repo, roots=requires_dist, locked=locked),
+               "root": what}
     proc = supplyenv.run_module("lockcheck", [], json.dumps(request))
     if proc.returncode:
         found = proc.stdout.strip().splitlines()

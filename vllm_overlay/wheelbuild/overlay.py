@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vllm_overlay.wheelbuild.apply import changed_files
+from vllm_overlay.wheelbuild.record import BuildRecord
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.fs import sha256_file
 from vllm_overlay.common.series import Patch
 from vllm_overlay.common.wheelfile import name_tags, open_wheel, read_record, record_hash
-from vllm_overlay.wheelbuild.zipraw import RawZipWriter
+from vllm_overlay.wheelbuild.zipraw import RawZipWriter, epoch_to_date_time
 from vllm_overlay.common import wheelfile
 
 # Changes that only a compiled (source / precompiled setup.py) build can carry.
@@ -90,26 +91,27 @@ def classify_changes(tree: Path, patches: list[Patch]) -> tuple[dict[str, str], 
     return shipped, outside
 
 
-def plan_wheel(upstream: Path, upstream_name: str, upstream_version: str, version: str,
-               tree: Path, patches: list[Patch], upstream_sha256: str | None = None,
+def plan_wheel(upstream: Path, record: BuildRecord, tree: Path,
+               changes: tuple[dict[str, str], list[str]],
                extra: dict[str, bytes] | None = None) -> WheelPlan:
     """The member list; an unreadable upstream is a named error (corrupt cache or bad wheel).
-    `extra`: new dist-info files by relative name (the SBOM: sbom.MEMBER)."""
-    shipped, outside = classify_changes(tree, patches)
+    `changes`: classify_changes(tree, patches); `extra`: new dist-info files by relative
+    name (the SBOM: sbom.MEMBER)."""
     try:
-        return _plan(upstream, upstream_name, upstream_version, version, tree, patches,
-                     shipped, outside, extra or {})
+        return _plan(upstream, record, tree, *changes, extra or {})
     except (zipfile.BadZipFile, struct.error, UnicodeDecodeError, KeyError) as exc:
-        raise bad_upstream(upstream, upstream_name, upstream_sha256, exc) from exc
+        raise bad_upstream(upstream, record.upstream.filename, record.upstream.sha256,
+                           exc) from exc
 
 
-def _plan(upstream: Path, upstream_name: str, upstream_version: str, version: str,
-          tree: Path, patches: list[Patch], shipped: dict[str, str], outside: list[str],
-          extra: dict[str, bytes]) -> WheelPlan:
+def _plan(upstream: Path, record: BuildRecord, tree: Path, shipped: dict[str, str],
+          outside: list[str], extra: dict[str, bytes]) -> WheelPlan:
+    upstream_name, version, patches = record.upstream.filename, record.version, record.patches
     tags = upstream_name[:-4].split("-", 2)[2]
     plan = WheelPlan(upstream, f"vllm-{version}-{tags}.whl", version, changed=shipped,
                      outside=outside)
-    old_info, new_info = wheelfile.dist_info(upstream_version), wheelfile.dist_info(version)
+    old_info = wheelfile.dist_info(record.pin.upstream_version)
+    new_info = wheelfile.dist_info(version)
     with zipfile.ZipFile(upstream) as zf:  # plan_wheel names a BadZipFile (corrupt cache?)
         names = zf.namelist()
         missing = [p for p, s in shipped.items() if s in "MD" and p not in names]
@@ -199,14 +201,15 @@ def bad_upstream(path: Path, name: str, pinned: str | None, why: object,
                         f"{pinned} ({why}); nothing was built: delete {path} to fetch it again")
 
 
-def write_wheel(plan: WheelPlan, out: Path, date_time: tuple, upstream_sha256: str | None = None,
-                upstream_name: str = "upstream wheel") -> str:
+def write_wheel(plan: WheelPlan, out: Path, record: BuildRecord) -> str:
     """Write the planned wheel to `out`; returns its sha256.
 
-    With upstream_sha256, every byte of the upstream wheel is hashed in the same pass that
-    copies its members, and a digest other than the pinned one is an error: what was copied
-    is proven to be the pinned upstream's on every build, whatever the cache markers say.
+    Every byte of the upstream wheel is hashed in the same pass that copies its members,
+    and a digest other than the pinned one is an error: what was copied is proven to be
+    the pinned upstream's on every build, whatever the cache markers say.
     """
+    date_time = epoch_to_date_time(record.epoch)
+    upstream_sha256, upstream_name = record.upstream.sha256, record.upstream.filename
     try:
         with zipfile.ZipFile(plan.upstream) as zf, open(plan.upstream, "rb") as raw, \
                 open(out, "wb") as fp:
@@ -224,7 +227,7 @@ def write_wheel(plan: WheelPlan, out: Path, date_time: tuple, upstream_sha256: s
             actual = src.hexdigest()
     except (zipfile.BadZipFile, struct.error) as exc:
         raise bad_upstream(plan.upstream, upstream_name, upstream_sha256, exc) from exc
-    if upstream_sha256 is not None and actual != upstream_sha256:
+    if actual != upstream_sha256:
         raise bad_upstream(plan.upstream, upstream_name, upstream_sha256,
                            "changed since it was verified", actual)
     return writer.sha256.hexdigest()

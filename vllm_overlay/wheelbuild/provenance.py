@@ -13,8 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from vllm_overlay.common.pin import Pin
-from vllm_overlay.common.series import Patch
+from vllm_overlay.wheelbuild.record import BuildRecord
 
 BUILD_TYPE = "urn:vllm-overlay:build-type:make-wheel:v1"  # docs/supply-chain.md
 LOCAL_BUILDER = "urn:vllm-overlay:builder:local"
@@ -46,19 +45,18 @@ def source_dependency(repo: Path) -> dict | None:
     return entry
 
 
-def statement(subjects: dict[str, str], the_pin: Pin, arch: str, mode: str, version: str,
-              epoch: int, series_sha: str, patches: list[Patch], lock: tuple[str, str],
-              repo: Path) -> str:
-    """subjects: file name -> sha256; lock: (path in the repo, sha256)."""
-    upstream = [the_pin.sdist, the_pin.wheel(arch)]
+def statement(subjects: dict[str, str], record: BuildRecord, version: str) -> str:
+    """subjects: file name -> sha256; `version`: the wheel's."""
+    the_pin = record.pin
     deps = [{"name": a.filename,
              "uri": f"pkg:pypi/{the_pin.project}@{the_pin.upstream_version}"
                     f"?file_name={a.filename}",
-             "digest": {"sha256": a.sha256}} for a in upstream]
-    deps.append({"name": "patches/series", "digest": {"sha256": series_sha}})
-    deps += [{"name": f"patches/{p.name}", "digest": {"sha256": p.sha256()}} for p in patches]
-    deps.append({"name": lock[0], "digest": {"sha256": lock[1]}})
-    if source := source_dependency(repo):
+             "digest": {"sha256": a.sha256}} for a in (the_pin.sdist, record.upstream)]
+    deps.append({"name": "patches/series", "digest": {"sha256": record.series_sha}})
+    deps += [{"name": f"patches/{p.name}", "digest": {"sha256": record.patch_sha256[p.name]}}
+             for p in record.patches]
+    deps.append({"name": record.lock.label, "digest": {"sha256": record.lock.sha256}})
+    if source := source_dependency(record.repo):
         deps.append(source)
     doc = {
         "_type": "https://in-toto.io/Statement/v1",
@@ -67,8 +65,8 @@ def statement(subjects: dict[str, str], the_pin: Pin, arch: str, mode: str, vers
         "predicate": {
             "buildDefinition": {
                 "buildType": BUILD_TYPE,
-                "externalParameters": {"mode": mode, "arch": arch, "version": version,
-                                       "source_date_epoch": epoch},
+                "externalParameters": {"mode": record.mode, "arch": record.arch,
+                                       "version": version, "source_date_epoch": record.epoch},
                 "internalParameters": {"python": sys.version.split()[0]},
                 "resolvedDependencies": deps,
             },

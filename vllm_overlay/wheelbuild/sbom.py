@@ -21,11 +21,9 @@ import zipfile
 from pathlib import Path
 
 from vllm_overlay.wheelbuild import constraints, lockmeta, supplyenv
+from vllm_overlay.wheelbuild.record import BuildRecord
 from vllm_overlay.wheelbuild.zipraw import RawZipWriter
 from vllm_overlay.common.errors import OverlayError
-from vllm_overlay.common.paths import REPO
-from vllm_overlay.common.pin import Pin
-from vllm_overlay.common.series import Patch
 from vllm_overlay.common import wheelfile
 
 MEMBER = "sboms/vllm.cdx.json"  # inside the dist-info directory (PEP 770)
@@ -46,37 +44,35 @@ def urls(values: list[str]) -> list[str]:
             if word.startswith(_URL_PREFIX)]
 
 
-def facts(the_pin: Pin, arch: str, version: str, patches: list[Patch], series_sha: str,
-          epoch: int, tree: Path, shipped: dict[str, str], requires_dist: list[str],
-          repo: Path = REPO) -> dict:
+def facts(record: BuildRecord, tree: Path, shipped: dict[str, str],
+          requires_dist: list[str]) -> dict:
     """Everything the document says, as plain data (the input of cdx.render). The runtime
     lock must satisfy `requires_dist` first: every component then has its locked version."""
-    lockmeta.check_wheel_requirements(arch, requires_dist, f"the Requires-Dist of vllm "
-                                      f"{the_pin.upstream_version} ({arch})", repo)
-    lock = constraints.runtime_lock(arch, repo)
-    lock_text, locked = constraints.read_lock(lock)
-    upstream = [("sdist", the_pin.sdist), ("wheel", the_pin.wheel(arch))]
+    the_pin, lock, version = record.pin, record.lock, record.version
+    lockmeta.check_wheel_requirements(record.arch, requires_dist, f"the Requires-Dist of vllm "
+                                      f"{the_pin.upstream_version} ({record.arch})",
+                                      record.repo, locked=lock.entries)
+    upstream = [("sdist", the_pin.sdist), ("wheel", record.upstream)]
     files = [{"path": path,
               "sha256": hashlib.sha256((tree / path).read_bytes()).hexdigest(),
-              "patches": ", ".join(p.name for p in patches if path in p.files)}
+              "patches": ", ".join(p.name for p in record.patches if path in p.files)}
              for path, status in sorted(shipped.items()) if status != "D"]
     serial = uuid.uuid5(uuid.NAMESPACE_URL, "urn:vllm-overlay:sbom:" + ":".join(
-        [version, arch, series_sha, the_pin.sdist.sha256, the_pin.wheel(arch).sha256,
-         constraints.sha256_text(lock_text), *(f["sha256"] for f in files)]))
+        [version, record.arch, record.series_sha, the_pin.sdist.sha256, record.upstream.sha256,
+         lock.sha256, *(f["sha256"] for f in files)]))
     return {
-        "version": version, "arch": arch, "python_version": constraints.PYTHON,
-        "epoch": epoch, "serial": str(serial),
+        "version": version, "arch": record.arch, "python_version": constraints.PYTHON,
+        "epoch": record.epoch, "serial": str(serial),
         "upstream": {"version": the_pin.upstream_version,
                      "artifacts": [{"kind": kind, "filename": a.filename, "sha256": a.sha256}
                                    for kind, a in upstream]},
-        "series": {"sha256": series_sha, "patches": [
-            {"name": p.name, "sha256": p.sha256(), "origin": p.origin,
+        "series": {"sha256": record.series_sha, "patches": [
+            {"name": p.name, "sha256": record.patch_sha256[p.name], "origin": p.origin,
              "origin_urls": urls(p.trailers.get("Origin", [])),
              "bugs": urls(p.trailers.get("Bug", []) + p.trailers.get("Forwarded", [])),
-             "text": p.path.read_text(encoding="utf-8")} for p in patches]},
-        "requires_dist": requires_dist, "locked": locked, "files": files,
-        "lock": {"file": constraints.lock_label(lock),
-                 "sha256": constraints.sha256_text(lock_text)},
+             "text": p.path.read_text(encoding="utf-8")} for p in record.patches]},
+        "requires_dist": requires_dist, "locked": lock.entries, "files": files,
+        "lock": {"file": lock.label, "sha256": lock.sha256},
     }
 
 

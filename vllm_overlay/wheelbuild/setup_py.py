@@ -25,9 +25,10 @@ import time
 import zipfile
 from pathlib import Path
 
-from vllm_overlay.wheelbuild import apply, beside, constraints, fetch, key, sbom, verify
+from vllm_overlay.wheelbuild import apply, beside, constraints, fetch, key, record, sbom, verify
 from vllm_overlay.wheelbuild import wheelhouse as wheelhouse_store
 from vllm_overlay.wheelbuild.overlay import VERSION_FILE
+from vllm_overlay.wheelbuild.record import BuildRecord
 from vllm_overlay.wheelbuild.zipraw import epoch_to_date_time
 from vllm_overlay.wheelbuild.preflight import SourceConfig, cuda_tag, source_preflight
 from vllm_overlay.common import log as log_module
@@ -154,87 +155,99 @@ def build_setup_py_wheel(mode: str, arch: str = "x86_64",
         source = source_preflight(the_pin=the_pin)
     with wheelhouse_store.locked_inputs(wheelhouse_dir, patches_dir, repo) as (
             the_pin, patches, snapshot):  # read once, under the lock (docs/guarantees.md)
-        series_sha = series.series_digest(patches, snapshot)
-        epoch = key.source_date_epoch(patches, the_pin.released)
         version = the_pin.overlay_version
         extra = [f"mode={mode}", f"python={sys.version}"]
         if source:
             version += f".cu{cuda_tag(source.cuda)}"
             extra += [f"{k}={v}" for k, v in sorted(source.env().items())]
-        extra += beside.inputs(arch, repo)
-        build_key = key.build_key(the_pin, arch, series_sha, epoch, mode=mode, extra=extra)
-        upstream_art = the_pin.wheel(arch)
+        build = record.create(the_pin, arch, mode, patches, snapshot, constraints.lock_dir(repo),
+                              repo, version)
+        build_key = key.build_key(build, extra=extra + beside.inputs(build))
+        return wheelhouse_store.store(wheelhouse_dir, build, build_key,
+                                      lambda tmp_dir: write_setup_py(build, source, tmp_dir))
 
-        def build(tmp_dir: Path) -> tuple[Path, None, dict]:
-            started = time.monotonic()
-            # hashed in full on every build: setup.py reads both, so they must be the pinned
-            sdist = fetch.fetch(the_pin.sdist, the_pin.project, rehash=True)
-            upstream = fetch.fetch(upstream_art, the_pin.project, rehash=not source)
-            tree = repo / BUILD_TREES / f"{arch}-{mode}" / f"vllm-{the_pin.upstream_version}"
-            log_module.stage("apply").info(
-                f"{len(patches)} patch(es) onto {the_pin.sdist.filename} in {tree}")
-            apply.apply_series(sdist, patches, tree, the_pin.released)
-            torch_pin = the_pin.source_build.torch
-            reqs, install_args = build_requirements(tree, torch_pin), ()
-            if source:
-                torch_req, install_args = source.torch_requirement()
-                reqs = [torch_req if r == f"torch=={torch_pin}" else r for r in reqs]
-            venv = venvs.ensure_venv(f"build-{mode}" if source else "build", reqs,
-                                     install_args=install_args)
-            env = {**os.environ, "VLLM_TARGET_DEVICE": "cuda", "VLLM_VERSION_OVERRIDE": version,
-                   "SOURCE_DATE_EPOCH": str(epoch)}
-            for name in ("VLLM_PRECOMPILED_WHEEL_VARIANT", "VLLM_PRECOMPILED_WHEEL_COMMIT",
-                         "VLLM_USE_PRECOMPILED", "VLLM_MAIN_CUDA_VERSION"):
-                env.pop(name, None)
-            if source:
-                env.update(source.env())
-                env["PATH"] = f"{source.cuda_home / 'bin'}{os.pathsep}{env.get('PATH', '')}"
-            else:
-                # A local file: setup.py uses it as is and never downloads (setup.py:
-                # extract_precompiled_and_patch_package only downloads a non-file location).
-                env.update(VLLM_USE_PRECOMPILED="1", VLLM_PRECOMPILED_WHEEL_LOCATION=str(upstream))
-            dist = tmp_dir / "dist"
-            cmd = setup_command(venvs.python_of(venv), dist)
-            log = tree.parent / "setup.log"
-            log_module.stage("setup.py").info(
-                f"{shlex.join(cmd[1:])} (MODE={mode}, VLLM_VERSION_OVERRIDE={version})")
-            setup_started = time.monotonic()
-            run_setup_py(cmd, tree, env, log, f"setup.py ({mode})")
-            setup_seconds = time.monotonic() - setup_started
-            built = sorted(dist.glob("*.whl"))
-            if len(built) != 1 or built[0].name != expected_filename(version, arch):
-                raise OverlayError(f"setup.py wrote {[b.name for b in built]} into {dist}, "
-                                   f"expected {expected_filename(version, arch)} (see {log})")
-            shipped = {path: status for path, status in apply.changed_files(tree).items()
-                       if path.startswith("vllm/")}
-            document = sbom.render(sbom.facts(
-                the_pin, arch, version, patches, series_sha, epoch, tree, shipped,
-                constraints.requires_dist(upstream, the_pin.upstream_version,
-                                          upstream_art.filename), repo))
-            tmp = tmp_dir / built[0].name  # setuptools has no PEP 770 support: add the SBOM
-            sbom.embed(built[0], tmp, version, document, epoch_to_date_time(epoch))
-            log_module.stage("verify").info(built[0].name)
-            verify_setup_wheel(tmp, version, tree,
-                               None if source else (upstream,
-                                                    wheelfile.dist_info(the_pin.upstream_version)))
-            sbom.check_wheel(tmp, version, document)
-            torch_version = subprocess.run(
-                [str(venvs.python_of(venv)), "-c", "import torch; print(torch.__version__)"],
-                capture_output=True, text=True).stdout.strip()
-            manifest = {
-                "setup_py": {"command": ["python", *cmd[1:]],
-                             "env": {k: env[k] for k in sorted(env) if k.startswith(
-                                 ("VLLM_", "TORCH_CUDA", "MAX_JOBS", "NVCC", "CUDA_HOME"))},
-                             "build_requirements": reqs, "torch": torch_version,
-                             "seconds": round(setup_seconds, 1)},
-                "build_seconds": round(time.monotonic() - started, 1),
-            }
-            if source:
-                manifest["setup_py"]["nvcc"] = source.cuda
-            return tmp, None, manifest
 
-        return wheelhouse_store.store(wheelhouse_dir, mode, arch, build_key, the_pin, epoch,
-                                      series_sha, patches, build, repo)
+def setup_env(build: BuildRecord, source: SourceConfig | None, upstream: Path) -> dict:
+    """setup.py's environment: the version and date of `build`, and the mode's settings."""
+    env = {**os.environ, "VLLM_TARGET_DEVICE": "cuda", "VLLM_VERSION_OVERRIDE": build.version,
+           "SOURCE_DATE_EPOCH": str(build.epoch)}
+    for name in ("VLLM_PRECOMPILED_WHEEL_VARIANT", "VLLM_PRECOMPILED_WHEEL_COMMIT",
+                 "VLLM_USE_PRECOMPILED", "VLLM_MAIN_CUDA_VERSION"):
+        env.pop(name, None)
+    if source:
+        env.update(source.env())
+        env["PATH"] = f"{source.cuda_home / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    else:
+        # A local file: setup.py uses it as is and never downloads (setup.py:
+        # extract_precompiled_and_patch_package only downloads a non-file location).
+        env.update(VLLM_USE_PRECOMPILED="1", VLLM_PRECOMPILED_WHEEL_LOCATION=str(upstream))
+    return env
+
+
+def write_setup_py(build: BuildRecord, source: SourceConfig | None,
+                   tmp_dir: Path) -> tuple[Path, None, dict]:
+    """The setup.py wheel of `build` in tmp_dir, with its SBOM, verified: (wheel, None,
+    manifest fields)."""
+    started, the_pin, mode, version, tree = (time.monotonic(), build.pin, build.mode,
+                                             build.version, build.tree)
+    # hashed in full on every build: setup.py reads both, so they must be the pinned
+    sdist = fetch.fetch(the_pin.sdist, the_pin.project, rehash=True)
+    upstream = fetch.fetch(build.upstream, the_pin.project, rehash=not source)
+    log_module.stage("apply").info(
+        f"{len(build.patches)} patch(es) onto {the_pin.sdist.filename} in {tree}")
+    apply.apply_series(sdist, build.patches, tree, the_pin.released)
+    torch_pin = the_pin.source_build.torch
+    reqs, install_args = build_requirements(tree, torch_pin), ()
+    if source:
+        torch_req, install_args = source.torch_requirement()
+        reqs = [torch_req if r == f"torch=={torch_pin}" else r for r in reqs]
+    venv = venvs.ensure_venv(f"build-{mode}" if source else "build", reqs,
+                             install_args=install_args)
+    env = setup_env(build, source, upstream)
+    dist = tmp_dir / "dist"
+    cmd = setup_command(venvs.python_of(venv), dist)
+    log = tree.parent / "setup.log"
+    log_module.stage("setup.py").info(
+        f"{shlex.join(cmd[1:])} (MODE={mode}, VLLM_VERSION_OVERRIDE={version})")
+    setup_started = time.monotonic()
+    run_setup_py(cmd, tree, env, log, f"setup.py ({mode})")
+    setup_seconds = time.monotonic() - setup_started
+    built = sorted(dist.glob("*.whl"))
+    if len(built) != 1 or built[0].name != expected_filename(version, build.arch):
+        raise OverlayError(f"setup.py wrote {[b.name for b in built]} into {dist}, "
+                           f"expected {expected_filename(version, build.arch)} (see {log})")
+    tmp = tmp_dir / built[0].name  # setuptools has no PEP 770 support: add the SBOM
+    embed_and_verify(build, built[0], tmp, upstream, precompiled=not source)
+    torch_version = subprocess.run(
+        [str(venvs.python_of(venv)), "-c", "import torch; print(torch.__version__)"],
+        capture_output=True, text=True).stdout.strip()
+    manifest = {
+        "setup_py": {"command": ["python", *cmd[1:]],
+                     "env": {k: env[k] for k in sorted(env) if k.startswith(
+                         ("VLLM_", "TORCH_CUDA", "MAX_JOBS", "NVCC", "CUDA_HOME"))},
+                     "build_requirements": reqs, "torch": torch_version,
+                     "seconds": round(setup_seconds, 1)},
+        "build_seconds": round(time.monotonic() - started, 1),
+    }
+    if source:
+        manifest["setup_py"]["nvcc"] = source.cuda
+    return tmp, None, manifest
+
+
+def embed_and_verify(build: BuildRecord, built: Path, out: Path, upstream: Path,
+                     precompiled: bool) -> None:
+    """`built` plus the SBOM of `build` as `out`, verified (`precompiled`: its compiled
+    members must be byte-identical to the `upstream` wheel's)."""
+    tree = build.tree
+    shipped = {path: status for path, status in apply.changed_files(tree).items()
+               if path.startswith("vllm/")}
+    document = sbom.render(sbom.facts(build, tree, shipped, constraints.requires_dist(
+        upstream, build.pin.upstream_version, build.upstream.filename)))
+    sbom.embed(built, out, build.version, document, epoch_to_date_time(build.epoch))
+    log_module.stage("verify").info(built.name)
+    verify_setup_wheel(out, build.version, tree, (
+        upstream, wheelfile.dist_info(build.pin.upstream_version)) if precompiled else None)
+    sbom.check_wheel(out, build.version, document)
 
 
 def dry_run(mode: str, arch: str, source: SourceConfig | None = None,

@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 from vllm_overlay.wheelbuild.overlay import VERSION_FILE, WheelPlan
+from vllm_overlay.wheelbuild.record import BuildRecord
 from vllm_overlay.wheelbuild.zipraw import data_span
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.paths import cache_dir
@@ -74,9 +75,9 @@ def check_upstream_record(upstream: Path, sha256: str, dist_info: str) -> None:
         pass  # a read-only cache: checked now, and again next time
 
 
-def verify_wheel(plan: WheelPlan, built: Path, upstream_sha256: str, upstream_dist_info: str,
-                 ) -> None:
-    check_upstream_record(plan.upstream, upstream_sha256, upstream_dist_info)
+def verify_wheel(plan: WheelPlan, built: Path, record: BuildRecord) -> None:
+    upstream_dist_info = wheelfile.dist_info(record.pin.upstream_version)
+    check_upstream_record(plan.upstream, record.upstream.sha256, upstream_dist_info)
     zf_new, zf_old = open_wheel(built), open_wheel(plan.upstream)
     with zf_new, zf_old, open(built, "rb") as fp_new, open(plan.upstream, "rb") as fp_old:
         names = zf_new.namelist()

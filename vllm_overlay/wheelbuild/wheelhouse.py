@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Callable
 
 from vllm_overlay.wheelbuild import beside, constraints
+from vllm_overlay.wheelbuild.record import BuildRecord, label
 from vllm_overlay.common import log, pin, series
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.fs import atomic_write, file_lock, replace, sha256_file
 from vllm_overlay.common.paths import REPO
-from vllm_overlay.publishing import index
+from vllm_overlay.common import index
 
 WHEELHOUSE = REPO / "wheelhouse"
 _log = log.stage("wheel")
@@ -74,11 +75,6 @@ def locked_inputs(wheelhouse: Path, patches_dir: Path, repo: Path):
 def write_text(wheelhouse: Path, name: str, text: str) -> None:
     (wheelhouse / ".tmp").mkdir(exist_ok=True)
     atomic_write(wheelhouse / name, text, tmp_dir=wheelhouse / ".tmp")
-
-
-def label(mode: str, arch: str) -> str:
-    """Names a mode's manifest and state: the overlay mode keeps the plain arch."""
-    return arch if mode == "overlay" else f"{mode}-{arch}"
 
 
 def _stat(path: Path) -> list[int]:
@@ -205,17 +201,40 @@ def install(wheelhouse: Path, name: str, tmp: Path, sha256: str, manifest: dict,
     return dest
 
 
-def store(wheelhouse: Path, mode: str, arch: str, key: str, the_pin: pin.Pin, epoch: int,
-          series_sha: str, patches: list[series.Patch],
-          build_fn: Callable[[Path], tuple[Path, str | None, dict]], repo: Path = REPO) -> Path:
+def manifest(record: BuildRecord, key: str, wheel: Path, sha256: str, fields: dict) -> dict:
+    """manifest-<label>.json: the build's record, its key, the wheel, the mode's own fields."""
+    the_pin = record.pin
+    return {
+        "mode": record.mode,
+        "version": the_pin.overlay_version,
+        "arch": record.arch,
+        "build_key": key,
+        "source_date_epoch": record.epoch,
+        "build_time": datetime.datetime.fromtimestamp(record.epoch, datetime.UTC).isoformat(),
+        "upstream": {"version": the_pin.upstream_version,
+                     "artifacts": {a.key: {"filename": a.filename, "size": a.size,
+                                           "sha256": a.sha256}
+                                   for a in (the_pin.sdist, record.upstream)}},
+        "series": {"sha256": record.series_sha,
+                   "patches": [{"name": p.name, "sha256": record.patch_sha256[p.name],
+                                "subject": p.subject,
+                                **{k.lower().replace("-", "_"): v[0] if len(v) == 1 else v
+                                   for k, v in p.trailers.items()}}
+                               for p in record.patches]},
+        "wheel": {"filename": wheel.name, "sha256": sha256, "size": wheel.stat().st_size},
+        **fields,
+    }
+
+
+def store(wheelhouse: Path, record: BuildRecord, key: str,
+          build_fn: Callable[[Path], tuple[Path, str | None, dict]]) -> Path:
     """The one way into the wheelhouse for every mode: lock, no-op when up to date, build_fn(tmp dir)
     writes and verifies a wheel there and returns (wheel, its sha256 if known,
     mode-specific manifest fields);
     then rename into place, manifest-<label>.json, SHA256SUMS, the files beside the wheel
     (build/beside.py: SBOM copy, provenance, constraints), state."""
-    name = label(mode, arch)
     with locked(wheelhouse):
-        if existing := up_to_date(wheelhouse, name, key):
+        if existing := up_to_date(wheelhouse, record.label, key):
             _log.info(f"{existing.name} is up to date (nothing changed)")
             index.sync(wheelhouse)  # the PEP 503 simple index, if missing or stale
             return existing
@@ -226,30 +245,9 @@ def store(wheelhouse: Path, mode: str, arch: str, key: str, the_pin: pin.Pin, ep
             tmp, sha256, fields = build_fn(tmp_dir)
             sha256 = sha256 or sha256_file(tmp)
             size = tmp.stat().st_size
-            upstream_art = the_pin.wheel(arch)
-            manifest = {
-                "mode": mode,
-                "version": the_pin.overlay_version,
-                "arch": arch,
-                "build_key": key,
-                "source_date_epoch": epoch,
-                "build_time": datetime.datetime.fromtimestamp(epoch, datetime.UTC).isoformat(),
-                "upstream": {"version": the_pin.upstream_version,
-                             "artifacts": {a.key: {"filename": a.filename, "size": a.size,
-                                                   "sha256": a.sha256}
-                                           for a in (the_pin.sdist, upstream_art)}},
-                "series": {"sha256": series_sha,
-                           "patches": [{"name": p.name, "sha256": p.sha256(),
-                                        "subject": p.subject,
-                                        **{k.lower().replace("-", "_"): v[0] if len(v) == 1
-                                           else v for k, v in p.trailers.items()}}
-                                       for p in patches]},
-                "wheel": {"filename": tmp.name, "sha256": sha256, "size": size},
-                **fields,
-            }
-            dest = install(wheelhouse, name, tmp, sha256, manifest, key, lambda wheel: (
-                beside.beside_wheel(wheelhouse, wheel, sha256, the_pin, arch, mode, epoch,
-                                    series_sha, patches, repo)))
+            dest = install(wheelhouse, record.label, tmp, sha256,
+                           manifest(record, key, tmp, sha256, fields), key,
+                           lambda wheel: beside.beside_wheel(wheelhouse, wheel, sha256, record))
         except OSError as exc:  # a full disk, a read-only folder: one line, no traceback
             shutil.rmtree(tmp_dir, ignore_errors=True)
             raise OverlayError(f"wheel: {exc.strerror or exc}: {exc.filename or tmp_dir}; "

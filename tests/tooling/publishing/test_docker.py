@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.tooling.publishing.deploy_helpers import build_wheel, write_sums
-from vllm_overlay.publishing import docker, index
+from vllm_overlay.common import index
+from vllm_overlay.publishing import docker
 from vllm_overlay.common import pin
 from vllm_overlay.common import series
 from vllm_overlay.common.errors import OverlayError

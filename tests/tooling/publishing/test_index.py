@@ -13,7 +13,7 @@ import pytest
 from tests.tooling.publishing.deploy_helpers import (build_wheel, make_venv, pip, sha256, site_packages,
                                           write_sums)
 from tests.tooling.conftest import SYNTH_LOCK, link_supply_venv
-from vllm_overlay.publishing import index
+from vllm_overlay.common import index
 from vllm_overlay.wheelbuild import overlay_mode, wheelhouse
 from vllm_overlay.publishing.in_image.image_check import installed_problems
 from vllm_overlay.common.paths import REPO
@@ -70,7 +70,7 @@ def test_sync_writes_only_changes_and_is_atomic(house):
     second = build_wheel(house, "0.19.1+test.2")
     write_sums(house, next(house.glob("*test.1*.whl")), second)
     proc = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
-                           "from vllm_overlay.publishing import index; index.sync(Path(sys.argv[1]))",
+                           "from vllm_overlay.common import index; index.sync(Path(sys.argv[1]))",
                            str(house)], cwd=REPO,
                           env={**os.environ, "VLLM_OVERLAY_FAULT": "before-rename:index.html"})
     assert proc.returncode == 137

@@ -149,10 +149,10 @@ def test_sdist_hash_is_recorded_then_verified(synth_upstream):
     compute(u, versions, urls)
     record = json.loads(upstream.tofu_file().read_text())
     sha = record["vllm-1.0.1.tar.gz"]["sha256"]
-    assert sha == upstream.fetch.sha256_file(u.sdist("1.0.1"))
+    assert sha == upstream.sha256_file(u.sdist("1.0.1"))
     # reuse works without any index (urls=None) and re-hashes the cached file
     assert compute(u, versions, None).releases[1].sha256 == sha
-    blob = upstream.fetch.blob_path(sha)
+    blob = upstream.blobcache.blob_path(sha)
     os.chmod(blob, 0o644)
     blob.write_bytes(blob.read_bytes() + b"tampered")
     with pytest.raises(OverlayError) as err:
@@ -386,11 +386,11 @@ def test_warm_status_reuses_cached_cells_and_reads_pip_config_once(synth_upstrea
     u = synth_upstream
     versions, urls = releases(u, "1.0.0,1.0.7,1.0.9,1.0.10")
     cold = status.to_json(compute(u, versions, urls))
-    real_evaluate, real_urls = status.evaluate_release, installable.fetch.pip_index_urls
+    real_evaluate, real_urls = status.evaluate_release, installable.pipindex.pip_index_urls
     evaluated, reads = [], []
     monkeypatch.setattr(status, "evaluate_release",
                         lambda tree, *a, **k: evaluated.append(tree) or real_evaluate(tree, *a, **k))
-    monkeypatch.setattr(installable.fetch, "pip_index_urls",
+    monkeypatch.setattr(installable.pipindex, "pip_index_urls",
                         lambda: reads.append(1) or real_urls())
     assert status.to_json(compute(u, versions, urls)) == cold
     assert evaluated == []

@@ -2,6 +2,7 @@
 toolkits made here), the setup-wheel verifier, the shared publish path, and (slow) the
 cross-check of the real overlay and precompiled wheels."""
 
+import dataclasses
 import hashlib
 import os
 import platform
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from vllm_overlay.wheelbuild import cross_check, preflight, setup_py
-from vllm_overlay.wheelbuild import overlay_mode, wheelhouse
+from vllm_overlay.wheelbuild import overlay_mode, record, wheelhouse
 from vllm_overlay.wheelbuild.overlay import record_hash
 from vllm_overlay.common import pin
 from vllm_overlay.common.errors import OverlayError
@@ -204,9 +205,11 @@ def test_modes_publish_side_by_side_through_one_path(synth):
         wheel.write_bytes(overlay.read_bytes())  # only the publish path is under test
         return wheel, None, {"setup_py": {"seconds": 0}}
 
+    build = dataclasses.replace(
+        record.create(the_pin, "x86_64", "precompiled", [], synth.patches,
+                      synth.repo / "locks", synth.repo), epoch=0, series_sha="s")
     for _ in range(2):  # the second call is a no-op: same key, file unchanged
-        other = wheelhouse.store(synth.wheelhouse, "precompiled", "x86_64", "k1", the_pin,
-                                      0, "s", [], fake_mode_build, synth.repo)
+        other = wheelhouse.store(synth.wheelhouse, build, "k1", fake_mode_build)
     assert len(calls) == 1 and other.name != overlay.name
     sums = dict(reversed(line.split("  ")) for line in
                 (synth.wheelhouse / "SHA256SUMS").read_text().splitlines())

@@ -24,7 +24,7 @@ from vllm_overlay.wheelbuild.zipraw import data_span
 from vllm_overlay.common import pin
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.paths import BUILD_TREES, REPO
-from vllm_overlay.publishing import index
+from vllm_overlay.common import index
 
 CHANGE_A = "".join(f"A_{i} = {i * (2 if i == 20 else 1)}\n" for i in range(40))
 

@@ -1,6 +1,7 @@
 """Supply chain: the SBOM in and beside the wheel, the hash-locked runtime, the provenance."""
 
 import base64
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -12,7 +13,7 @@ import pytest
 
 from tests.tooling.conftest import SYNTH_LOCK, UPSTREAM, VERSION
 from tests.tooling.publishing.deploy_helpers import make_venv, pip
-from vllm_overlay.wheelbuild import constraints, overlay_mode, provenance, sbom
+from vllm_overlay.wheelbuild import constraints, overlay_mode, provenance, record, sbom
 from vllm_overlay.common import pin, series
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.paths import REPO
@@ -49,8 +50,10 @@ def real_series_sbom() -> dict:
     """The SBOM of the real pin and the real series (no build: no changed files)."""
     the_pin, patches = pin.load(), series.read_series()
     requires = requirement_lines((REPO / "locks" / "runtime-x86_64.in").read_text())
-    facts = sbom.facts(the_pin, "x86_64", the_pin.overlay_version, patches,
-                       series.series_digest(patches), 1776470400, REPO, {}, requires)
+    build = dataclasses.replace(record.create(the_pin, "x86_64", "overlay", patches,
+                                              series.PATCHES, REPO / "locks", REPO),
+                                epoch=1776470400)
+    facts = sbom.facts(build, REPO, {}, requires)
     return json.loads(sbom.render(facts))
 
 
