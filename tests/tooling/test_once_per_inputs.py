@@ -7,7 +7,8 @@ import sys
 
 from vllm_overlay.common.paths import REPO
 
-CONFTEST = "from tests.tooling.conftest import pytest_runtest_setup, pytest_runtest_makereport\n"
+CONFTEST = ("from tests.tooling.helpers.once_per_inputs import pytest_runtest_setup, "
+            "pytest_runtest_makereport\n")
 
 
 def run(folder, cache, **env) -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tooling.conftest import SYNTH_LOCK, link_supply_venv
+from tests.tooling.helpers.synthetic import SYNTH_LOCK, link_supply_venv
 from vllm_overlay.wheelbuild import apply, constraints, export, fetch, lockmeta, setup_py
 from vllm_overlay.commands import apply as apply_command
 from vllm_overlay.commands import export as export_command

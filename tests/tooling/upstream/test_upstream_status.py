@@ -18,7 +18,7 @@ from vllm_overlay.common.paths import REPO
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.wheelbuild import constraints
 from vllm_overlay.upstream import installable
-from tests.tooling.conftest import link_supply_venv
+from tests.tooling.helpers.synthetic import link_supply_venv
 
 from .conftest import (CONFLICT_FROM, NEW_RUNTIME_PIN, OFFSET_FROM, PRE, RUNNER_MOVED_FROM,
                        THREE_WAY_FROM, UPSTREAM_FROM, VERSIONS, write_patches)
