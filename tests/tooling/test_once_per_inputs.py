@@ -1,5 +1,5 @@
-"""The `once_per_inputs` marker (tests/tooling/helpers/once_per_inputs.py): a minutes-long real check is
-skipped only when it passed before for exactly the same inputs, and says so."""
+"""The `once_per_inputs` marker (tests/tooling/helpers/once_per_inputs.py): a minutes-long
+real check is skipped only when it passed before for exactly the same inputs, and says so."""
 
 import os
 import subprocess
