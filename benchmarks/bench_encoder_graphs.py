@@ -87,8 +87,9 @@ def figures(smoke: bool) -> None:
     import tempfile
 
     import torch
-    from conftest import vllm_config_for, write_tiny_qwen3_vl  # selects the CPU platform
+    from conftest import write_tiny_qwen3_vl  # selects the CPU platform
     from cuda_graph_emulation import count_aten_ops, emulate_cuda_graphs
+    from helpers import vllm_config_for
     from qwen3_vl_cpu import (build_qwen3_vl, captured_manager, encoder_inputs,
                               fa_attention, run_graph_path)
 

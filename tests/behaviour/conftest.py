@@ -8,7 +8,13 @@ Fixtures:
   cpu_platform            the CpuPlatform object selected as vLLM's platform
   tiny_qwen3_vl_dir       path of a tiny offline Qwen3-VL model directory
   make_vllm_config        factory: real VllmConfig for a model dir
-                          (vllm_config_for, the same as a plain function)
+                          (helpers.vllm_config_for, the same as a plain function)
+  make_cg_manager         factory: the real EncoderCudaGraphManager on the CPU for
+                          (vllm_config, model) (helpers.cpu_manager)
+  device_stubs            the CUDA-graph emulation and the device plumbing stubs of
+                          the model runner (runner_lifecycle.install_device_stubs)
+  make_cpu_runner         factory: vLLM's CPUModelRunner for (vllm_config, model,
+                          decoder cudagraph_mode), model loaded (runner_lifecycle.cpu_runner)
   qwen3_vl_session_dir    a tiny Qwen3-VL dir shared by the session
   qwen3_vl_model          the real Qwen3-VL model on it (qwen3_vl_cpu.py)
   make_encoder_cg_model   factory: small model implementing
@@ -20,7 +26,6 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -44,6 +49,8 @@ def use_cpu_platform():
 
 
 _CPU_PLATFORM = use_cpu_platform()
+
+from helpers import cpu_manager, vllm_config_for  # noqa: E402 (after the platform)
 
 
 @pytest.fixture(scope="session")
@@ -177,42 +184,40 @@ def tiny_qwen3_vl_dir(tmp_path) -> Path:
     return write_tiny_qwen3_vl(tmp_path / "tiny-qwen3-vl")
 
 
-def vllm_config_for(
-    model_dir: Path,
-    *,
-    max_model_len: int = 4096,
-    max_num_batched_tokens: int | None = None,
-    compilation: dict[str, Any] | None = None,
-    **model_kwargs: Any,
-):
-    """A real VllmConfig for a model dir (the CPU platform must be current)."""
-    from vllm.config import (
-        CompilationConfig,
-        ModelConfig,
-        SchedulerConfig,
-        VllmConfig,
-    )
-
-    model_config = ModelConfig(
-        model=str(model_dir), max_model_len=max_model_len, **model_kwargs
-    )
-    sched_kwargs: dict[str, Any] = dict(
-        max_model_len=max_model_len, is_encoder_decoder=False
-    )
-    if max_num_batched_tokens is not None:
-        sched_kwargs["max_num_batched_tokens"] = max_num_batched_tokens
-    return VllmConfig(
-        model_config=model_config,
-        scheduler_config=SchedulerConfig(**sched_kwargs),
-        compilation_config=CompilationConfig(**(compilation or {})),
-    )
-
-
 @pytest.fixture
 def make_vllm_config(cpu_platform):
     """Factory: ``make_vllm_config(model_dir, max_model_len=..., compilation=...,
     max_num_batched_tokens=..., **model_kwargs)`` -> real VllmConfig."""
     return vllm_config_for
+
+
+@pytest.fixture(scope="session")
+def make_cg_manager(cpu_platform):
+    """Factory: ``make_cg_manager(vllm_config, model)`` -> the real
+    EncoderCudaGraphManager on the CPU, built the way the model runner does."""
+    return cpu_manager
+
+
+@pytest.fixture
+def device_stubs(cpu_platform, monkeypatch):
+    """The CUDA-graph emulation and the model runner's device plumbing, stubbed for
+    the test (runner_lifecycle.py says what and why); the Emulation."""
+    from runner_lifecycle import install_device_stubs
+
+    return install_device_stubs(monkeypatch)
+
+
+@pytest.fixture
+def make_cpu_runner(device_stubs, monkeypatch):
+    """Factory: ``make_cpu_runner(vllm_config, model, mode)`` -> vLLM's CPUModelRunner
+    for ``vllm_config`` with ``model`` (built from the same config) loaded and the
+    decoder's cudagraph_mode ``mode``; the per-runner stubs undone after the test."""
+    from runner_lifecycle import cpu_runner
+
+    def make(vllm_config, model, mode: str):
+        return cpu_runner(vllm_config, model, monkeypatch, mode)
+
+    return make
 
 
 # ---------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import torch
 
@@ -37,3 +39,34 @@ def qwen3_vl_protocol_object(vllm_config):
     obj.model_config = vllm_config.model_config
     obj.multimodal_config = mm_config
     return obj
+
+
+def vllm_config_for(
+    model_dir: Path,
+    *,
+    max_model_len: int = 4096,
+    max_num_batched_tokens: int | None = None,
+    compilation: dict[str, Any] | None = None,
+    **model_kwargs: Any,
+):
+    """A real VllmConfig for a model dir (the CPU platform must be current)."""
+    from vllm.config import (
+        CompilationConfig,
+        ModelConfig,
+        SchedulerConfig,
+        VllmConfig,
+    )
+
+    model_config = ModelConfig(
+        model=str(model_dir), max_model_len=max_model_len, **model_kwargs
+    )
+    sched_kwargs: dict[str, Any] = dict(
+        max_model_len=max_model_len, is_encoder_decoder=False
+    )
+    if max_num_batched_tokens is not None:
+        sched_kwargs["max_num_batched_tokens"] = max_num_batched_tokens
+    return VllmConfig(
+        model_config=model_config,
+        scheduler_config=SchedulerConfig(**sched_kwargs),
+        compilation_config=CompilationConfig(**(compilation or {})),
+    )

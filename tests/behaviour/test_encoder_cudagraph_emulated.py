@@ -15,9 +15,8 @@ import random
 
 import pytest
 import torch
-from conftest import vllm_config_for
+from helpers import vllm_config_for
 from cuda_graph_emulation import emulate_cuda_graphs
-from helpers import cpu_manager
 from qwen3_vl_cpu import (
     assert_matches_eager,
     captured_manager,
@@ -203,13 +202,15 @@ def test_control_max_seqlen_baked_too_small(qwen3_vl_session_dir, qwen3_vl_model
         assert_matches_eager(model, mm, got)
 
 
-def test_control_cpu_attention_captured_as_is(qwen3_vl_session_dir, qwen3_vl_model):
+def test_control_cpu_attention_captured_as_is(
+    qwen3_vl_session_dir, qwen3_vl_model, make_cg_manager
+):
     """vLLM's CPU ViT attention reads cu_seqlens on the host: reported, and its
     Python split of the sequences is baked, so other batches come out wrong."""
     model = qwen3_vl_model
     config = graph_config(qwen3_vl_session_dir, CONTROL_BUDGETS)
     with emulate_cuda_graphs() as emu:
-        mgr = cpu_manager(config, model)
+        mgr = make_cg_manager(config, model)
         mgr.capture()
     kinds = {(v.kind, v.where.split(":")[0].rsplit("/", 1)[-1]) for v in emu.violations}
     assert ("tolist", "vit_attn_wrappers.py") in kinds, kinds

@@ -15,7 +15,7 @@ import importlib.util
 
 import pytest
 import torch
-from helpers import cpu_manager, qwen3_vl_protocol_object
+from helpers import qwen3_vl_protocol_object
 
 # ---------------------------------------------------------------------------
 # Configuration keys
@@ -151,7 +151,8 @@ def _pow2_budgets(lo, hi):
 
 @pytest.mark.parametrize("max_num_batched_tokens", [2048, 3000])
 def test_manager_auto_limits(
-    tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model, max_num_batched_tokens
+    tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model, max_num_batched_tokens,
+    make_cg_manager
 ):
     vllm_config = make_vllm_config(
         tiny_qwen3_vl_dir,
@@ -162,7 +163,7 @@ def test_manager_auto_limits(
         max_num_batched_tokens
     )
     model = make_encoder_cg_model(min_budget=64, max_frames_per_video=5)
-    mgr = cpu_manager(vllm_config, model)
+    mgr = make_cg_manager(vllm_config, model)
     assert mgr.token_budgets == _pow2_budgets(64, max_num_batched_tokens)
     assert mgr.max_batch_size == max_num_batched_tokens // 64
     # 0004: auto frames = max_batch_size * model.get_max_frames_per_video()
@@ -171,7 +172,7 @@ def test_manager_auto_limits(
 
 
 def test_manager_user_limits(
-    tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model
+    tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model, make_cg_manager
 ):
     vllm_config = make_vllm_config(
         tiny_qwen3_vl_dir,
@@ -182,14 +183,14 @@ def test_manager_user_limits(
             "encoder_cudagraph_max_frames_per_batch": 24,
         },
     )
-    mgr = cpu_manager(vllm_config, make_encoder_cg_model(min_budget=64))
+    mgr = make_cg_manager(vllm_config, make_encoder_cg_model(min_budget=64))
     assert mgr.token_budgets == [256, 1024]
     assert mgr.max_batch_size == 4
     assert mgr.max_frames_per_batch == 24
 
 
 def test_manager_auto_frames_with_user_items(
-    tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model
+    tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model, make_cg_manager
 ):
     vllm_config = make_vllm_config(
         tiny_qwen3_vl_dir,
@@ -200,7 +201,7 @@ def test_manager_auto_frames_with_user_items(
     )
     max_tokens = vllm_config.scheduler_config.max_num_batched_tokens
     model = make_encoder_cg_model(min_budget=128, max_frames_per_video=7)
-    mgr = cpu_manager(vllm_config, model)
+    mgr = make_cg_manager(vllm_config, model)
     assert mgr.max_batch_size == 4
     # 0004: auto frames = user item limit * model's max frames per video,
     # independent of the token budgets
@@ -209,7 +210,7 @@ def test_manager_auto_frames_with_user_items(
 
 
 def test_manager_image_only_model(
-    tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model
+    tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model, make_cg_manager
 ):
     vllm_config = make_vllm_config(
         tiny_qwen3_vl_dir,
@@ -218,19 +219,19 @@ def test_manager_image_only_model(
             "encoder_cudagraph_max_frames_per_batch": 24,
         },
     )
-    mgr = cpu_manager(vllm_config, make_encoder_cg_model(video=False))
+    mgr = make_cg_manager(vllm_config, make_encoder_cg_model(video=False))
     assert mgr.max_frames_per_batch == 0
     assert mgr.supports_modality("image")
     assert not mgr.supports_modality("video")
 
 
 def test_manager_routes_modality_to_input_key(
-    tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model
+    tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model, make_cg_manager
 ):
     vllm_config = make_vllm_config(
         tiny_qwen3_vl_dir, compilation={"cudagraph_mm_encoder": True}
     )
-    mgr = cpu_manager(vllm_config, make_encoder_cg_model())
+    mgr = make_cg_manager(vllm_config, make_encoder_cg_model())
     image = {"pixel_values": torch.zeros(16, 12), "image_grid_thw": [[1, 4, 4]]}
     video = {
         "pixel_values_videos": torch.zeros(32, 12),
@@ -246,7 +247,7 @@ def test_manager_routes_modality_to_input_key(
 
 
 
-def test_qwen3_vl_protocol_video(tiny_qwen3_vl_dir, make_vllm_config):
+def test_qwen3_vl_protocol_video(tiny_qwen3_vl_dir, make_vllm_config, make_cg_manager):
     from vllm.model_executor.models.interfaces import supports_encoder_cudagraph
 
     vllm_config = make_vllm_config(
@@ -280,7 +281,7 @@ def test_qwen3_vl_protocol_video(tiny_qwen3_vl_dir, make_vllm_config):
     with pytest.raises(ValueError):
         model.get_input_modality({**image, **video})
 
-    mgr = cpu_manager(vllm_config, model)
+    mgr = make_cg_manager(vllm_config, model)
     assert mgr.supports_modality("video")
     assert mgr._get_input_key(video) == "pixel_values_videos"
     assert mgr._get_input_key(image) == "pixel_values"

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import cpu_manager, qwen3_vl_protocol_object
+from helpers import qwen3_vl_protocol_object
 
 
 
@@ -73,7 +73,7 @@ def test_config_field_annotation():
 
 
 def test_auto_is_items_times_frames_per_video(
-    tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model, vllm_logs
+    tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model, vllm_logs, make_cg_manager
 ):
     vllm_config = make_vllm_config(
         tiny_qwen3_vl_dir,
@@ -81,7 +81,7 @@ def test_auto_is_items_times_frames_per_video(
         compilation={"cudagraph_mm_encoder": True},
     )
     model = make_encoder_cg_model(min_budget=64, max_frames_per_video=11)
-    mgr = cpu_manager(vllm_config, model)
+    mgr = make_cg_manager(vllm_config, model)
     assert mgr.max_batch_size == 2048 // 64
     assert mgr.max_frames_per_batch == (2048 // 64) * 11
     assert ("get_max_frames_per_video", ()) in model.calls
@@ -91,7 +91,7 @@ def test_auto_is_items_times_frames_per_video(
 
 
 def test_auto_with_user_items(
-    tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model
+    tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model, make_cg_manager
 ):
     vllm_config = make_vllm_config(
         tiny_qwen3_vl_dir,
@@ -100,13 +100,14 @@ def test_auto_with_user_items(
             "encoder_cudagraph_max_vision_items_per_batch": 3,
         },
     )
-    mgr = cpu_manager(vllm_config, make_encoder_cg_model(max_frames_per_video=9))
+    mgr = make_cg_manager(vllm_config, make_encoder_cg_model(max_frames_per_video=9))
     assert (mgr.max_batch_size, mgr.max_frames_per_batch) == (3, 27)
 
 
 @pytest.mark.parametrize("user_frames", [5, 500])
 def test_user_value_used(
-    tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model, vllm_logs, user_frames
+    tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model, vllm_logs, user_frames,
+    make_cg_manager
 ):
     vllm_config = make_vllm_config(
         tiny_qwen3_vl_dir,
@@ -116,7 +117,7 @@ def test_user_value_used(
         },
     )
     model = make_encoder_cg_model(max_frames_per_video=11)
-    mgr = cpu_manager(vllm_config, model)
+    mgr = make_cg_manager(vllm_config, model)
     assert mgr.max_frames_per_batch == user_frames
     assert ("get_max_frames_per_video", ()) not in model.calls
     logs = _frame_logs(vllm_logs)
@@ -124,7 +125,7 @@ def test_user_value_used(
 
 
 def test_user_zero_respected_while_video_enabled(
-    tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model
+    tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model, make_cg_manager
 ):
     vllm_config = make_vllm_config(
         tiny_qwen3_vl_dir,
@@ -134,7 +135,7 @@ def test_user_zero_respected_while_video_enabled(
         },
     )
     assert vllm_config.model_config.multimodal_config.get_limit_per_prompt("video")
-    mgr = cpu_manager(vllm_config, make_encoder_cg_model(max_frames_per_video=11))
+    mgr = make_cg_manager(vllm_config, make_encoder_cg_model(max_frames_per_video=11))
     assert mgr.max_frames_per_batch == 0
     assert not mgr.supports_modality("video")
     assert mgr.supports_modality("image")
@@ -142,7 +143,8 @@ def test_user_zero_respected_while_video_enabled(
 
 @pytest.mark.parametrize("user_frames", [None, 0, 64])
 def test_video_limit_zero_is_image_only(
-    tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model, vllm_logs, user_frames
+    tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model, vllm_logs, user_frames,
+    make_cg_manager
 ):
     compilation = {"cudagraph_mm_encoder": True}
     if user_frames is not None:
@@ -156,7 +158,7 @@ def test_video_limit_zero_is_image_only(
     assert mm_config.get_limit_per_prompt("video") == 0
     assert mm_config.get_limit_per_prompt("image") > 0
     model = make_encoder_cg_model(max_frames_per_video=11)
-    mgr = cpu_manager(vllm_config, model)
+    mgr = make_cg_manager(vllm_config, model)
     assert mgr.max_frames_per_batch == 0
     assert ("get_max_frames_per_video", ()) not in model.calls
     assert mgr.supports_modality("image")
@@ -166,7 +168,7 @@ def test_video_limit_zero_is_image_only(
 
 
 def test_model_without_video_is_image_only(
-    tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model
+    tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model, make_cg_manager
 ):
     vllm_config = make_vllm_config(
         tiny_qwen3_vl_dir,
@@ -176,13 +178,14 @@ def test_model_without_video_is_image_only(
         },
     )
     model = make_encoder_cg_model(video=False, max_frames_per_video=11)
-    mgr = cpu_manager(vllm_config, model)
+    mgr = make_cg_manager(vllm_config, model)
     assert mgr.max_frames_per_batch == 0
     assert not mgr.supports_modality("video")
 
 
 def test_capture_uses_decided_frames(
-    tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model, monkeypatch
+    tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model, monkeypatch,
+    make_cg_manager
 ):
     """The decided value is what the graphs are captured with."""
     import contextlib
@@ -199,7 +202,7 @@ def test_capture_uses_decided_frames(
         },
     )
     model = make_encoder_cg_model(max_frames_per_video=6)
-    mgr = cpu_manager(vllm_config, model)
+    mgr = make_cg_manager(vllm_config, model)
     mgr.capture()
     assert [c for c in model.calls if c[0] == "capture"] == [
         ("capture", (128, 2, 12)),
@@ -231,7 +234,7 @@ def _expected_frames(model_config):
 
 
 def test_qwen3_vl_frames_per_video_follow_max_model_len(
-    tiny_qwen3_vl_dir, make_vllm_config, vllm_logs
+    tiny_qwen3_vl_dir, make_vllm_config, vllm_logs, make_cg_manager
 ):
     from vllm.model_executor.models.interfaces import supports_encoder_cudagraph
 
@@ -248,7 +251,7 @@ def test_qwen3_vl_frames_per_video_follow_max_model_len(
         assert supports_encoder_cudagraph(model)
         frames = model.get_max_frames_per_video()
         assert frames == _expected_frames(vllm_config.model_config)
-        mgr = cpu_manager(vllm_config, model)
+        mgr = make_cg_manager(vllm_config, model)
         # auto budgets stop at min(max_num_batched_tokens, max_model_len)
         assert mgr.max_batch_size == min(2048, max_model_len) // 64
         assert mgr.max_frames_per_batch == mgr.max_batch_size * frames

@@ -18,7 +18,7 @@ import logging
 
 import pytest
 import torch
-from helpers import cpu_manager, qwen3_vl_protocol_object
+from helpers import qwen3_vl_protocol_object
 
 FALLBACK_TEXT = "frames but encoder CUDA graphs were captured for"
 
@@ -39,7 +39,7 @@ def _fallback_logs(records):
 
 @pytest.fixture
 def make_manager(tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model,
-                 monkeypatch):
+                 monkeypatch, make_cg_manager):
     """Factory: real manager, captured on CPU, for the given settings."""
     monkeypatch.setattr(torch.cuda, "CUDAGraph", _CpuGraph)
     monkeypatch.setattr(torch.cuda, "graph", lambda g, pool=None: contextlib.nullcontext())
@@ -58,7 +58,7 @@ def make_manager(tiny_qwen3_vl_dir, make_vllm_config, make_encoder_cg_model,
             tiny_qwen3_vl_dir, compilation=compilation, **extra
         )
         model = make_encoder_cg_model(min_budget=4, **model_kwargs)
-        mgr = cpu_manager(vllm_config, model)
+        mgr = make_cg_manager(vllm_config, model)
         mgr.capture()
         for meta in mgr.budget_graphs.values():
             meta.graph.replay_fn = lambda meta=meta: meta.output_buffer.copy_(

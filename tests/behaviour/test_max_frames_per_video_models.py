@@ -12,7 +12,6 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-from helpers import cpu_manager
 from qwen3_vl_family import FAMILY, build_on_meta, write_family_dir
 from runner_lifecycle import runner_config
 
@@ -48,7 +47,7 @@ def qwen3_vl_frames(cpu_platform, qwen3_vl_session_dir):
 
 @pytest.mark.parametrize("architecture", list(FAMILY))
 def test_max_frames_per_video(architecture, qwen3_vl_session_dir, tmp_path,
-                              qwen3_vl_frames, monkeypatch):
+                              qwen3_vl_frames, monkeypatch, make_cg_manager):
     from vllm.multimodal import MULTIMODAL_REGISTRY
 
     full, fitted = qwen3_vl_frames
@@ -75,7 +74,7 @@ def test_max_frames_per_video(architecture, qwen3_vl_session_dir, tmp_path,
     auto_fit(config, FITTED)
     assert model.get_max_frames_per_video() == fitted
 
-    mgr = cpu_manager(config, model)  # auto frame limit (no capture: meta weights)
+    mgr = make_cg_manager(config, model)  # auto frame limit (no capture: meta weights)
     assert mgr.max_frames_per_batch == mgr.max_batch_size * fitted
 
     # Control: without the model_config its __init__ keeps (these classes skip

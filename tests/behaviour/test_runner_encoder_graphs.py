@@ -11,25 +11,24 @@ Qwen3-VL (``qwen3_vl_cpu.py``) under the CPU CUDA-graph emulation
     runner.capture_model()                 # Worker.compile_or_warm_up_model
     runner._execute_mm_encoder(sched_out)  # every step with encoder inputs
 
-Stubbed, device plumbing only (none of it is under test): ``torch.cuda.mem_get_info``,
-``torch.accelerator.synchronize`` / ``empty_cache``, ``gpu_model_runner.graph_capture``,
-``gpu_model_runner.lock_workspace``, ``current_platform.graph_pool_handle``, the
-profiling KV cache (``_init_minimal_kv_cache_for_profiling`` /
-``_cleanup_profiling_kv_cache``) and the decoder's capture list
-(``cudagraph_dispatcher.get_capture_descs() -> []``: no decoder graphs). The ViT
-attention layers report FLASH_ATTN (the CPU default, TORCH_SDPA, keeps graphs off) and
-run flash-attn semantics (``fa_attention``) whenever a graph may be captured or
-replayed.
+Stubbed, device plumbing only (none of it is under test): what conftest's
+``device_stubs`` and ``make_cpu_runner`` stub (runner_lifecycle.py lists it:
+``torch.cuda.mem_get_info``, ``torch.accelerator.synchronize`` / ``empty_cache``,
+``gpu_model_runner.graph_capture`` and ``lock_workspace``,
+``current_platform.graph_pool_handle``, the decoder's capture list
+``cudagraph_dispatcher.get_capture_descs() -> []``: no decoder graphs, weight loading),
+and here the profiling KV cache (``_init_minimal_kv_cache_for_profiling`` /
+``_cleanup_profiling_kv_cache``). The ViT attention layers report FLASH_ATTN (the CPU
+default, TORCH_SDPA, keeps graphs off) and run flash-attn semantics (``fa_attention``)
+whenever a graph may be captured or replayed.
 """
 
 from __future__ import annotations
 
-import contextlib
 from types import SimpleNamespace
 
 import pytest
 import torch
-from cuda_graph_emulation import install
 from qwen3_vl_cpu import (
     build_qwen3_vl,
     encoder_inputs,
@@ -44,40 +43,26 @@ IMAGES = [[1, 8, 8], [1, 8, 12]]
 
 
 @pytest.fixture
-def device_stubs(monkeypatch):
-    import vllm.v1.worker.gpu_model_runner as gmr
-
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (1 << 34, 1 << 35))
-    monkeypatch.setattr(torch.accelerator, "synchronize", lambda *a: None)
-    monkeypatch.setattr(torch.accelerator, "empty_cache", lambda *a: None)
-    monkeypatch.setattr(gmr, "graph_capture", lambda device: contextlib.nullcontext())
-    monkeypatch.setattr(gmr, "lock_workspace", lambda: None)
-    monkeypatch.setattr(gmr.current_platform, "graph_pool_handle", lambda: object(),
-                        raising=False)
-    return install(monkeypatch)
-
-
-def make_runner(vllm_config, model, monkeypatch, mode: str):
-    """The real CPUModelRunner for ``vllm_config`` with ``model`` loaded; the
-    decoder's cudagraph_mode set after the config is built (enforce_eager and the
-    CPU platform force NONE there)."""
-    from vllm.config import CUDAGraphMode
+def make_runner(make_cpu_runner, monkeypatch):
+    """Factory: ``make_runner(vllm_config, model, mode)`` -> the real CPUModelRunner
+    with ``model`` loaded and the decoder's cudagraph_mode ``mode`` (conftest's
+    ``make_cpu_runner``); here the ViT attention layers report FLASH_ATTN for the
+    runner's whole life, and the profiling KV cache is not made."""
     from vllm.model_executor.layers.attention.mm_encoder_attention import (
         MMEncoderAttention,
     )
     from vllm.v1.attention.backends.registry import AttentionBackendEnum
-    from vllm.v1.worker.cpu_model_runner import CPUModelRunner
 
-    runner = CPUModelRunner(vllm_config, torch.device("cpu"))
-    runner.model = model
-    vllm_config.compilation_config.cudagraph_mode = CUDAGraphMode[mode]
-    for m in model.modules():
-        if isinstance(m, MMEncoderAttention):
-            monkeypatch.setattr(m, "attn_backend", AttentionBackendEnum.FLASH_ATTN)
-    monkeypatch.setattr(runner, "_init_minimal_kv_cache_for_profiling", lambda: None)
-    monkeypatch.setattr(runner, "_cleanup_profiling_kv_cache", lambda: None)
-    monkeypatch.setattr(runner.cudagraph_dispatcher, "get_capture_descs", lambda: [])
-    return runner
+    def make(vllm_config, model, mode: str):
+        runner = make_cpu_runner(vllm_config, model, mode)
+        for m in model.modules():
+            if isinstance(m, MMEncoderAttention):
+                monkeypatch.setattr(m, "attn_backend", AttentionBackendEnum.FLASH_ATTN)
+        monkeypatch.setattr(runner, "_init_minimal_kv_cache_for_profiling", lambda: None)
+        monkeypatch.setattr(runner, "_cleanup_profiling_kv_cache", lambda: None)
+        return runner
+
+    return make
 
 
 def scheduler_output(runner, model, modality: str, mm_kwargs):
@@ -131,14 +116,15 @@ def model_for(make_vllm_config, qwen3_vl_session_dir):
 # -- defect 1: decoder cudagraph_mode NONE -------------------------------------------
 
 
-def test_mode_none_first_image_runs_eagerly(model_for, device_stubs, monkeypatch):
+def test_mode_none_first_image_runs_eagerly(model_for, device_stubs, make_runner,
+                                            monkeypatch):
     """cudagraph_mm_encoder on, decoder graphs off: capture_model captures nothing,
     so the runner must not dispatch to a manager (0.19.1: eager). Before the fix the
     profiling pass left a manager with zero graphs that claimed images, and the first
     image ended in ``assert output is not None``."""
     emu = device_stubs
     vllm_config, model = model_for()
-    runner = make_runner(vllm_config, model, monkeypatch, "NONE")
+    runner = make_runner(vllm_config, model, "NONE")
     with fa_attention(model, emu):
         profiled = runner.profile_cudagraph_memory()
         captured = runner.capture_model()
@@ -151,12 +137,12 @@ def test_mode_none_first_image_runs_eagerly(model_for, device_stubs, monkeypatch
     assert runner.encoder_cudagraph_manager is None
 
 
-def test_profiling_keeps_no_manager(model_for, device_stubs, monkeypatch):
+def test_profiling_keeps_no_manager(model_for, device_stubs, make_runner, monkeypatch):
     """Profiling captures with a manager of its own and keeps nothing; capture_model
     builds the runner's manager, which then replays."""
     emu = device_stubs
     vllm_config, model = model_for()
-    runner = make_runner(vllm_config, model, monkeypatch, "FULL_AND_PIECEWISE")
+    runner = make_runner(vllm_config, model, "FULL_AND_PIECEWISE")
     with fa_attention(model, emu):
         runner.profile_cudagraph_memory()
     profiled = len(emu.graphs)
@@ -173,12 +159,13 @@ def test_profiling_keeps_no_manager(model_for, device_stubs, monkeypatch):
     assert max(max_abs_diffs(got, per_item_eager(model, images))) < 1e-4
 
 
-def test_uncaptured_manager_is_not_dispatched(model_for, device_stubs, monkeypatch):
+def test_uncaptured_manager_is_not_dispatched(model_for, device_stubs, make_runner,
+                                              monkeypatch):
     """A manager without graphs (built, never captured) leaves the batch to the
     model's eager path instead of ending in ``assert output is not None``."""
     emu = device_stubs
     vllm_config, model = model_for()
-    runner = make_runner(vllm_config, model, monkeypatch, "FULL_AND_PIECEWISE")
+    runner = make_runner(vllm_config, model, "FULL_AND_PIECEWISE")
     runner._init_encoder_cudagraph_manager()
     mgr = runner.encoder_cudagraph_manager
     assert mgr is not None and mgr.supports_modality("image") and not mgr.is_captured()
@@ -191,7 +178,9 @@ def test_uncaptured_manager_is_not_dispatched(model_for, device_stubs, monkeypat
 # -- defect 2: max_model_len auto-fit between profiling and capture --------------------
 
 
-def test_graphs_follow_auto_fitted_max_model_len(model_for, device_stubs, monkeypatch):
+def test_graphs_follow_auto_fitted_max_model_len(
+    model_for, device_stubs, make_runner, monkeypatch, make_cg_manager
+):
     """--max-model-len -1: profiled at the model's length, fitted to memory, then
     Worker.update_max_model_len (shared model config + runner) before capture_model.
     The captured budgets and frame limit are those of the fitted length."""
@@ -199,7 +188,7 @@ def test_graphs_follow_auto_fitted_max_model_len(model_for, device_stubs, monkey
 
     emu = device_stubs
     vllm_config, model = model_for(max_model_len=1024, max_num_batched_tokens=2048)
-    runner = make_runner(vllm_config, model, monkeypatch, "FULL_AND_PIECEWISE")
+    runner = make_runner(vllm_config, model, "FULL_AND_PIECEWISE")
     with fa_attention(model, emu):
         runner.profile_cudagraph_memory()
     worker = SimpleNamespace(model_config=vllm_config.model_config, model_runner=runner)
@@ -213,9 +202,7 @@ def test_graphs_follow_auto_fitted_max_model_len(model_for, device_stubs, monkey
     assert mgr.max_frames_per_batch == mgr.max_batch_size * model.get_max_frames_per_video()
 
     # A fresh manager built at the fitted length agrees (the reference).
-    from helpers import cpu_manager
-
-    ref = cpu_manager(vllm_config, model)
+    ref = make_cg_manager(vllm_config, model)
     assert (mgr.token_budgets, mgr.max_frames_per_batch) == (
         ref.token_budgets, ref.max_frames_per_batch)
     images = encoder_inputs("image", IMAGES)
@@ -239,14 +226,14 @@ class _LacksInputModality:
         return getattr(self._model, name)
 
 
-def test_missing_protocol_method_named_once(model_for, device_stubs, monkeypatch,
-                                            vllm_logs):
+def test_missing_protocol_method_named_once(model_for, device_stubs, make_runner,
+                                            monkeypatch, vllm_logs):
     """Profiling and capture each ask for a manager: one warning, not two."""
     from vllm.logger import _print_warning_once
 
     emu = device_stubs
     vllm_config, model = model_for()
-    runner = make_runner(vllm_config, model, monkeypatch, "FULL_AND_PIECEWISE")
+    runner = make_runner(vllm_config, model, "FULL_AND_PIECEWISE")
     runner.model = _LacksInputModality(model)
     _print_warning_once.cache_clear()
     runner.profile_cudagraph_memory()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import pytest
 import torch
 from cuda_graph_emulation import install
-from helpers import cpu_manager
 from qwen3_vl_cpu import (
     TOLERANCE,
     captured_manager,
@@ -183,12 +182,14 @@ def test_torch_sdpa_keeps_graphs_off(qwen3_vl_model, config, monkeypatch, vllm_l
     assert max(max_abs_diffs(got, per_item_eager(model, images))) < 1e-5
 
 
-def test_torch_sdpa_capture_is_a_host_sync(qwen3_vl_model, config, monkeypatch):
+def test_torch_sdpa_capture_is_a_host_sync(
+    qwen3_vl_model, config, monkeypatch, make_cg_manager
+):
     """Why: capturing with TORCH_SDPA reads cu_seqlens on the host (the detector sees
     it); with a flash-style backend the capture is clean."""
     emu = install(monkeypatch)
     model = qwen3_vl_model
-    mgr = cpu_manager(config(), model)  # past the start-up decision
+    mgr = make_cg_manager(config(), model)  # past the start-up decision
     with torch.inference_mode():
         mgr.capture()
     kinds = {v.kind for v in emu.violations}
@@ -244,12 +245,12 @@ def test_over_long_video_runs_eagerly(qwen3_vl_model, make_vllm_config,
 
 @pytest.mark.parametrize("items", [128, 100, 50])
 def test_item_limit_auto_would_pick_loads(
-    make_vllm_config, qwen3_vl_session_dir, monkeypatch, items
+    make_vllm_config, qwen3_vl_session_dir, monkeypatch, items, make_cg_manager
 ):
     """Qwen3-VL at 8192 tokens: auto picks 128 items (8192 // 64) over budgets from 64.
     Giving that limit explicitly (with auto budgets) loads; the auto budgets are raised
     to at least the limit (upstream 0.22+), so every captured item has a token."""
-    from helpers import cpu_manager, qwen3_vl_protocol_object
+    from helpers import qwen3_vl_protocol_object
 
     # The tiny model declares 4096 positions; no forward runs here.
     monkeypatch.setenv("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "1")
@@ -261,19 +262,19 @@ def test_item_limit_auto_would_pick_loads(
         )
 
     auto = config()
-    picked = cpu_manager(auto, qwen3_vl_protocol_object(auto))
+    picked = make_cg_manager(auto, qwen3_vl_protocol_object(auto))
     assert picked.max_batch_size == 128
     assert picked.token_budgets == [64, 128, 256, 512, 1024, 2048, 4096, 8192]
     vllm_config = config(encoder_cudagraph_max_vision_items_per_batch=items)
-    mgr = cpu_manager(vllm_config, qwen3_vl_protocol_object(vllm_config))
+    mgr = make_cg_manager(vllm_config, qwen3_vl_protocol_object(vllm_config))
     assert mgr.max_batch_size == items
     assert mgr.token_budgets == sorted({max(b, items) for b in picked.token_budgets})
 
 
 def test_item_limit_above_user_budget_names_the_user_keys(
-    make_vllm_config, qwen3_vl_session_dir
+    make_vllm_config, qwen3_vl_session_dir, make_cg_manager
 ):
-    from helpers import cpu_manager, qwen3_vl_protocol_object
+    from helpers import qwen3_vl_protocol_object
 
     vllm_config = make_vllm_config(
         qwen3_vl_session_dir, max_model_len=4096, max_num_batched_tokens=4096,
@@ -282,16 +283,16 @@ def test_item_limit_above_user_budget_names_the_user_keys(
                      "encoder_cudagraph_max_vision_items_per_batch": 64},
     )
     with pytest.raises(ValueError) as exc_info:
-        cpu_manager(vllm_config, qwen3_vl_protocol_object(vllm_config))
+        make_cg_manager(vllm_config, qwen3_vl_protocol_object(vllm_config))
     message = str(exc_info.value)
     assert "encoder_cudagraph_max_vision_items_per_batch (64)" in message
     assert "encoder_cudagraph_token_budgets" in message and "(32)" in message
 
 
 def test_item_limit_above_auto_budgets_names_only_the_item_key(
-    make_vllm_config, qwen3_vl_session_dir
+    make_vllm_config, qwen3_vl_session_dir, make_cg_manager
 ):
-    from helpers import cpu_manager, qwen3_vl_protocol_object
+    from helpers import qwen3_vl_protocol_object
 
     vllm_config = make_vllm_config(
         qwen3_vl_session_dir, max_model_len=512, max_num_batched_tokens=2048,
@@ -299,7 +300,7 @@ def test_item_limit_above_auto_budgets_names_only_the_item_key(
                      "encoder_cudagraph_max_vision_items_per_batch": 600},
     )
     with pytest.raises(ValueError) as exc_info:
-        cpu_manager(vllm_config, qwen3_vl_protocol_object(vllm_config))
+        make_cg_manager(vllm_config, qwen3_vl_protocol_object(vllm_config))
     message = str(exc_info.value)
     assert "encoder_cudagraph_max_vision_items_per_batch (600)" in message
     assert "(512)" in message

@@ -1,138 +1,22 @@
-"""Synthetic upstream releases for the tooling tests: a small sdist, a wheel, a repo, patches.
+"""Fixtures of the tooling tests: a synthetic upstream release per test (helpers/synthetic.py:
+a small sdist, a wheel, a repo, patches), and the once_per_inputs hooks
+(helpers/once_per_inputs.py).
 
 Everything is built by the tests themselves; nothing is downloaded (the `network` marker
 selects the few tests that use the real pinned artifacts).
 """
 
-import base64
-import hashlib
-import io
 import json
-import os
-import tarfile
-import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from vllm_overlay.wheelbuild import apply
-from vllm_overlay.wheelbuild import export
-
-UPSTREAM = "9.9.9"
-VERSION = "9.9.9+test.1"
-WHEEL_NAME = f"vllm-{UPSTREAM}-cp38-abi3-manylinux_2_31_x86_64.whl"
-
-SOURCES = {
-    "vllm/__init__.py": "from vllm.version import __version__\n",
-    "vllm/version.py": "from vllm._version import __version__\n",
-    "vllm/_version.py": f"__version__ = version = '{UPSTREAM}'\n",
-    "vllm/a.py": "".join(f"A_{i} = {i}\n" for i in range(40)),
-    "vllm/b.py": "B = 'b'\n",
-    "vllm/data/chat.jinja": "{{ messages }}\n",
-    "csrc/kernel.cu": "__global__ void k() {}\n",
-    "tests/test_a.py": "def test_a():\n    assert True\n",
-    "setup.py": "raise SystemExit('not for the tooling tests')\n",
-}
-# Build-time generated members that exist only in the wheel, as in real vLLM wheels.
-WHEEL_ONLY = {"vllm/_C.abi3.so": os.urandom(256 * 1024),
-              "vllm/third_party/generated.py": b"GENERATED = True\n"}
-
-
-
-def _record_hash(data: bytes) -> str:
-    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(
-        b"=").decode()
-
-
-def make_sdist(path: Path) -> None:
-    with tarfile.open(path, "w:gz") as tar:
-        for name, text in SOURCES.items():
-            data = text.encode()
-            info = tarfile.TarInfo(f"vllm-{UPSTREAM}/{name}")
-            info.size, info.mtime = len(data), 1_700_000_000
-            tar.addfile(info, io.BytesIO(data))
-
-
-def make_wheel(path: Path) -> None:
-    members = {n: t.encode() for n, t in SOURCES.items() if n.startswith("vllm/")}
-    members.update(WHEEL_ONLY)
-    info_dir = f"vllm-{UPSTREAM}.dist-info/"
-    members[info_dir + "METADATA"] = (f"Metadata-Version: 2.4\nName: vllm\nVersion: {UPSTREAM}"
-                                      "\nSummary: synthetic\n").encode()
-    members[info_dir + "WHEEL"] = b"Wheel-Version: 1.0\nRoot-Is-Purelib: false\n" \
-                                  b"Tag: cp38-abi3-linux_x86_64\n\n"
-    members[info_dir + "entry_points.txt"] = b"[console_scripts]\nvllm = vllm.cli:main\n"
-    record = "".join(f"{n},{_record_hash(d)},{len(d)}\n" for n, d in members.items())
-    members[info_dir + "RECORD"] = (record + f"{info_dir}RECORD,,\n").encode()
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in members.items():
-            zf.writestr(zipfile.ZipInfo(name, (2024, 1, 2, 3, 4, 6)), data,
-                        compress_type=zipfile.ZIP_DEFLATED)
-
-
-def artifact(path: Path) -> dict:
-    data = path.read_bytes()
-    return {"filename": path.name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-
-
-@dataclass
-class Synth:
-    root: Path
-    repo: Path
-    dist: Path  # where the upstream artifacts were made
-    cache: Path
-
-    @property
-    def wheelhouse(self) -> Path:
-        return self.repo / "wheelhouse"
-
-    @property
-    def patches(self) -> Path:
-        return self.repo / "patches"
-
-    def seed_cache(self) -> None:
-        """Put the artifacts into the sha256 cache, as a previous fetch would have."""
-        blobs = self.cache / "sha256"
-        blobs.mkdir(parents=True, exist_ok=True)
-        for path in self.dist.iterdir():
-            (blobs / hashlib.sha256(path.read_bytes()).hexdigest()).write_bytes(path.read_bytes())
-
-    def dev_tree(self) -> Path:
-        """A fresh upstream work tree (base commit tagged) to write patches in."""
-        tree = self.root / "dev" / f"vllm-{UPSTREAM}"
-        if tree.exists():
-            import shutil
-
-            shutil.rmtree(tree)
-        apply.unpack_sdist(self.dist / f"vllm-{UPSTREAM}.tar.gz", tree)
-        apply.init_base(tree, "2024-01-02T03:04:05Z")
-        return tree
-
-    def commit(self, tree: Path, message: str, edits: dict[str, str | None]) -> None:
-        for name, text in edits.items():
-            path = tree / name
-            if text is None:
-                path.unlink()
-            else:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(text)
-        apply.git(tree, "add", "-A")
-        trailers = "Origin: vendor\nRisk: none, a test patch\nProbe: defines vllm/a.py::A_0\n"
-        apply.git(tree, "commit", "-q", "-m", f"{message}\n\nWhy: a test.\n\n{trailers}",
-                  env={"GIT_AUTHOR_DATE": "2024-02-03T04:05:06Z"})
-
-    def write_series(self, patches: dict[str, dict[str, str | None]]) -> None:
-        """Export one patch per entry (message -> edits), in order, into repo/patches."""
-        tree = self.dev_tree()
-        for message, edits in patches.items():
-            self.commit(tree, message, edits)
-        export.export(tree, self.patches)
-
-
-def visible_files(house: Path) -> dict[str, tuple[int, int]]:
-    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in house.iterdir()
-            if not p.name.startswith(".")} if house.is_dir() else {}
+# The once_per_inputs marker: its hooks (the module says what a test's inputs are).
+from tests.tooling.helpers.once_per_inputs import (  # noqa: F401
+    pytest_runtest_makereport, pytest_runtest_setup)
+from tests.tooling.helpers.synthetic import (SYNTH_LOCK, UPSTREAM, VERSION, WHEEL_NAME, Synth,
+                                             artifact, link_supply_venv, make_sdist, make_wheel,
+                                             visible_files)
 
 
 @pytest.fixture(scope="session")
@@ -141,14 +25,6 @@ def supply_venv() -> Path:
     from vllm_overlay.wheelbuild import supplyenv
 
     return supplyenv.bin_dir().parent
-
-
-def link_supply_venv(cache: Path, venv: Path) -> None:
-    (cache / "venvs").mkdir(parents=True, exist_ok=True)
-    (cache / "venvs" / venv.name).symlink_to(venv)
-
-
-SYNTH_LOCK = "# synthetic runtime lock: the synthetic wheel has no Requires-Dist\n"
 
 
 @pytest.fixture(autouse=True)
@@ -182,58 +58,3 @@ def synth(tmp_path, monkeypatch, supply_venv) -> Synth:
     (repo / "locks").mkdir()
     (repo / "locks" / "runtime-x86_64.txt").write_text(SYNTH_LOCK)
     return Synth(tmp_path, repo, dist, cache)
-
-
-# --- once per inputs: the minutes-long real checks ---------------------------------------
-# A test marked `once_per_inputs` runs when what it checks changed since it last passed on
-# this machine, and is skipped (with the reason in the report) otherwise. Its inputs: the
-# pipeline's code, the series, the pin, the locks and the test's own module and conftests.
-# VLLM_OVERLAY_RERUN=1 runs them all anyway.
-INPUT_PATHS = ("vllm_overlay", "patches", "locks", "VERSION", "upstream.lock.json")
-
-
-def inputs_key(test_file: Path) -> str:
-    repo = Path(__file__).resolve().parents[2]
-    files = []
-    for name in INPUT_PATHS:
-        path = repo / name
-        files += [path] if path.is_file() else sorted(
-            p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
-    files += [test_file, *(folder / "conftest.py" for folder in test_file.parents
-                           if repo in folder.parents and (folder / "conftest.py").is_file())]
-    digest = hashlib.sha256()
-    for file in files:
-        digest.update(os.path.relpath(file, repo).encode() + b"\0" + file.read_bytes() + b"\0")
-    return digest.hexdigest()
-
-
-def _passed_marker(item) -> Path:
-    from vllm_overlay.common.paths import cache_dir
-
-    key = inputs_key(Path(str(item.fspath)))
-    name = hashlib.sha256(f"{item.nodeid}\n{key}".encode()).hexdigest()[:24]
-    return cache_dir() / "passed-checks" / f"{name}.json"
-
-
-@pytest.hookimpl(tryfirst=True)  # before the fixtures (a real wheel build) are set up
-def pytest_runtest_setup(item):
-    if item.get_closest_marker("once_per_inputs"):
-        # the inputs as they are when the test starts: a pass is recorded under these
-        item.passed_marker = marker = _passed_marker(item)
-        if marker.is_file() and not os.environ.get("VLLM_OVERLAY_RERUN"):
-            when = json.loads(marker.read_text())["passed"]
-            pytest.skip(f"passed {when} for the same inputs (pipeline code, series, pin, "
-                        f"locks, test module): not rerun; VLLM_OVERLAY_RERUN=1 reruns it")
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    report = outcome.get_result()
-    if report.when == "call" and report.passed and hasattr(item, "passed_marker"):
-        import datetime
-
-        marker = item.passed_marker
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({"test": item.nodeid, "passed": datetime.datetime.now(
-            datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}) + "\n")

@@ -1,5 +1,5 @@
-"""The `once_per_inputs` marker (tests/tooling/conftest.py): a minutes-long real check is
-skipped only when it passed before for exactly the same inputs, and says so."""
+"""The `once_per_inputs` marker (tests/tooling/helpers/once_per_inputs.py): a minutes-long
+real check is skipped only when it passed before for exactly the same inputs, and says so."""
 
 import os
 import subprocess
@@ -7,7 +7,8 @@ import sys
 
 from vllm_overlay.common.paths import REPO
 
-CONFTEST = "from tests.tooling.conftest import pytest_runtest_setup, pytest_runtest_makereport\n"
+CONFTEST = ("from tests.tooling.helpers.once_per_inputs import pytest_runtest_setup, "
+            "pytest_runtest_makereport\n")
 
 
 def run(folder, cache, **env) -> str:

@@ -1,6 +1,7 @@
 """`test`: everything `make test` runs after check-patches (testing/harness.py)."""
 
 from vllm_overlay.testing import harness
+from vllm_overlay.testing.results import Options
 
 
 def add(sub) -> None:
@@ -12,4 +13,4 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
-    return harness.main(["--arch", args.arch])
+    return harness.main(Options(arch=args.arch))

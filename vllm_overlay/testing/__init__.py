@@ -1,1 +1,2 @@
-"""make test: the harness, the runtime test venv, the upstream subset."""
+"""make test: the harness (its stages), their typed results and the report, the runtime
+test venv, the upstream subset."""

@@ -2,32 +2,31 @@
 upstream multimodal subset on pristine 0.19.1 and on the overlay, compared test by test.
 
 Every test that touches vLLM runs in a cached venv against an installed wheel, from a copy
-of its tests outside any source tree. Results, stage times and the comparison go to
-reports/ (markdown + JSON). The last line printed is a pytest-style summary of the whole run.
+of its tests outside any source tree. Each stage is a function returning what it made or
+found (testing/results.py); Stages.run times it and records its StageResult. Results, stage
+times and the comparison go to reports/ (markdown + JSON, testing/report.py). The last line
+printed is a pytest-style summary of the whole run.
 """
 
-import argparse
-import json
 import os
 import shutil
 import subprocess
 import sys
-import threading
-from concurrent.futures import ThreadPoolExecutor
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from vllm_overlay.wheelbuild import apply
 from vllm_overlay.wheelbuild import fetch
 from vllm_overlay.common import pin
 from vllm_overlay.common import series
-from vllm_overlay.testing import subset
-from vllm_overlay.testing import testenv
+from vllm_overlay.testing import report, subset, testenv
+from vllm_overlay.testing.results import (ERROR, FAILED, PASSED, SKIPPED, Environment, Options,
+                                          PytestRun, Record, StageResult, SubsetRun, Tally, Trees)
 from vllm_overlay.common import venvs
 from vllm_overlay.wheelbuild.overlay_mode import build_overlay_wheel
 from vllm_overlay.common import log
 from vllm_overlay.common.errors import OverlayError
-from vllm_overlay.common.fs import atomic_write
 from vllm_overlay.common.paths import REPO
 
 SUBSET_FILE = REPO / "tests" / "upstream" / "subset.txt"
@@ -40,21 +39,47 @@ TIMEOUT_PER_TEST = 300  # s; a hung upstream test must not eat CI's 90 minutes
 BEHAVIOUR_INI = "[pytest]\naddopts = -p no:cacheprovider\n"
 
 
+# Stage name -> what it runs, in the order of the run.
+STAGES = {
+    "tooling tests": "pytest tests/tooling in the tools venv",
+    "wheel": "the overlay wheel (wheelhouse/)",
+    "environment": "the runtime venv (made beside the tooling tests), a thin venv per vLLM wheel",
+    "test trees": "upstream's tests/ as published and after the series (work/test/)",
+    "behaviour tests": "pytest tests/behaviour against the installed overlay wheel",
+    "upstream subset": "tests/upstream/subset.txt on pristine and on the overlay, compared",
+}
+
+
 class Stages:
-    """Stage name -> seconds, printed as each stage ends."""
+    """The stages run so far, each result recorded (and printed) as the stage ends."""
 
     def __init__(self):
-        self.times: dict[str, float] = {}
+        self.results: list[StageResult] = []
         self.started = time.monotonic()
 
     def run(self, name: str, func, *args):
+        """func(*args), timed; its value returned. The stage failed when the value says so
+        (a `failed` property: its tests failed), and is an error when it raised."""
         print(f"\n=== {name} ===", file=sys.stderr, flush=True)
+        result = StageResult(name, STAGES[name], ERROR)
+        self.results.append(result)
         t0 = time.monotonic()
         try:
-            return func(*args)
+            value = func(*args)
+            result.outcome = FAILED if getattr(value, "failed", False) else PASSED
+            return value
+        except OverlayError as exc:
+            result.reason = str(exc)
+            raise
         finally:
-            self.times[name] = round(time.monotonic() - t0, 1)
-            print(f"=== {name}: {self.times[name]:.1f} s ===", file=sys.stderr, flush=True)
+            result.seconds = round(time.monotonic() - t0, 1)
+            print(f"=== {name}: {result.seconds:.1f} s ===", file=sys.stderr, flush=True)
+
+    def skip_rest(self, reason: str) -> None:
+        """The stages that did not run, skipped for `reason` (an earlier step broke)."""
+        done = {r.name for r in self.results}
+        self.results += [StageResult(name, ran, SKIPPED, reason=reason)
+                         for name, ran in STAGES.items() if name not in done]
 
 
 def pytest_cmd(python: Path, junit: Path, *args: str) -> list[str]:
@@ -145,220 +170,155 @@ def added_test_files(patches: list[series.Patch], pristine_root: Path, overlay_r
     return found
 
 
-def closing_line(passed: int, failed: int, skipped: int, xfailed: int, seconds: float) -> str:
-    parts = [f"{failed} failed"] if failed else []
-    parts += [f"{passed} passed"]
-    parts += [f"{skipped} skipped"] if skipped else []
-    parts += [f"{xfailed} xfailed"] if xfailed else []
-    return f"{', '.join(parts)} in {seconds:.2f}s"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vllm_overlay test")
-    parser.add_argument("--arch", default="x86_64")
-    args = parser.parse_args(argv)
-    stages, totals, problems = Stages(), {"passed": 0, "failed": 0, "skipped": 0}, []
-    report: dict = {"stages": stages.times}
-    junit_dir = REPORTS / "junit"
-    shutil.rmtree(REPORTS, ignore_errors=True)
-    junit_dir.mkdir(parents=True)
-    WORK.mkdir(parents=True, exist_ok=True)
+# --- the stages ---------------------------------------------------------------------------
 
-    def add(results: dict[str, subset.Result], what: str) -> dict[str, int]:
-        c = subset.counts(results)
-        totals["passed"] += c["passed"]
-        totals["skipped"] += c["skipped"]
-        totals["failed"] += c["failed"] + c["error"]
-        for r in results.values():
-            if r.outcome in subset.BAD:
-                problems.append(f"{what}: {r.test_id} {r.outcome}: {r.message}")
-        return c
 
-    # The runtime venv (11 GB from the locks, minutes on a fresh machine: mostly download)
-    # is made beside the tooling tests (mostly CPU); the environment stage waits for it.
+def start_runtime_venv(arch: str) -> Future:
+    """The runtime venv (11 GB from the locks, minutes on a fresh machine: mostly download),
+    made in the background beside the tooling tests (mostly CPU); the environment stage
+    waits for it."""
     runtime = ThreadPoolExecutor(1, thread_name_prefix="runtime-venv")
-    base_future = runtime.submit(testenv.ensure_base, args.arch, REPO, REPORTS / "runtime-venv.log")
+    base_future = runtime.submit(testenv.ensure_base, arch, REPO, REPORTS / "runtime-venv.log")
     runtime.shutdown(wait=False)
+    return base_future
+
+
+def tooling_tests(junit_dir: Path) -> PytestRun:
+    """The tooling tests, in the tools venv."""
+    reqs = venvs.ensure_venv("tools", testenv.test_requirements(
+        REPO / "tests" / "requirements-tools.txt"))
+    junit = junit_dir / "tooling.xml"
+    rc = subprocess.run(pytest_cmd(venvs.python_of(reqs), junit, "tests/tooling"),
+                        cwd=REPO, env=clean_env()).returncode
+    if not junit.exists():
+        raise OverlayError(f"tooling tests wrote no junit XML (pytest exit {rc})")
+    return PytestRun(subset.read_junit(junit))
+
+
+def environment(base_future: Future, arch: str, the_pin: pin.Pin, wheel: Path,
+                upstream_wheel: Path, record: Record) -> Environment:
+    """The base venv + one thin venv per vLLM wheel, each importing its own vLLM. The lock
+    metadata check goes to the record at once: the report keeps it if a thin venv fails."""
+    base = base_future.result()
+    checked = record.lock_metadata_checked = testenv.check_metadata(base, arch)
+    overlay_env = testenv.ensure_vllm_env(base, wheel)
+    art = the_pin.wheel(arch)
+    pristine_env = testenv.ensure_vllm_env(base, upstream_wheel, art.sha256, art.filename)
+    vllm = {"overlay": check_vllm_import(overlay_env, the_pin.overlay_version),
+            "pristine": check_vllm_import(pristine_env, the_pin.upstream_version)}
+    return Environment(base, overlay_env, pristine_env, checked, vllm)
+
+
+def build_test_trees(sdist: Path, patches: list[series.Patch], the_pin: pin.Pin) -> Trees:
+    """The two test trees: upstream's tests/ as published, and after the series."""
+    src = WORK / "src"
+    shutil.rmtree(src, ignore_errors=True)
+    pristine = apply.unpack_sdist(sdist, src / "pristine")
+    patched = apply.apply_series(sdist, patches, src / "overlay", the_pin.released)
+    return Trees(copy_tests(pristine, WORK / "pristine"), copy_tests(patched, WORK / "overlay"))
+
+
+def behaviour_tests(wheel: Path, env: Environment, the_pin: pin.Pin,
+                    junit_dir: Path) -> PytestRun:
+    """Our behaviour tests, copied out of the repo, against the installed overlay wheel."""
+    dest = WORK / "behaviour"
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(BEHAVIOUR, dest, ignore=shutil.ignore_patterns("__pycache__"))
+    (dest / "pytest.ini").write_text(BEHAVIOUR_INI)
+    junit = junit_dir / "behaviour.xml"
+    run_env = clean_env(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+                        VLLM_OVERLAY_WHEEL=str(wheel),
+                        VLLM_OVERLAY_VERSION=the_pin.overlay_version,
+                        VLLM_OVERLAY_PRISTINE_PYTHON=str(venvs.python_of(env.pristine)),
+                        VLLM_CACHE_ROOT=str(WORK / "vllm-cache" / "behaviour"))
+    rc = run_to_log(pytest_cmd(venvs.python_of(env.overlay), junit, "."), dest, run_env, None)
+    if not junit.exists():
+        raise OverlayError(f"behaviour tests wrote no junit XML (pytest exit {rc})")
+    return PytestRun(subset.read_junit(junit, dest))
+
+
+def overlay_side(the_subset: subset.Subset, added: list[str]) -> subset.Subset:
+    """The overlay runs the subset, and the test files the series adds that it leaves out."""
+    return subset.Subset(the_subset.runs + ([subset.Run(added, 0)] if added else []),
+                         the_subset.excludes)
+
+
+def upstream_subset(env: Environment, trees: Trees, the_subset: subset.Subset,
+                    added: list[str], patches: list[series.Patch], junit_dir: Path) -> SubsetRun:
+    """The subset on both sides at once (2 cores), pristine's output to logs; compared."""
+    (REPORTS / "logs").mkdir(exist_ok=True)
+    with ThreadPoolExecutor(1, thread_name_prefix="pristine-subset") as background:
+        pristine_side = background.submit(
+            run_subset, "pristine", venvs.python_of(env.pristine), trees.pristine, the_subset,
+            junit_dir, REPORTS / "logs" / "pristine.log")
+        log.stage("subset").info(f"pristine runs in the background (logs: {REPORTS / 'logs'})")
+        overlay_junits = run_subset("overlay", venvs.python_of(env.overlay), trees.overlay,
+                                    overlay_side(the_subset, added), junit_dir, None)
+    pristine = subset.read_junits(pristine_side.result(), trees.pristine)
+    overlay = subset.read_junits(overlay_junits, trees.overlay)
+    return SubsetRun(pristine, overlay, subset.compare(pristine, overlay, patches))
+
+
+def subset_record(run: SubsetRun, the_subset: subset.Subset) -> dict:
+    return {"pristine": subset.counts(run.pristine), "overlay": subset.counts(run.overlay),
+            "comparison": run.comparison.as_dict(),
+            "runs": [r.pytest_args() for r in the_subset.runs],
+            "excluded": [{"target": e.target, "reason": e.reason}
+                         for e in the_subset.excludes]}
+
+
+# --- the run ------------------------------------------------------------------------------
+
+
+def run_stages(options: Options, base_future: Future, stages: Stages, tally: Tally,
+               record: Record) -> None:
+    """Every stage in order; what each finds goes to the tally and the record. An
+    OverlayError ends the run (the caller records it)."""
+    junit_dir = REPORTS / "junit"
+    tooling = stages.run("tooling tests", tooling_tests, junit_dir)
+    record.tooling = tally.add_tests(tooling, "tooling")
+    the_pin = pin.load()
+    patches = series.read_series()
+    record.patches = [p.name for p in patches]
+    wheel = stages.run("wheel", build_overlay_wheel, options.arch)
+    sdist = fetch.fetch(the_pin.sdist, the_pin.project)
+    upstream_wheel = fetch.fetch(the_pin.wheel(options.arch), the_pin.project)
+    env = stages.run("environment", environment, base_future, options.arch, the_pin, wheel,
+                     upstream_wheel, record)
+    record.vllm, record.venvs = env.vllm, env.venvs()
+    trees = stages.run("test trees", build_test_trees, sdist, patches, the_pin)
+    behaviour = stages.run("behaviour tests", behaviour_tests, wheel, env, the_pin, junit_dir)
+    record.behaviour = tally.add_tests(behaviour, "behaviour")
+    the_subset = subset.read_subset(SUBSET_FILE)
+    record.added_test_files = added_test_files(patches, trees.pristine, trees.overlay,
+                                               the_subset)
+    compared = stages.run("upstream subset", upstream_subset, env, trees, the_subset,
+                          record.added_test_files, patches, junit_dir)
+    tally.add_subset(compared)
+    record.subset = subset_record(compared, the_subset)
+
+
+def main(options: Options) -> int:
+    """The whole run; the report in reports/, the closing line last. 1 when anything failed."""
+    stages, tally, record = Stages(), Tally(), Record()
+    shutil.rmtree(REPORTS, ignore_errors=True)
+    (REPORTS / "junit").mkdir(parents=True)
+    WORK.mkdir(parents=True, exist_ok=True)
+    base_future = start_runtime_venv(options.arch)
     try:
-        # 1. tooling tests, in the tools venv
-        def tooling():
-            reqs = venvs.ensure_venv("tools", testenv.test_requirements(
-                REPO / "tests" / "requirements-tools.txt"))
-            junit = junit_dir / "tooling.xml"
-            rc = subprocess.run(pytest_cmd(venvs.python_of(reqs), junit, "tests/tooling"),
-                                cwd=REPO, env=clean_env()).returncode
-            if not junit.exists():
-                raise OverlayError(f"tooling tests wrote no junit XML (pytest exit {rc})")
-            report["tooling"] = add(subset.read_junit(junit), "tooling")
-        stages.run("tooling tests", tooling)
-
-        the_pin = pin.load()
-        patches = series.read_series()
-        report["patches"] = [p.name for p in patches]
-        wheel = stages.run("wheel", build_overlay_wheel, args.arch)
-        sdist = fetch.fetch(the_pin.sdist, the_pin.project)
-        upstream_wheel = fetch.fetch(the_pin.wheel(args.arch), the_pin.project)
-
-        # 2. the environment: base venv + one thin venv per vLLM wheel
-        def environment():
-            base = base_future.result()
-            report["lock_metadata_checked"] = testenv.check_metadata(base, args.arch)
-            overlay_env = testenv.ensure_vllm_env(base, wheel)
-            art = the_pin.wheel(args.arch)
-            pristine_env = testenv.ensure_vllm_env(base, upstream_wheel, art.sha256, art.filename)
-            report["vllm"] = {
-                "overlay": check_vllm_import(overlay_env, the_pin.overlay_version),
-                "pristine": check_vllm_import(pristine_env, the_pin.upstream_version)}
-            report["venvs"] = {"base": str(base), "overlay": str(overlay_env),
-                               "pristine": str(pristine_env)}
-            return overlay_env, pristine_env
-        overlay_env, pristine_env = stages.run("environment", environment)
-
-        # 3. the two test trees: upstream's tests/ as published, and after the series
-        def trees():
-            src = WORK / "src"
-            shutil.rmtree(src, ignore_errors=True)
-            pristine = apply.unpack_sdist(sdist, src / "pristine")
-            patched = apply.apply_series(sdist, patches, src / "overlay", the_pin.released)
-            return copy_tests(pristine, WORK / "pristine"), copy_tests(patched, WORK / "overlay")
-        pristine_root, overlay_root = stages.run("test trees", trees)
-
-        # 4. our behaviour tests, against the installed overlay wheel
-        def behaviour():
-            dest = WORK / "behaviour"
-            shutil.rmtree(dest, ignore_errors=True)
-            shutil.copytree(BEHAVIOUR, dest, ignore=shutil.ignore_patterns("__pycache__"))
-            (dest / "pytest.ini").write_text(BEHAVIOUR_INI)
-            junit = junit_dir / "behaviour.xml"
-            env = clean_env(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-                            VLLM_OVERLAY_WHEEL=str(wheel),
-                            VLLM_OVERLAY_VERSION=the_pin.overlay_version,
-                            VLLM_OVERLAY_PRISTINE_PYTHON=str(venvs.python_of(pristine_env)),
-                            VLLM_CACHE_ROOT=str(WORK / "vllm-cache" / "behaviour"))
-            rc = run_to_log(pytest_cmd(venvs.python_of(overlay_env), junit, "."), dest, env,
-                            None)
-            if not junit.exists():
-                raise OverlayError(f"behaviour tests wrote no junit XML (pytest exit {rc})")
-            report["behaviour"] = add(subset.read_junit(junit, dest), "behaviour")
-        stages.run("behaviour tests", behaviour)
-
-        # 5. the upstream subset on both sides at once (2 cores); pristine's output to logs
-        the_subset = subset.read_subset(SUBSET_FILE)
-        added = added_test_files(patches, pristine_root, overlay_root, the_subset)
-        overlay_subset = subset.Subset(the_subset.runs + ([subset.Run(added, 0)] if added else []),
-                                       the_subset.excludes)
-        report["added_test_files"] = added
-
-        def upstream_subset():
-            results: dict = {}
-
-            def pristine_side():
-                try:
-                    results["pristine"] = run_subset(
-                        "pristine", venvs.python_of(pristine_env), pristine_root, the_subset,
-                        junit_dir, REPORTS / "logs" / "pristine.log")
-                except Exception as exc:  # re-raised in the main thread below
-                    results["pristine_error"] = exc
-            (REPORTS / "logs").mkdir(exist_ok=True)
-            thread = threading.Thread(target=pristine_side)
-            thread.start()
-            log.stage("subset").info(f"pristine runs in the background (logs: {REPORTS / 'logs'})")
-            try:
-                overlay_junits = run_subset("overlay", venvs.python_of(overlay_env),
-                                            overlay_root, overlay_subset, junit_dir, None)
-            finally:
-                thread.join()
-            if "pristine_error" in results:
-                raise results["pristine_error"]
-            return results["pristine"], overlay_junits
-        pristine_junits, overlay_junits = stages.run("upstream subset", upstream_subset)
-
-        # 6. compare
-        pristine = subset.read_junits(pristine_junits, pristine_root)
-        overlay = subset.read_junits(overlay_junits, overlay_root)
-        cmp = subset.compare(pristine, overlay, patches)
-        c = subset.counts(overlay)
-        totals["passed"] += c["passed"]
-        totals["skipped"] += c["skipped"]
-        totals["failed"] += len(cmp.regressions) + len(cmp.new_failing)
-        xfailed = len(cmp.failed_both)
-        problems += [f"regression: {r['test']} ({r['overlay']}; {r['message']}) -- patches: "
-                     f"{r['patches']}" for r in cmp.regressions]
-        problems += [f"new test failing: {n['test']} ({n['overlay']})"
-                     for n in cmp.new_failing]
-        report["subset"] = {"pristine": subset.counts(pristine), "overlay": c,
-                            "comparison": cmp.as_dict(),
-                            "runs": [r.pytest_args() for r in the_subset.runs],
-                            "excluded": [{"target": e.target, "reason": e.reason}
-                                         for e in the_subset.excludes]}
+        run_stages(options, base_future, stages, tally, record)
     except OverlayError as exc:
-        problems.append(f"error: {exc}")
-        totals["failed"] += 1
-        xfailed = 0
-    report["problems"] = problems
+        tally.add_error(exc)
+        stages.skip_rest(f"not run: an earlier step failed ({exc})")
     seconds = time.monotonic() - stages.started
-    report["stages"]["total"] = round(seconds, 1)
-    line = closing_line(totals["passed"], totals["failed"], totals["skipped"], xfailed, seconds)
-    report["summary"] = line
-    write_report(report)
+    line = report.closing_line(tally.passed, tally.failed, tally.skipped, tally.xfailed,
+                               seconds)
+    report.write_report(report.as_json(stages.results, record, tally, seconds, line), REPORTS)
     print(f"\nreport: {REPORTS / 'test-report.md'}", file=sys.stderr)
-    for problem in problems:
+    for problem in tally.problems:
         print(f"FAILED {problem}", file=sys.stderr)
     sys.stderr.flush()
     print(f"{'=' * 20} {line} {'=' * 20}", flush=True)
-    return 1 if totals["failed"] else 0
-
-
-def _counts_row(name: str, c: dict | None) -> str:
-    if not c:
-        return f"| {name} | - | - | - | - |"
-    return f"| {name} | {c['passed']} | {c['failed']} | {c['error']} | {c['skipped']} |"
-
-
-def write_report(report: dict) -> None:
-    REPORTS.mkdir(parents=True, exist_ok=True)
-    atomic_write(REPORTS / "test-report.json", json.dumps(report, indent=2) + "\n")
-    upstream = pin.load().upstream_version
-    md = ["# make test report", "", f"**{report['summary']}**", "", "## Stage times", "",
-          "| stage | seconds |", "| --- | ---: |"]
-    md += [f"| {k} | {v:.1f} |" for k, v in report["stages"].items()]
-    md += ["", "## Test counts", "", "| run | passed | failed | error | skipped |",
-           "| --- | ---: | ---: | ---: | ---: |",
-           _counts_row("tooling tests", report.get("tooling")),
-           _counts_row("behaviour tests (overlay wheel)", report.get("behaviour"))]
-    sub = report.get("subset")
-    if sub:
-        md += [_counts_row(f"upstream subset, pristine {upstream}", sub["pristine"]),
-               _counts_row("upstream subset, overlay", sub["overlay"])]
-        cmp = sub["comparison"]
-        md += ["", "## Pristine vs overlay", "",
-               f"- passed on both: {len(cmp['passed_both'])}",
-               f"- fixed by the overlay: {len(cmp['fixed'])}",
-               f"- regressions: {len(cmp['regressions'])}",
-               f"- failing on both (upstream {upstream}'s own failures here): "
-               f"{len(cmp['failed_both'])}",
-               f"- skipped on both: {len(cmp['skipped_both'])}",
-               f"- new tests from the series: {len(cmp['new'])}",
-               f"- removed by the series: {len(cmp['removed'])}",
-               f"- other changes (e.g. passed -> skipped): {len(cmp['other'])}", ""]
-        if cmp["regressions"]:
-            md += ["### Regressions", ""] + [
-                f"- `{r['test']}`: {r['overlay']} ({r['message']}); patches: {r['patches']}"
-                for r in cmp["regressions"]] + [""]
-        for key, title in (("fixed", "Fixed by the overlay"),
-                           ("failed_both", "Failing on both")):
-            if cmp[key]:
-                md += [f"### {title}", ""] + [f"- `{t}`" for t in cmp[key]] + [""]
-        if cmp["new"]:
-            md += ["### New tests from the series", ""] + [
-                f"- `{n['test']}`: {n['overlay']}" + (f" ({n['patches']})" if n["patches"]
-                                                      else "") for n in cmp["new"]] + [""]
-        if cmp["other"]:
-            md += ["### Other changes", ""] + [
-                f"- `{o['test']}`: {o['pristine']} -> {o['overlay']}" for o in cmp["other"]]
-        md += ["", "## Subset", ""] + [f"- `pytest {' '.join(r)}`" for r in sub["runs"]]
-        md += ["", "Excluded:", ""] + [f"- `{e['target']}`: {e['reason']}"
-                                        for e in sub["excluded"]]
-    if report["problems"]:
-        md += ["", "## Problems", ""] + [f"- {p}" for p in report["problems"]]
-    atomic_write(REPORTS / "test-report.md", "\n".join(md) + "\n")
+    return 1 if tally.failed else 0

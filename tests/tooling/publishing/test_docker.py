@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tooling.publishing.deploy_helpers import build_wheel, write_sums
+from tests.tooling.helpers.deploy import build_wheel, write_sums
 from vllm_overlay.common import index
 from vllm_overlay.publishing import docker
 from vllm_overlay.common import pin

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.tooling.publishing.deploy_helpers import (build_wheel, make_venv, pip, sha256, site_packages,
+from tests.tooling.helpers.deploy import (build_wheel, make_venv, pip, sha256, site_packages,
                                           write_sums)
-from tests.tooling.conftest import SYNTH_LOCK, link_supply_venv
+from tests.tooling.helpers.synthetic import SYNTH_LOCK, link_supply_venv
 from vllm_overlay.common import index
 from vllm_overlay.wheelbuild import overlay_mode, wheelhouse
 from vllm_overlay.publishing.in_image.image_check import installed_problems

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tooling.publishing.deploy_helpers import build_wheel, make_venv, package_files, pip, sha256, site_packages
+from tests.tooling.helpers.deploy import build_wheel, make_venv, package_files, pip, sha256, site_packages
 from vllm_overlay.publishing.in_image import image_check
 from vllm_overlay.common.paths import REPO
 

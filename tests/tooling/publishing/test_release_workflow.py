@@ -2,7 +2,7 @@
 
 import yaml
 
-from tests.tooling.upstream.test_ci_workflow import lint
+from tests.tooling.helpers.actionlint import lint
 from vllm_overlay.common.paths import REPO
 
 WORKFLOW = REPO / ".github" / "workflows" / "release.yml"

@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from tests.tooling.publishing.deploy_helpers import build_wheel, clean_env, package_files, write_sums
-from tests.tooling.publishing.test_publish import (PASSWORD, USER, Server, make_publish,
-                                             wheelhouse_with)
+from tests.tooling.helpers.deploy import build_wheel, clean_env, package_files, write_sums
+from tests.tooling.helpers.pypiserver import (PASSWORD, USER, Server, make_publish,
+                                              wheelhouse_with)
 from vllm_overlay.common.paths import REPO
 
 

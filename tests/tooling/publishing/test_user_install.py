@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.tooling.conftest import VERSION
-from tests.tooling.publishing.deploy_helpers import build_wheel, clean_env
+from tests.tooling.helpers.synthetic import VERSION
+from tests.tooling.helpers.deploy import build_wheel, clean_env
 from vllm_overlay.wheelbuild import constraints
 
 

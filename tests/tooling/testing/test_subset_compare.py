@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from vllm_overlay.testing import harness as runtests
+from vllm_overlay.testing import report
 from vllm_overlay.common import series
 from vllm_overlay.testing import subset
 from vllm_overlay.common.errors import OverlayError
@@ -180,8 +181,8 @@ def test_unreadable_junit_names_the_file(tmp_path):
 def test_closing_line_looks_like_pytest():
     pytest_line = re.compile(r"^(\d+ failed, )?\d+ passed(, \d+ skipped)?(, \d+ xfailed)? "
                              r"in \d+\.\d\ds$")
-    assert pytest_line.match(runtests.closing_line(10, 0, 2, 1, 3.5))
-    assert runtests.closing_line(10, 2, 0, 0, 61) == "2 failed, 10 passed in 61.00s"
+    assert pytest_line.match(report.closing_line(10, 0, 2, 1, 3.5))
+    assert report.closing_line(10, 2, 0, 0, 61) == "2 failed, 10 passed in 61.00s"
 
 
 def test_test_files_the_series_adds_run_on_the_overlay_only(tmp_path):

@@ -1,30 +1,12 @@
 """The GitHub Actions workflow for the user's CI: valid YAML, clean under actionlint, and
 wired to `make status` over a release matrix and `make bisect` on the schedule."""
 
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
-import pytest
 import yaml
 
+from tests.tooling.helpers.actionlint import lint
 from vllm_overlay.common.paths import REPO
 
 WORKFLOW = REPO / ".github" / "workflows" / "upstream-status.yml"
-
-
-def actionlint() -> str:
-    beside = Path(sys.executable).parent / "actionlint"  # installed into the tools venv
-    found = str(beside) if beside.exists() else shutil.which("actionlint")
-    if not found:
-        pytest.fail("actionlint missing: install tests/requirements-tools.txt")
-    return found
-
-
-def lint(path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([actionlint(), "-no-color", str(path)], capture_output=True,
-                          text=True)
 
 
 def test_workflow_passes_actionlint():

@@ -17,13 +17,12 @@ import json
 
 import pytest
 
+from tests.tooling.helpers.upstream_releases import make_sdist, pinned_repo, write_patches
 from vllm_overlay import cli
 from vllm_overlay.commands import status as status_command
 from vllm_overlay.common import pin, series
 from vllm_overlay.upstream import drift, pydefs, status
 from vllm_overlay.upstream import releases as upstream
-
-from .conftest import make_sdist, pinned_repo, write_patches
 
 VERSIONS = [f"2.0.{i}" for i in range(7)]
 

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.tooling.conftest import SYNTH_LOCK, link_supply_venv
+from tests.tooling.helpers.synthetic import SYNTH_LOCK, link_supply_venv
+from tests.tooling.helpers.upstream_releases import write_patches
 from vllm_overlay.wheelbuild import apply, constraints, export, fetch, lockmeta, setup_py
 from vllm_overlay.commands import apply as apply_command
 from vllm_overlay.commands import export as export_command
@@ -38,8 +39,6 @@ from vllm_overlay.common.requirements import normalize_name, requirement_lines
 from vllm_overlay.publishing import docker
 from vllm_overlay.testing import testenv
 from vllm_overlay.upstream import rebase, treecheck
-
-from .conftest import write_patches
 
 PIN, MID, TARGET, OLD = "1.0.0", "1.0.5", "1.1.0", "0.9.0"
 

@@ -1,4 +1,5 @@
-"""`status` and `bisect` on synthetic upstream releases (see conftest.py for the scenario)."""
+"""`status` and `bisect` on synthetic upstream releases (the scenario:
+tests/tooling/helpers/upstream_releases.py)."""
 
 import json
 import math
@@ -18,10 +19,10 @@ from vllm_overlay.common.paths import REPO
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.wheelbuild import constraints
 from vllm_overlay.upstream import installable
-from tests.tooling.conftest import link_supply_venv
-
-from .conftest import (CONFLICT_FROM, NEW_RUNTIME_PIN, OFFSET_FROM, PRE, RUNNER_MOVED_FROM,
-                       THREE_WAY_FROM, UPSTREAM_FROM, VERSIONS, write_patches)
+from tests.tooling.helpers.synthetic import link_supply_venv
+from tests.tooling.helpers.upstream_releases import (CONFLICT_FROM, NEW_RUNTIME_PIN, OFFSET_FROM,
+                                                     PRE, RUNNER_MOVED_FROM, THREE_WAY_FROM,
+                                                     UPSTREAM_FROM, VERSIONS, write_patches)
 
 REAL_COMPILE_LOCK = constraints.compile_lock  # before the fixtures fake it
 

@@ -5,7 +5,7 @@ import shutil
 import pytest
 
 from vllm_overlay.wheelbuild import key
-from tests.tooling.wheelbuild.test_pipeline import build
+from tests.tooling.helpers.synthetic import build
 
 
 @pytest.fixture

@@ -10,24 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.tooling.conftest import UPSTREAM, VERSION, WHEEL_ONLY
+from tests.tooling.helpers.synthetic import CHANGE_A, UPSTREAM, VERSION, WHEEL_ONLY, build
 from vllm_overlay.wheelbuild import apply
 from vllm_overlay.wheelbuild import export
 from vllm_overlay.wheelbuild import fetch
 from vllm_overlay.common import pin
 from vllm_overlay.common import series
 from vllm_overlay.wheelbuild import sbom, verify
-from vllm_overlay.wheelbuild import overlay_mode, wheelhouse
+from vllm_overlay.wheelbuild import wheelhouse
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.paths import REPO
 
 OUT_NAME = f"vllm-{VERSION}-cp38-abi3-manylinux_2_31_x86_64.whl"
-CHANGE_A = "".join(f"A_{i} = {i * (2 if i == 20 else 1)}\n" for i in range(40))
-
-
-def build(s):
-    return overlay_mode.build_overlay_wheel("x86_64", wheelhouse=s.wheelhouse,
-                                            patches_dir=s.patches, repo=s.repo)
 
 
 def visible(wheelhouse_dir: Path) -> dict[str, bytes]:

@@ -1,6 +1,6 @@
 """Build reliability (issue 20): a corrupt cache, kills, concurrent edits, leftovers of git.
 
-Each test reproduces one case on the synthetic release (conftest.synth) and failed before
+Each test reproduces one case on the synthetic release (the synth fixture) and failed before
 the fix it guards.
 """
 
@@ -10,47 +10,20 @@ import json
 import os
 import re
 import subprocess
-import sys
 import urllib.parse
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from tests.tooling import conftest
-from tests.tooling.conftest import UPSTREAM, WHEEL_NAME
-from vllm_overlay.wheelbuild import fetch, overlay_mode, provenance, sbom, wheelhouse
+from tests.tooling.helpers import synthetic
+from tests.tooling.helpers.synthetic import CHANGE_A, UPSTREAM, WHEEL_NAME, build, cli_build
+from vllm_overlay.wheelbuild import fetch, provenance, sbom, wheelhouse
 from vllm_overlay.wheelbuild.zipraw import data_span
 from vllm_overlay.common import pin
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.paths import BUILD_TREES, REPO
 from vllm_overlay.common import index
-
-CHANGE_A = "".join(f"A_{i} = {i * (2 if i == 20 else 1)}\n" for i in range(40))
-
-
-def build(s):
-    return overlay_mode.build_overlay_wheel("x86_64", wheelhouse=s.wheelhouse,
-                                            patches_dir=s.patches, repo=s.repo)
-
-
-# The overlay build with the CLI's error handling: an OverlayError is one line, exit 1.
-CLI_BUILD = """import sys
-from pathlib import Path
-from vllm_overlay.wheelbuild import overlay_mode
-from vllm_overlay.common.errors import OverlayError
-repo = Path(sys.argv[1])
-try:
-    print(overlay_mode.build_overlay_wheel("x86_64", repo / "wheelhouse", repo / "patches",
-                                           repo))
-except OverlayError as exc:
-    sys.exit(f"error: {exc}")
-"""
-
-
-def cli_build(s) -> list[str]:
-    return [sys.executable, "-c", CLI_BUILD, str(s.repo)]
-
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -279,10 +252,10 @@ def test_an_sdist_changed_in_place_is_never_unpacked_into_a_build(synth):
     assert fetch.cached(art)  # the marker now trusts size + mtime + inode
     other = synth.root / "other" / art.filename  # gzip's header holds the file name
     other.parent.mkdir()
-    sources = dict(conftest.SOURCES, **{"vllm/b.py": "B = 'c'\n"})
+    sources = dict(synthetic.SOURCES, **{"vllm/b.py": "B = 'c'\n"})
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(conftest, "SOURCES", sources)
-        conftest.make_sdist(other)
+        mp.setattr(synthetic, "SOURCES", sources)
+        synthetic.make_sdist(other)
     assert other.stat().st_size == blob.stat().st_size
     write_in_place(blob, 0, other.read_bytes())
     synth.write_series({"Change A": {"vllm/a.py": CHANGE_A}})

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.tooling.wheelbuild import test_reliability as reliability
-from tests.tooling.wheelbuild.test_reliability import CHANGE_A
+from tests.tooling.helpers import synthetic
+from tests.tooling.helpers.synthetic import CHANGE_A
 from vllm_overlay.wheelbuild import fetch
 from vllm_overlay.common import pin
 from vllm_overlay.common.paths import REPO
@@ -69,7 +69,7 @@ def in_namespace(script: str, **env: str) -> subprocess.CompletedProcess:
 
 
 def cli_build(s) -> str:
-    return shlex.join(reliability.cli_build(s))
+    return shlex.join(synthetic.cli_build(s))
 
 
 def test_a_read_only_cache_still_builds_and_an_empty_one_is_one_line(synth, monkeypatch):

@@ -16,7 +16,7 @@ from vllm_overlay.wheelbuild import constraints, fetch, lockmeta, supplyenv
 from vllm_overlay.commands import lock as lock_command
 from vllm_overlay.common import pin
 from vllm_overlay.common.errors import OverlayError
-from tests.tooling.conftest import UPSTREAM, WHEEL_NAME
+from tests.tooling.helpers.synthetic import UPSTREAM, WHEEL_NAME
 
 
 def wheel_with(path: Path, requirement: str) -> Path:

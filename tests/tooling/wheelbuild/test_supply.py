@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.tooling.conftest import SYNTH_LOCK, UPSTREAM, VERSION
-from tests.tooling.publishing.deploy_helpers import make_venv, pip
+from tests.tooling.helpers.synthetic import SYNTH_LOCK, UPSTREAM, VERSION
+from tests.tooling.helpers.deploy import make_venv, pip
 from vllm_overlay.wheelbuild import constraints, overlay_mode, provenance, record, sbom
 from vllm_overlay.common import pin, series
 from vllm_overlay.common.errors import OverlayError
