@@ -87,13 +87,15 @@ def test_a_junk_file_in_releases_is_named(repo, text):
 
 
 def test_versions_with_a_numeric_local_part_compare(repo):
-    """PEP 440: 0.19.1+1 (numeric local part) sorts after 0.19.1+mmcg.1, so it is not the
-    previous version; 0.19.0+7 is."""
-    record = json.loads((repo / "releases" / "0.19.1+mmcg.1.json").read_text())
-    for version in ("0.19.1+1", "0.19.0+7"):
+    """PEP 440: <pin>+1 (numeric local part) sorts after <pin>+mmcg.N, so it is not the
+    previous version; 0.19.0+7 (older than any pin) is. (0.19.1+1 and 0.19.0+7 on 0.19.1.)"""
+    record = changelog.record("x86_64", repo)
+    upstream = record["upstream"]["version"]
+    for path in (repo / "releases").glob("*.json"):  # only the two below are candidates
+        path.unlink()
+    for version in (f"{upstream}+1", "0.19.0+7"):
         (repo / "releases" / f"{version}.json").write_text(json.dumps({**record,
                                                                        "version": version}))
-    (repo / "releases" / "0.19.1+mmcg.1.json").unlink()
     notes = changelog.make_changelog("x86_64", repo=repo, wheelhouse=repo / "wheelhouse")
     assert "since 0.19.0+7 (0.19.0+7.json)" in notes.read_text()
     assert changelog._version_key("0.19.1+1") > changelog._version_key("0.19.1+mmcg.1")

@@ -286,6 +286,7 @@ def check_wheel_requirements(arch: str, requires_dist: list[str], what: str,
     proc = supplyenv.run_module("lockcheck", [], json.dumps(request))
     if proc.returncode:
         found = proc.stdout.strip().splitlines()
+        found.sort(key=lambda line: what not in line)  # the wheel's own requirements first
         raise OverlayError(f"{constraints.runtime_lock(arch, repo)} does not satisfy {what} "
                            f"({len(found)} problem(s)): " + "; ".join(found[:5])
                            + f"; run `make lock ARCH={arch}`")

@@ -122,7 +122,8 @@ def source_preflight(env: dict | None = None, the_pin: pin.Pin | None = None) ->
     arch_list = env.get("TORCH_CUDA_ARCH_LIST")
     if not arch_list:
         wanted = release.release_arch_list.split()
-        arch_list = " ".join(a for a in wanted if a in release.cuda_archs[cuda].split())
+        builds = release.cuda_archs[cuda].split()  # "12.0+PTX" and "9.0a" are 12.0 and 9.0
+        arch_list = " ".join(a for a in wanted if (_ARCH_RE.match(a) or [a, a])[1] in builds)
         dropped = sorted(set(wanted) - set(arch_list.split()))
         notes.append(f"TORCH_CUDA_ARCH_LIST unset: upstream's release list {arch_list!r}"
                      + (f" (CUDA {cuda} cannot build {' '.join(dropped)})" if dropped else ""))

@@ -19,11 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from vllm_overlay.wheelbuild import constraints, fetch, lockmeta
-from vllm_overlay.common import pin, series
+from vllm_overlay.wheelbuild import constraints, fetch, lockcheck, lockmeta
+from vllm_overlay.common import pin, series, venvs
 from vllm_overlay.common.git import git
 from vllm_overlay.common.paths import REPO
+from vllm_overlay.common.requirements import normalize_name
 from vllm_overlay.publishing import docker
+from vllm_overlay.testing import testenv
 
 pytestmark = pytest.mark.network
 
@@ -134,7 +136,7 @@ def test_a_merge_that_does_not_work_stops_the_rebase_and_abort_restores_everythi
 
 
 @pytest.mark.once_per_inputs
-def test_make_rebase_to_0_20_0_of_what_merges(tmp_path):
+def test_make_rebase_to_0_20_0_of_what_merges(tmp_path, monkeypatch):
     clone = clone_of(tmp_path)
     keep = [p.name for p in series.read_series(clone / "patches")
             if p.name[:4] in ("0001", "0002", "0003", "0004", "0005", "0007")]
@@ -189,6 +191,38 @@ def test_make_rebase_to_0_20_0_of_what_merges(tmp_path):
     assert components["torch"] == torch and all(components.values())
     published = (clone / "wheelhouse" / "constraints-x86_64.txt").read_text()
     assert f"\ntorch=={torch} \\\n" in published
+    # ... and agree on every package, not only torch: the published constraints are the lock
+    # plus the wheel itself; each SBOM component is a root, at its locked version
+    assert constraints.read_lock(clone / "wheelhouse" / "constraints-x86_64.txt")[1] == {
+        **locked, "vllm": f"{TO}+mmcg.1"}
+    requires = [line.split(": ", 1)[1] for line in metadata.splitlines()
+                if line.startswith("Requires-Dist: ")]
+    runtime = [r for r in requires if "extra ==" not in r]  # the extras are not locked
+    roots = lockmeta.lock_roots("x86_64", clone)
+    assert sorted(runtime) == sorted(roots["runtime"])
+    names = {normalize_name(re.match(r"[A-Za-z0-9_.-]+", r)[0]): r for r in runtime}
+    components = {normalize_name(name): version for name, version in components.items()}
+    assert set(components) <= set(names)
+    assert {n for n, r in names.items() if ";" not in r} <= set(components)
+    assert {n: locked[n] for n in components} == components
+    # the test environment make test installs (testenv.ensure_base: the runtime and the test
+    # lock, --no-deps), checked without building it: the test lock only adds packages, both
+    # together are closed over the wheel's own Requires-Dist and upstream's test
+    # requirements, and the record testenv.check_metadata compares the venv with names
+    # exactly their versions
+    installs = []
+    monkeypatch.setattr(venvs, "ensure_locked_venv",
+                        lambda name, files, **kw: installs.append(files) or tmp_path / "venv")
+    testenv.ensure_base("x86_64", clone)
+    assert installs == [[clone / "locks" / "runtime-x86_64.txt",
+                         clone / "locks" / "test-x86_64.txt"]]
+    _, test_locked = constraints.read_lock(clone / "locks" / "test-x86_64.txt")
+    assert test_locked and not set(test_locked) & set(locked)
+    request = lockmeta.closure_request("x86_64", "test", clone,
+                                       roots=runtime + roots["test"])
+    assert lockcheck.problems(**request) == []
+    assert {n: m["version"] for n, m in request["packages"].items()} == {**locked,
+                                                                          **test_locked}
     check = subprocess.run(["make", "--no-print-directory", "check-patches"], cwd=clone,
                            capture_output=True, text=True, timeout=1800)
     assert check.returncode == 0, check.stderr[-3000:]

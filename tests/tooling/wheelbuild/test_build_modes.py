@@ -42,11 +42,42 @@ def env_for(cuda_home: Path, **extra: str) -> dict:
     return {"PATH": os.environ["PATH"], "CUDA_HOME": str(cuda_home), **extra}
 
 
+# what CMakeLists.txt builds per nvcc, and upstream's release arch lists (0.19.1, 0.20.0): the
+# test's own data, so the defaults are checked the same whatever the pin is
+CUDA_ARCHS = {"13.0": "7.5 8.0 8.6 8.7 8.9 9.0 10.0 11.0 12.0 12.1",
+              "12.8": "7.0 7.2 7.5 8.0 8.6 8.7 8.9 9.0 10.0 10.1 12.0 12.1",
+              "12.6": "7.0 7.2 7.5 8.0 8.6 8.7 8.9 9.0"}
+
+
+def pin_with(release_arch_list: str) -> pin.Pin:
+    the_pin = pin.load()
+    return dataclasses.replace(the_pin, source_build_data={
+        **the_pin.source_build_data, "cuda_archs": CUDA_ARCHS,
+        "release_arch_list": release_arch_list})
+
+
+@pytest.mark.parametrize("release_list, expected, dropped", [
+    ("7.0 7.5 8.0 8.9 9.0 10.0 12.0", "7.5 8.0 8.9 9.0 10.0 12.0", "7.0"),  # 0.19.1's
+    ("7.5 8.0 8.6 8.9 9.0 10.0 11.0 12.0+PTX", "7.5 8.0 8.6 8.9 9.0 10.0 11.0 12.0+PTX",
+     None),  # 0.20.0's: 12.0+PTX is arch 12.0, which CUDA 13.0 builds
+])
+def test_preflight_defaults_to_upstreams_release_list(tmp_path, release_list, expected,
+                                                      dropped):
+    config = preflight.source_preflight(env_for(fake_cuda(tmp_path / "cuda", "13.0")),
+                                        pin_with(release_list))
+    assert config.arch_list == expected
+    assert (f"cannot build {dropped})" in config.notes[0]) if dropped else \
+        "cannot build" not in config.notes[0]
+
+
 def test_preflight_accepts_a_supported_cuda_with_defaults(tmp_path):
     config = preflight.source_preflight(env_for(fake_cuda(tmp_path / "cuda", "13.0")))
     assert config.cuda == "13.0"
-    assert config.arch_list == "7.5 8.0 8.9 9.0 10.0 12.0"  # upstream's list minus 7.0
-    assert "cannot build 7.0" in config.notes[0]
+    release = pin.load().source_build  # the pin's release list, less what CUDA 13.0 cannot build
+    kept = [a for a in release.release_arch_list.split()
+            if a.split("+")[0].rstrip("af") in release.cuda_archs["13.0"].split()]
+    assert config.arch_list.split() == kept and kept
+    assert "upstream's release list" in config.notes[0]
     assert config.max_jobs == (os.cpu_count() or 1) and config.nvcc_threads == 1
     config = preflight.source_preflight(env_for(
         fake_cuda(tmp_path / "c128", "12.8"), TORCH_CUDA_ARCH_LIST="7.0;9.0a;12.0+PTX",

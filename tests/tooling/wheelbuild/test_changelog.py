@@ -1,33 +1,80 @@
 """`make changelog`: what changed since the previous overlay version, from the records."""
 
 import json
+import re
 import shutil
 
 import pytest
 
 from vllm_overlay.wheelbuild import changelog
-from vllm_overlay.common import series
+from vllm_overlay.common import pin, series
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.paths import REPO
 
 
+UPSTREAM = pin.load().upstream_version  # whatever the pin is (a rebase moves it)
+VERSION, OLD = f"{UPSTREAM}+mmcg.1", f"{UPSTREAM}+mmcg.0"
+FORWARDED = "https://github.com/vllm-project/vllm/pull/43403"
+NEW_PATCH = f"""\
+From 0000000000000000000000000000000000000000 Mon Sep 17 00:00:00 2001
+From: vLLM MM overlay <overlay@example.invalid>
+Date: Mon, 23 Nov 2026 09:29:50 +0000
+Subject: [PATCH] A patch new in this version
+
+Made up by the test, after the real series (which may be one patch long).
+
+Origin: vendor
+Forwarded: {FORWARDED}
+---
+ vllm/made_up.py | 1 +
+ 1 file changed, 1 insertion(+)
+
+diff --git a/vllm/made_up.py b/vllm/made_up.py
+new file mode 100644
+--- /dev/null
++++ b/vllm/made_up.py
+@@ -0,0 +1 @@
++MADE_UP = True
+"""
+
+
 @pytest.fixture
 def repo(tmp_path):
-    """A copy of what the changelog reads: VERSION, the lock, patches/, locks/, CHANGELOG.md."""
+    """A copy of what the changelog reads: VERSION, the lock, patches/ (plus one made-up
+    patch at the end), locks/, CHANGELOG.md."""
     root = tmp_path / "repo"
     root.mkdir()
     for name in ("VERSION", "upstream.lock.json", "CHANGELOG.md"):
         shutil.copy(REPO / name, root / name)
     for name in ("patches", "locks"):
         shutil.copytree(REPO / name, root / name)
-    (root / "VERSION").write_text("0.19.1+mmcg.1\n")  # the names below, whatever VERSION is now
+    (root / "VERSION").write_text(f"{VERSION}\n")  # the names below, whatever VERSION is now
+    name = f"{len(series.read_series(root / 'patches')) + 1:04d}-A-patch-new-in-this-version.patch"
+    (root / "patches" / name).write_text(NEW_PATCH)
+    with open(root / "patches" / "series", "a") as f:
+        f.write(f"{name}\n")
     return root
 
 
+def carried_urls(repo) -> list[str]:
+    """The lines "Upstream changes carried" must have: each PR/issue URL in a patch's
+    Origin, Bug or Forwarded trailer, with its number and Applied-Upstream release."""
+    lines = []
+    for patch in series.read_series(repo / "patches"):
+        words = " ".join(v for k in ("Origin", "Bug", "Forwarded")
+                         for v in patch.trailers.get(k, []))
+        upstream = patch.trailers.get("Applied-Upstream")
+        for url in re.findall(r"https://github\.com/\S+/(?:pull|issues)/\d+", words):
+            lines.append(f"- {url} ({patch.name[:4]}"
+                         + (f", upstream in {upstream[0]})" if upstream else ")"))
+    return lines
+
+
 def previous(repo) -> dict:
-    """A made-up 0.19.1+mmcg.0: 0001 differed, 0006 absent, an extra patch, older deps."""
+    """A made-up <pin>+mmcg.0: the first patch differed, the last (made-up) one absent, an
+    extra patch, older deps."""
     old = changelog.record("x86_64", repo)
-    old["version"] = "0.19.1+mmcg.0"
+    old["version"] = OLD
     patches = old["series"]["patches"]
     patches[0]["sha256"] = "0" * 64
     patches.pop()  # the series' last patch is new in this version
@@ -38,7 +85,7 @@ def previous(repo) -> dict:
     del lock["tqdm"]
     lock["oldpkg"] = "1.0"
     (repo / "releases").mkdir()
-    (repo / "releases" / "0.19.1+mmcg.0.json").write_text(json.dumps(old))
+    (repo / "releases" / f"{OLD}.json").write_text(json.dumps(old))
     return old
 
 
@@ -46,20 +93,27 @@ def test_changes_since_the_previous_version(repo):
     previous(repo)
     out = changelog.make_changelog("x86_64", repo=repo, wheelhouse=repo / "wheelhouse")
     notes = out.read_text()
-    assert out.name == "CHANGES-0.19.1+mmcg.1.md"
-    assert "since 0.19.1+mmcg.0 (0.19.1+mmcg.0.json)" in notes
+    assert out.name == f"CHANGES-{VERSION}.md"
+    assert f"since {OLD} ({OLD}.json)" in notes
     added = notes.split("### Patches added (1)\n")[1].split("\n\n")[0]
     last = series.read_series(repo / "patches")[-1]
     assert added.startswith(f"- `{last.name}`") and f"Origin: {last.trailers['Origin'][0]}" in added
     assert notes.split("### Patches changed (1)\n")[1].startswith("- `0001-")
     assert notes.split("### Patches dropped (1)\n")[1].startswith("- `0007-Old-workaround.patch`")
-    assert "- https://github.com/vllm-project/vllm/pull/38997 (0001, upstream in 0.20.0)" in notes
-    assert "- https://github.com/vllm-project/vllm/pull/43403 (0006)" in notes  # Forwarded:
+    carried = notes.split("### Upstream changes carried\n")[1].split("\n\n")[0]
+    assert carried.splitlines() == carried_urls(repo)
+    assert f"- {FORWARDED} ({last.name[:4]})" in carried  # Forwarded:
+    if UPSTREAM == "0.19.1":
+        assert "- https://github.com/vllm-project/vllm/pull/38997 (0001, upstream in 0.20.0)" \
+            in carried
     deps = notes.split("### Runtime dependency changes")[1]
-    assert "- torch: 2.9.1 -> 2.10.0" in deps and "- oldpkg: 1.0 -> (dropped)" in deps
+    torch = changelog.record("x86_64", repo)["runtime_lock"]["torch"]
+    assert f"- torch: 2.9.1 -> {torch}" in deps and "- oldpkg: 1.0 -> (dropped)" in deps
     assert "- tqdm: (new) -> " in deps and deps.count("\n- ") == 3
-    record = json.loads((repo / "releases" / "0.19.1+mmcg.1.json").read_text())
-    assert record["series"]["patches"][0]["origin"].startswith("backport, https://")
+    record = json.loads((repo / "releases" / f"{VERSION}.json").read_text())
+    first = series.read_series(repo / "patches")[0]
+    assert record["series"]["patches"][0]["origin"] == first.trailers["Origin"][0]
+    assert record["series"]["patches"][-1]["forwarded"] == FORWARDED
 
 
 def test_changelog_section_gets_the_entry_once(repo):
@@ -68,7 +122,7 @@ def test_changelog_section_gets_the_entry_once(repo):
         changelog.make_changelog("x86_64", repo=repo, wheelhouse=repo / "wheelhouse")
     text = (repo / "CHANGELOG.md").read_text()
     section = text.split(changelog.START)[1].split(changelog.END)[0]
-    assert section.count("### 0.19.1+mmcg.1\n") == 1
+    assert section.count(f"### {VERSION}\n") == 1
     assert "#### Patches added (1)" in section
 
 
