@@ -21,17 +21,15 @@ import difflib
 import hashlib
 import json
 import re
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vllm_overlay.wheelbuild import apply
 from vllm_overlay.common import log
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.fs import atomic_write
-from vllm_overlay.common.git import git
+from vllm_overlay.common.gittree import BASE_TAG, GitTree
 from vllm_overlay.common.paths import cache_dir
 from vllm_overlay.common.series import Patch
 from vllm_overlay.upstream import drift_report, pydefs, releases
@@ -65,9 +63,9 @@ def _save(path: Path, data) -> None:
 class Source:
     """The committed files of one cached tree (tag `upstream`, or another commit)."""
 
-    def __init__(self, tree: Path, label: str, rev: str = apply.BASE_TAG):
+    def __init__(self, tree: Path, label: str, rev: str = BASE_TAG):
         self.tree, self.label = tree, label
-        self.commit = git(tree, "rev-parse", f"{rev}^{{commit}}").stdout.strip()
+        self.commit = GitTree(tree).out("rev-parse", f"{rev}^{{commit}}")
         self._listing: dict[str, str] | None = None
         self._texts: dict[str, str] = {}
 
@@ -77,7 +75,7 @@ class Source:
             entry = _cache("trees", self.commit + ".json")
             self._listing = _load(entry)
             if self._listing is None:
-                out = git(self.tree, "ls-tree", "-r", "-z", self.commit).stdout
+                out = GitTree(self.tree).git("ls-tree", "-r", "-z", self.commit).stdout
                 self._listing = {}
                 for item in filter(None, out.split("\0")):
                     meta, path = item.split("\t", 1)
@@ -94,19 +92,8 @@ class Source:
         store = self._texts if keep else dict(self._texts)
         wanted = sorted({b for b in blobs if b not in store})
         if wanted:
-            proc = subprocess.run(["git", "-C", str(self.tree), "cat-file", "--batch"],
-                                  input="\n".join(wanted).encode() + b"\n",
-                                  capture_output=True)
-            if proc.returncode:
-                raise OverlayError(f"git cat-file failed in {self.tree}: "
-                                   f"{proc.stderr.decode(errors='replace')}")
-            data, at = proc.stdout, 0
-            for blob in wanted:
-                head_end = data.index(b"\n", at)
-                size = int(data[at:head_end].split()[2])
-                start = head_end + 1
-                store[blob] = data[start:start + size].decode("utf-8", "replace")
-                at = start + size + 1
+            for blob, data in GitTree(self.tree).cat_blobs(wanted).items():
+                store[blob] = data.decode("utf-8", "replace")
         return {b: store[b] for b in blobs}
 
     def text(self, blob: str) -> str:
@@ -211,13 +198,12 @@ def find_targets(pin_tree: Path, patches: list[Patch], index: Index) -> dict[str
                                    v["not_python"], v["skipped"]) for name, v in data.items()}
     out: dict[str, PatchTargets] = {}
     with releases.using(pin_tree):
+        work = GitTree(pin_tree)
         for patch in patches:
-            before = git(pin_tree, "rev-parse", "HEAD").stdout.strip()
-            try:
-                apply.am(pin_tree, patch)
-            except OverlayError as exc:
-                out[patch.name] = PatchTargets(skipped="does not apply on the pin: "
-                                               + str(exc).splitlines()[0])
+            before = work.head()
+            if not work.am(patch).applied:  # (the words git am's error used to start with)
+                out[patch.name] = PatchTargets(skipped=f"does not apply on the pin: "
+                                               f"{patch.name}: git am failed in {pin_tree}:")
                 continue
             after = Source(pin_tree, patch.name, "HEAD")
             prior = Source(pin_tree, "before", before)
@@ -229,8 +215,8 @@ def find_targets(pin_tree: Path, patches: list[Patch], index: Index) -> dict[str
 
 
 def _patch_targets(pin: Source, prior: Source, after: Source, index: Index) -> PatchTargets:
-    diff = git(after.tree, "diff", "-U0", "--no-renames", "--no-color", "--no-ext-diff",
-                     prior.commit, after.commit).stdout
+    diff = GitTree(after.tree).git("diff", "-U0", "--no-renames", "--no-color",
+                                   "--no-ext-diff", prior.commit, after.commit).stdout
     result = PatchTargets()
     for path, (removed, added) in _code_lines(diff).items():
         if not path.endswith(".py"):

@@ -38,12 +38,12 @@ import tarfile
 import urllib.request
 from pathlib import Path
 
-from vllm_overlay.wheelbuild import apply, constraints, export, fetch, lockmeta, setup_py
+from vllm_overlay.wheelbuild import constraints, export, fetch, lockmeta, setup_py
 from vllm_overlay.wheelbuild.overlay_mode import build_overlay_wheel
 from vllm_overlay.common import log, pin, series, venvs
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.fs import atomic_write
-from vllm_overlay.common.git import git
+from vllm_overlay.common.gittree import BASE_TAG, GitTree, Outcome
 from vllm_overlay.common.http import BatchProgress
 from vllm_overlay.common.requirements import requirement_names
 from vllm_overlay.testing import testenv
@@ -180,14 +180,6 @@ def source_build(old: dict | None, tree: Path, from_version: str) -> tuple[dict 
 # --- 2. placing the patches -------------------------------------------------------------------
 
 
-def _head(tree: Path) -> str:
-    return git(tree, "rev-parse", "HEAD").stdout.strip()
-
-
-def _unmerged(tree: Path) -> list[str]:
-    return git(tree, "diff", "--name-only", "--diff-filter=U").stdout.split()
-
-
 def _hold(probe_results: list[dict]) -> bool:
     return bool(probe_results) and all(r["holds"] for r in probe_results)
 
@@ -198,50 +190,44 @@ def place(tree: Path, patch: series.Patch, probe_results: list[dict]) -> dict:
     outcome = {"patch": patch.name, "subject": patch.subject, "probes": probe_results,
                "applied_upstream_header": (patch.trailers.get("Applied-Upstream") or [None])[0],
                "files": [], "hunks": [], "unmerged": []}
-    check = apply.check_patch(tree, patch)
-    if check.status in ("clean", "offset"):
-        apply.am(tree, patch)
-        detail = "applies as is" if check.status == "clean" else \
-            f"applies at shifted lines ({check.detail}); the export moves the hunks"
+    result = GitTree(tree).am(patch, three_way=not upstreamed, keep_conflict=True)
+    if result.applied and not result.three_way:
+        detail = "applies as is" if result.outcome is Outcome.CLEAN else \
+            f"applies at shifted lines ({result.detail}); the export moves the hunks"
         if upstreamed:
             return {**outcome, "result": "flagged", "detail": detail + "; but all its probes "
                     "hold on the target: kept, a human must check whether upstream has it "
                     "(the probe may be wrong)"}
         return {**outcome, "result": "applied-clean", "detail": detail}
     if upstreamed:
-        why = "the target already contains it" if check.status == "applied" else \
+        why = "the target already contains it" if result.outcome is Outcome.PRESENT else \
             "it no longer applies"
         return {**outcome, "result": "dropped-upstream",
                 "detail": f"all its probes hold on the target and {why}"}
-    if check.status == "applied":
-        return {**outcome, "result": "conflict", "files": list(check.files),
+    if not result.three_way:  # (it reverse-applies)
+        return {**outcome, "result": "conflict", "files": list(result.files),
                 "detail": "the target already contains this change (it reverse-applies), but "
                           "its probes do not hold: fix the probes, or drop the patch "
                           "(continue without committing anything)"}
-    if not check.files:
-        raise OverlayError(f"{patch.name}: git apply failed in {tree}: {check.detail}")
-    hunks = check.detail.splitlines()  # git apply names the first failing hunk per file
-    gone = status.deleted_targets(tree, check.files)  # before git am writes them back
-    proc = git(tree, "am", "-q", "--3way", "--keep-cr", "--committer-date-is-author-date",
-                     str(patch.path), check=False)
-    if proc.returncode == 0:
-        return {**outcome, "result": "applied-3way", "files": list(check.files),
+    hunks = result.detail.splitlines()  # git apply names the first failing hunk per file
+    if result.merged:
+        return {**outcome, "result": "applied-3way", "files": list(result.files),
                 "hunks": hunks, "detail": "plain apply failed; the 3-way merge against the "
                                           "pinned file succeeded"}
-    unmerged = _unmerged(tree)
+    unmerged, gone = list(result.unmerged), list(result.deleted)
     if gone:  # not a merge to resolve: the code is elsewhere now, or gone
         header = outcome["applied_upstream_header"]
         return {**outcome, "result": "deleted", "hunks": hunks, "deleted": gone,
-                "files": sorted(set(check.files) | set(unmerged)),
+                "files": sorted(set(result.files) | set(unmerged)),
                 "unmerged": [f for f in unmerged if f not in gone],
                 "detail": f"upstream deleted {', '.join(gone)}, which it changes"
                           + (f" (its Applied-Upstream header says {header})" if header else "")}
-    output = (proc.stdout + proc.stderr).strip()
+    output = result.output
     detail = ("the 3-way merge left conflicts in " + ", ".join(unmerged) if unmerged else
               f"3-way merge impossible ({output.splitlines()[-1] if output else 'no output'}): "
               "apply it by hand (e.g. `git apply --reject`), then `git add` the files")
     return {**outcome, "result": "conflict", "detail": detail, "hunks": hunks,
-            "files": sorted(set(check.files) | set(unmerged)), "unmerged": unmerged}
+            "files": sorted(set(result.files) | set(unmerged)), "unmerged": unmerged}
 
 
 def first_releases(the_pin: pin.Pin, patches: list[series.Patch], parsed: dict,
@@ -272,7 +258,7 @@ def first_releases(the_pin: pin.Pin, patches: list[series.Patch], parsed: dict,
 
 
 def _check_clean(repo: Path) -> None:
-    proc = git(repo, "status", "--porcelain", "--", *PINNED_FILES, check=False)
+    proc = GitTree(repo).git("status", "--porcelain", "--", *PINNED_FILES, check=False)
     if proc.returncode == 0 and proc.stdout.strip():
         raise OverlayError("rebase needs a clean checkout, but these have uncommitted changes "
                            "(commit or stash them):\n  " + proc.stdout.strip().replace("\n", "\n  "))
@@ -285,7 +271,7 @@ def _pin_objects(the_pin: pin.Pin, patches: list[series.Patch]) -> Path:
                                     BatchProgress())
     with releases.using(tree):
         status.apply_three_way(tree, patches)
-    return tree / ".git" / "objects"
+    return GitTree(tree).objects
 
 
 def start(repo: Path, to: str) -> dict | None:
@@ -315,8 +301,7 @@ def start(repo: Path, to: str) -> dict | None:
     shutil.rmtree(work, ignore_errors=True)
     tree = work / f"vllm-{to}"
     tree.parent.mkdir(parents=True)
-    apply.unpack_sdist(fetch.blob_path(lock["artifacts"]["sdist"]["sha256"]), tree)
-    apply.init_base(tree, lock["released"])
+    GitTree.unpack(fetch.blob_path(lock["artifacts"]["sdist"]["sha256"]), tree, lock["released"])
     old_lock = json.loads((repo / "upstream.lock.json").read_text())
     built, notes = source_build(old_lock.get("source_build"), tree, the_pin.upstream_version)
     if built is not None:
@@ -343,9 +328,7 @@ def _save(work: Path, state: dict) -> None:
 def _roll_back_placement(tree: Path, current: dict) -> None:
     """A kill while a patch was being placed: the tree back to before that patch (the
     patch is still first in "todo" and is placed again)."""
-    if (tree / ".git" / "rebase-apply").exists():
-        git(tree, "am", "--abort", check=False)
-    git(tree, "reset", "-q", "--hard", current["head"])
+    GitTree(tree).reset_hard(current["head"], clean=False)
     _log.info(f"{current['patch']}: was being placed when the last run ended; placed again")
 
 
@@ -360,8 +343,7 @@ def resume(repo: Path) -> dict:
     tree = work / f"vllm-{state['to']}"
     if state.get("phase"):  # patches/, the lock and VERSION are being (or were) written
         if state.get("checks"):  # stopped at the series' tests: the fix must be committed
-            dirty = git(tree, "status", "--porcelain", "--untracked-files=no").stdout.strip()
-            if dirty:
+            if GitTree(tree).dirty():
                 raise OverlayError(f"{tree} has uncommitted changes: commit the fix into its "
                                    f"patch's commit first (see the stop's commands)")
         return state
@@ -370,12 +352,12 @@ def resume(repo: Path) -> dict:
         _roll_back_placement(tree, state["current"])
         state["current"] = None
         _save(work, state)
-    if (tree / ".git" / "rebase-apply").exists():
+    if GitTree(tree).am_in_progress():
         which = f"to drop {stopped['patch']}" if stopped else "to drop the patch"
         raise OverlayError(f"`git am` is still in progress in {tree}: resolve the conflicts, "
                            f"`git add` the files and run `git am --continue` there (or "
                            f"`git am --skip` {which}), then `make rebase CONTINUE=1`")
-    dirty = git(tree, "status", "--porcelain", "--untracked-files=no").stdout.strip()
+    dirty = GitTree(tree).dirty()
     if dirty:
         raise OverlayError(f"{tree} has uncommitted changes: commit them (`git am --continue`"
                            f") or discard them first:\n  " + dirty.replace("\n", "\n  "))
@@ -385,7 +367,7 @@ def resume(repo: Path) -> dict:
                            "(`git checkout -- patches`) or start over (`make rebase ABORT=1`)")
     if stopped is None:  # killed between two patches: nothing to record
         return state
-    count = int(git(tree, "rev-list", "--count", f"{stopped['head']}..HEAD").stdout)
+    count = int(GitTree(tree).count(stopped["head"]))
     outcome = state["done"][-1]
     outcome["resolution"] = ("dropped by hand (nothing committed for it)" if count == 0 else
                              "resolved by hand" + (f" ({count} commits)" if count > 1 else ""))
@@ -402,11 +384,11 @@ def run(repo: Path, state: dict, build_wheel: bool = True, arch: str = "x86_64",
     if state["todo"]:
         patches = {p.name: p for p in series.read_series(repo / "patches")}
         objects = _pin_objects(pin.load(repo), list(patches.values()))
-        (tree / ".git" / "objects" / "info" / "alternates").write_text(f"{objects}\n")
+        GitTree(tree).borrow_objects(objects)
         total = len(state["done"]) + len(state["todo"])
     while state["todo"]:
         name = state["todo"][0]
-        state["current"] = {"patch": name, "head": _head(tree)}
+        state["current"] = {"patch": name, "head": GitTree(tree).head()}
         _save(work, state)  # a kill from here on: resume rolls the tree back to "head"
         outcome = place(tree, patches[name], state["probes"][name])
         if outcome["result"] in ("dropped-upstream", "flagged"):
@@ -427,7 +409,7 @@ def run(repo: Path, state: dict, build_wheel: bool = True, arch: str = "x86_64",
         state["current"] = None
         _save(work, state)
     if state.get("phase") is None and check_stop(repo, state, tree,
-                                                 treecheck.static_problems(tree, apply.BASE_TAG)):
+                                                 treecheck.static_problems(tree, BASE_TAG)):
         return state
     finish(repo, state, tree, build_wheel, arch, make_runtime)
     return state
@@ -601,7 +583,7 @@ def finish(repo: Path, state: dict, tree: Path, build_wheel: bool, arch: str,
         _log.info(f"making the runtime venv of the new locks (network; pip's output in "
                   f"{log_file})")
         python = venvs.python_of(testenv.ensure_base(arch, repo, log=log_file))
-    tests = treecheck.series_tests(tree, apply.BASE_TAG)
+    tests = treecheck.series_tests(tree, BASE_TAG)
     if python is None:
         note = (f"the modules the series touches were not imported, and its own tests "
                 f"({', '.join(sorted(tests)) or 'none'}) not run, in the rebased tree: no "
@@ -612,9 +594,9 @@ def finish(repo: Path, state: dict, tree: Path, build_wheel: bool, arch: str,
     else:
         _log.info(f"importing the modules the series touches and running its own tests in "
                   f"{tree} ({len(tests)} file(s), {python})")
-        problems = treecheck.import_problems(tree, apply.BASE_TAG, python)
+        problems = treecheck.import_problems(tree, BASE_TAG, python)
         if check_stop(repo, state, tree, problems or
-                      treecheck.run_tests(tree, apply.BASE_TAG, python)):
+                      treecheck.run_tests(tree, BASE_TAG, python)):
             state["phase"] = "writing"  # CONTINUE=1 exports the fixed tree again
             _save(work, state)
             return
@@ -708,7 +690,7 @@ def check_stop_message(repo: Path, state: dict, tree: Path) -> str:
              f"  cd {tree}",
              "  # edit the files, then",
              f"  git commit -q -a {fixup} && GIT_SEQUENCE_EDITOR=: git rebase -q -i "
-             f"--autosquash {apply.BASE_TAG}",
+             f"--autosquash {BASE_TAG}",
              f"  cd {repo} && make rebase CONTINUE=1     # checks the tree again",
              "or `make rebase ABORT=1`"]
     return "\n".join(lines)

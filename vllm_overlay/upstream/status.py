@@ -12,7 +12,6 @@ Conflicts are results, not errors: only failures of the tool itself raise Overla
 
 import hashlib
 import json
-import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from vllm_overlay.wheelbuild import apply
 from vllm_overlay.upstream import installable as installability
 from vllm_overlay.upstream import probes
 from vllm_overlay.upstream import releases as upstream
@@ -29,7 +27,9 @@ from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.fs import atomic_write
 from vllm_overlay.common.paths import cache_dir
 from vllm_overlay.common.http import BatchProgress
-from vllm_overlay.common.git import git
+from vllm_overlay.common import gittree
+from vllm_overlay.common.git import version as git_version
+from vllm_overlay.common.gittree import APPLIES, AmResult, GitTree, Outcome
 from vllm_overlay.common.pin import Pin
 from vllm_overlay.common.series import Patch
 
@@ -88,57 +88,34 @@ def run_probes(tree: Path, patches: list[Patch], parsed: dict[str, list]) -> dic
     return out
 
 
-def _three_way(tree: Path, patch: Patch) -> tuple[bool, str]:
-    """git am --3way; (applied, output). Leaves the tree clean when it fails."""
-    before = git(tree, "rev-parse", "HEAD").stdout.strip()
-    proc = git(tree, "am", "-q", "--3way", "--keep-cr", str(patch.path), check=False)
-    output = (proc.stdout + proc.stderr).strip()
-    if proc.returncode:
-        git(tree, "am", "--abort", check=False)
-        return False, output
-    moved = git(tree, "rev-parse", "HEAD").stdout.strip() != before
-    return moved, output or "no change"
-
-
-def deleted_targets(tree: Path, failed: list[str] | tuple[str, ...]) -> list[str]:
-    """The files a patch failed on because the tree no longer has them (upstream deleted a
-    file the patch changes; a file the patch adds never fails this way)."""
-    return [f for f in failed if not (tree / f).exists() and not (tree / f).is_symlink()]
-
-
 def apply_three_way(tree: Path, patches: list[Patch]) -> dict[str, tuple[str, str, list[str]]]:
     """Apply in series order; patch name -> (apply status, detail, files). See module doc."""
-    out = {}
-    for patch in patches:
-        check = apply.check_patch(tree, patch)
-        if check.status in ("clean", "offset"):
-            apply.am(tree, patch)
-            if not git(tree, "diff", "--name-only", "HEAD~1", "HEAD").stdout.strip():
-                out[patch.name] = ("present", "applies empty (no change)", [])
-            else:
-                out[patch.name] = (check.status, check.detail, [])
-        elif check.status == "applied":
-            out[patch.name] = ("present", check.detail, list(check.files))
-        elif not check.files:  # git named no file: not a conflict but a failure of ours
-            raise OverlayError(f"{patch.name}: git apply failed in {tree}: {check.detail}")
-        else:
-            gone = deleted_targets(tree, check.files)  # before git am writes them back
-            merged, output = _three_way(tree, patch)
-            if merged:
-                out[patch.name] = ("3-way", f"plain apply failed ({check.detail}); "
-                                            "3-way merge succeeded", list(check.files))
-            elif gone:  # (a 3-way merge follows a file upstream only renamed)
-                out[patch.name] = ("deleted", f"upstream deleted {', '.join(gone)}, which it "
-                                              "changes", gone)
-            elif "already applied" in output or output == "no change":
-                out[patch.name] = ("present", "3-way merge gives no change", list(check.files))
-            else:
-                why = "3-way merge failed"
-                if "could not build fake ancestor" in output or "lacks the necessary blob" \
-                        in output:
-                    why = "3-way impossible (base blobs unknown)"
-                out[patch.name] = ("conflict", f"{check.detail}\n({why})", list(check.files))
-    return out
+    work = GitTree(tree)
+    return {patch.name: _fared(work.am(patch, three_way=True)) for patch in patches}
+
+
+def _fared(result: AmResult) -> tuple[str, str, list[str]]:
+    """A cell's (apply status, detail, files) from how `git am` fared."""
+    outcome, files = result.outcome, list(result.files)
+    if outcome in APPLIES:
+        if result.empty:
+            return Outcome.PRESENT.value, "applies empty (no change)", []
+        return outcome.value, result.detail, []
+    if not result.three_way:  # (it reverse-applies)
+        return outcome.value, result.detail, files
+    if outcome is Outcome.THREE_WAY:
+        return outcome.value, f"plain apply failed ({result.detail}); 3-way merge succeeded", \
+            files
+    if outcome is Outcome.DELETED:
+        return outcome.value, f"upstream deleted {', '.join(result.deleted)}, which it " \
+            "changes", list(result.deleted)
+    if outcome is Outcome.PRESENT:
+        return outcome.value, "3-way merge gives no change", files
+    why = "3-way merge failed"
+    if "could not build fake ancestor" in result.output or "lacks the necessary blob" \
+            in result.output:
+        why = "3-way impossible (base blobs unknown)"
+    return outcome.value, f"{result.detail}\n({why})", files
 
 
 def evaluate_release(tree: Path, patches: list[Patch], parsed: dict[str, list],
@@ -146,9 +123,8 @@ def evaluate_release(tree: Path, patches: list[Patch], parsed: dict[str, list],
     """All cells of one release, and what inside(tree, cells) returned, called while the
     series is still applied (the tree is held for the duration, reset afterwards)."""
     with upstream.using(tree):
-        alternates = tree / ".git" / "objects" / "info" / "alternates"
         if pin_tree is not None and pin_tree != tree:
-            alternates.write_text(f"{pin_tree / '.git' / 'objects'}\n")
+            GitTree(tree).borrow_objects(GitTree(pin_tree).objects)
         probe_results = run_probes(tree, patches, parsed)
         applied = apply_three_way(tree, patches)
         cells = _cells(patches, probe_results, applied)
@@ -276,7 +252,7 @@ def compute(pin: Pin, patches: list[Patch], versions: list[str], urls: dict[str,
 
 
 # The code whose behaviour decides a release's cells: a change to it is a new cache key.
-_CELL_CODE = [Path(__file__), Path(probes.__file__), Path(apply.__file__)]
+_CELL_CODE = [Path(__file__), Path(probes.__file__), Path(gittree.__file__)]
 _CELLS_SCHEMA = 1
 
 
@@ -286,9 +262,8 @@ class CellCache:
     the git version and this code. A warm `status` then runs no git at all for a release."""
 
     def __init__(self, pin: Pin, patches: list[Patch]):
-        version = subprocess.run(["git", "--version"], capture_output=True, text=True).stdout
         digest = hashlib.sha256(json.dumps({
-            "schema": _CELLS_SCHEMA, "pin": pin.sdist.sha256, "git": version.strip(),
+            "schema": _CELLS_SCHEMA, "pin": pin.sdist.sha256, "git": git_version(),
             "code": [hashlib.sha256(p.read_bytes()).hexdigest() for p in _CELL_CODE],
             "patches": [[p.name, str(p.path), hashlib.sha256(p.path.read_bytes()).hexdigest()]
                         for p in patches]}, sort_keys=True).encode())
