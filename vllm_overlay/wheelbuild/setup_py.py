@@ -33,7 +33,7 @@ from vllm_overlay.wheelbuild.preflight import SourceConfig, cuda_tag, source_pre
 from vllm_overlay.common import log as log_module
 from vllm_overlay.common import pin, series, venvs
 from vllm_overlay.common.errors import OverlayError
-from vllm_overlay.common.git import git
+from vllm_overlay.common.gittree import GitTree
 from vllm_overlay.common.paths import BUILD_TREES, REPO
 from vllm_overlay.common.requirements import requirement_names
 from vllm_overlay.common.wheelfile import (check_version_and_tags, open_wheel, read_record,
@@ -114,7 +114,7 @@ def verify_setup_wheel(built: Path, version: str, tree: Path,
         check_version_and_tags(zf, built.name, dist_info, version)
         if _version_of(zf.read(VERSION_FILE).decode()) != version:
             raise OverlayError(f"{built.name}: {VERSION_FILE} does not say {version}")
-        tracked = set(git(tree, "ls-files", "-z").stdout.split("\0"))
+        tracked = GitTree(tree).ls_files()
         generated = []
         for name in names:
             if name.startswith(dist_info) or name == VERSION_FILE:
