@@ -49,6 +49,7 @@ class Outcome(str, Enum):
 
 
 APPLIES = (Outcome.CLEAN, Outcome.OFFSET)
+STOPS = (Outcome.CONFLICT, Outcome.DELETED)  # a human resolves these (left out by status)
 
 
 @dataclass

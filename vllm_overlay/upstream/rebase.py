@@ -43,13 +43,12 @@ from vllm_overlay.wheelbuild.overlay_mode import build_overlay_wheel
 from vllm_overlay.common import log, pin, series, venvs
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.fs import atomic_write
-from vllm_overlay.common.gittree import BASE_TAG, AmResult, GitTree, Outcome
+from vllm_overlay.common.gittree import BASE_TAG, STOPS, AmResult, GitTree, Outcome
 from vllm_overlay.common.http import BatchProgress
 from vllm_overlay.common.requirements import requirement_names
 from vllm_overlay.testing import testenv
 from vllm_overlay.upstream import drift, installable, releases, status, treecheck
-from vllm_overlay.upstream.rebase_state import (RESULT, STATE, STOPS, WORK, Mark, Placed,
-                                                RebaseState)
+from vllm_overlay.upstream.rebase_state import RESULT, STATE, WORK, Mark, Placed, RebaseState
 
 PINNED_FILES = ("patches", "VERSION", "upstream.lock.json")
 LOCKS = "locks"  # re-locked for the new pin at the end

@@ -21,7 +21,6 @@ RESULT = {Outcome.CLEAN: "applied-clean", Outcome.OFFSET: "applied-clean",
           Outcome.FLAGGED: "flagged", Outcome.CONFLICT: "conflict",
           Outcome.DELETED: "deleted", Outcome.PENDING: "pending"}
 _FROM_WORD = {word: outcome for outcome, word in reversed(RESULT.items())}
-STOPS = (Outcome.CONFLICT, Outcome.DELETED)  # a human resolves these
 
 
 @dataclass
