@@ -32,7 +32,8 @@ from vllm_overlay.common.fs import atomic_write
 from vllm_overlay.common.gittree import BASE_TAG, GitTree
 from vllm_overlay.common.paths import cache_dir
 from vllm_overlay.common.series import Patch
-from vllm_overlay.upstream import drift_report, pydefs, releases
+from vllm_overlay.upstream import pydefs, releases
+from vllm_overlay.upstream.drift_report import Change, Definition, Drift, PatchDrift
 
 _log = log.stage("drift")
 
@@ -347,21 +348,6 @@ def _safe(part: str) -> str:
     return "_module_" if part == pydefs.MODULE else re.sub(r"[^\w.+-]", "_", part)
 
 
-@dataclass
-class Drift:
-    data: dict                                              # the JSON section
-    diffs: dict[str, str] = field(default_factory=dict)     # "drift/..." -> diff text
-
-    def to_json(self) -> dict:
-        return self.data
-
-    def markdown(self) -> str:
-        return drift_report.to_markdown(self.data)
-
-    def write(self, out_dir: Path) -> None:
-        drift_report.write_diffs(self.diffs, out_dir)
-
-
 def for_matrix(pin, patches: list[Patch], matrix) -> Drift:
     """Drift over the releases of a status matrix (their trees are in the cache)."""
     trees = [(r.version, releases.tree_entry(r.sha256) / "tree") for r in matrix.releases]
@@ -400,20 +386,20 @@ def compute(pin_tree: Path, patches: list[Patch], trees: list[tuple[str, Path]],
     pin.texts({seen.blob for seen in starts.values() if seen})  # one read per tree
     for number, (_, source) in enumerate(later):
         source.texts({c[number].blob for c in chains.values() if c[number]})
-    drift = Drift({"pin": pin_version, "releases": [v for v, _ in later], "patches": [],
-                   "notes": [f"{where}: {why}; its definitions count as missing there"
-                             for where, why in sorted(index.errors.items())]})
+    drift = Drift(pin_version, [v for v, _ in later],
+                  notes=[f"{where}: {why}; its definitions count as missing there"
+                         for where, why in sorted(index.errors.items())])
     short = [p.name[:4] for p in patches]
     for patch in patches:  # diffs under drift/<0002>/... (the full stem if not unique)
         stem = _safe(patch.name[:4]) if short.count(patch.name[:4]) == 1 else \
             _safe(patch.name.removesuffix(".patch"))
-        drift.data["patches"].append(_patch_report(patch, stem, targets[patch.name], chains,
+        drift.patches.append(_patch_report(patch, stem, targets[patch.name], chains,
                                                    starts, later, pin, sources, drift.diffs))
     return drift
 
 
 def _patch_report(patch, stem, pt: PatchTargets, chains, starts, later, pin, sources, diffs
-                  ) -> dict:
+                  ) -> PatchDrift:
     header = (patch.trailers.get("Applied-Upstream") or [None])[0]
     try:
         landed = releases.version_key(header) if header else None
@@ -438,24 +424,22 @@ def _patch_report(patch, stem, pt: PatchTargets, chains, starts, later, pin, sou
                 cur_lines = cur.lines(source) if cur else []
                 text, count = _diff(ref_lines, cur_lines, ref_label,
                                     f"{version}/{where or t.file + '::' + t.name}")
-                change = {"release": version, "kind": kind, "location": where,
-                          "follow_up": landed is None
-                          or releases.version_key(version) > landed,
-                          "changed_lines": count, "diff": f"{base}.diff"}
-                diffs[change["diff"]] = text
+                change = Change(version, kind, where, landed is None
+                                or releases.version_key(version) > landed, count,
+                                f"{base}.diff")
+                diffs[change.diff] = text
                 if prev is not None and prev_version is not None and cur is not None:
                     step, step_count = _diff(prev.lines(sources[prev_version]), cur_lines,
                                              f"{prev_version}/{prev.file}::{prev.name}",
                                              f"{version}/{where}")
-                    change.update(step_from=prev_version, step_changed_lines=step_count,
-                                  step_diff=f"{base}.since-{prev_version}.diff")
-                    diffs[change["step_diff"]] = step
+                    change.step_from, change.step_changed_lines = prev_version, step_count
+                    change.step_diff = f"{base}.since-{prev_version}.diff"
+                    diffs[change.step_diff] = step
                 changes.append(change)
             if cur is not None:
                 seen_before, prev, prev_version = True, cur, version
             elif prev is not None:
                 prev, prev_version = None, None
-        definitions.append({"file": t.file, "name": t.name, "new": t.new,
-                            "changes": changes[::-1]})
-    return {"name": patch.name, "subject": patch.subject, "applied_upstream": header,
-            "skipped": pt.skipped, "not_python": pt.not_python, "definitions": definitions}
+        definitions.append(Definition(t.file, t.name, t.new, changes[::-1]))
+    return PatchDrift(patch.name, patch.subject, header, pt.skipped, pt.not_python,
+                      definitions)

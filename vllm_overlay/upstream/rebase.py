@@ -531,21 +531,21 @@ def where_it_went(pin_tree: Path, patches: list[series.Patch], name: str, tree: 
     target ("file::name"); {} when drift cannot tell (it is advice, never a failure)."""
     deleted = set(state.done[-1].deleted or [])
     try:
-        data = drift.compute(pin_tree, patches, [(state.to, tree)], state.from_).data
+        found = drift.compute(pin_tree, patches, [(state.to, tree)], state.from_)
     except (OverlayError, OSError, ValueError) as exc:
         _log.info(f"{name}: drift cannot tell where the code went ({exc})")
         return {}
     out: dict[str, list[str]] = {}
-    for report in data["patches"]:
-        if report["name"] != name:
+    for report in found.patches:
+        if report.name != name:
             continue
-        for definition in report["definitions"]:
-            if definition["file"] in deleted:
-                for change in definition["changes"]:
-                    if change["location"] and change["location"] not in out.get(
-                            definition["file"], []):
-                        out.setdefault(definition["file"], []).append(change["location"])
-    return out
+        for definition in report.definitions:
+            if definition.file in deleted:
+                for change in definition.changes:
+                    went = out.setdefault(definition.file, [])
+                    if change.location and change.location not in went:
+                        went.append(change.location)
+    return {file: went for file, went in out.items() if went}
 
 
 def finish(repo: Path, state: RebaseState, tree: Path, build_wheel: bool, arch: str,
