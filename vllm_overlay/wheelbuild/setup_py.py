@@ -138,17 +138,39 @@ def verify_setup_wheel(built: Path, version: str, tree: Path,
                 raise OverlayError(f"{built.name}: {name} is not byte-identical to upstream's")
 
 
-def build_setup_py_wheel(mode: str, arch: str = "x86_64",
-                         wheelhouse_dir: Path = wheelhouse_store.WHEELHOUSE,
-                         patches_dir: Path = series.PATCHES, repo: Path = REPO,
-                         source: SourceConfig | None = None) -> Path:
-    """MODE=precompiled or MODE=source through setup.py, stored into the wheelhouse."""
+def _check_mode(mode: str, arch: str) -> None:
     if mode not in ("precompiled", "source"):
         raise OverlayError(f"unknown mode {mode!r}")
     host = platform.machine()
     if arch != host:
         raise OverlayError(f"MODE={mode} runs setup.py, which builds for this machine "
                            f"({host}), not ARCH={arch}: run it on an {arch} machine")
+
+
+def _setup_env(version: str, epoch: int, source: SourceConfig | None, upstream: Path,
+               ) -> dict[str, str]:
+    """setup.py's environment: ours, without the knobs that would make it fetch or guess."""
+    env = {**os.environ, "VLLM_TARGET_DEVICE": "cuda", "VLLM_VERSION_OVERRIDE": version,
+           "SOURCE_DATE_EPOCH": str(epoch)}
+    for name in ("VLLM_PRECOMPILED_WHEEL_VARIANT", "VLLM_PRECOMPILED_WHEEL_COMMIT",
+                 "VLLM_USE_PRECOMPILED", "VLLM_MAIN_CUDA_VERSION"):
+        env.pop(name, None)
+    if source:
+        env.update(source.env())
+        env["PATH"] = f"{source.cuda_home / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    else:
+        # A local file: setup.py uses it as is and never downloads (setup.py:
+        # extract_precompiled_and_patch_package only downloads a non-file location).
+        env.update(VLLM_USE_PRECOMPILED="1", VLLM_PRECOMPILED_WHEEL_LOCATION=str(upstream))
+    return env
+
+
+def build_setup_py_wheel(mode: str, arch: str = "x86_64",
+                         wheelhouse_dir: Path = wheelhouse_store.WHEELHOUSE,
+                         patches_dir: Path = series.PATCHES, repo: Path = REPO,
+                         source: SourceConfig | None = None) -> Path:
+    """MODE=precompiled or MODE=source through setup.py, stored into the wheelhouse."""
+    _check_mode(mode, arch)
     the_pin = pin.load(repo)
     if mode == "source" and source is None:
         source = source_preflight(the_pin=the_pin)
@@ -181,18 +203,7 @@ def build_setup_py_wheel(mode: str, arch: str = "x86_64",
                 reqs = [torch_req if r == f"torch=={torch_pin}" else r for r in reqs]
             venv = venvs.ensure_venv(f"build-{mode}" if source else "build", reqs,
                                      install_args=install_args)
-            env = {**os.environ, "VLLM_TARGET_DEVICE": "cuda", "VLLM_VERSION_OVERRIDE": version,
-                   "SOURCE_DATE_EPOCH": str(epoch)}
-            for name in ("VLLM_PRECOMPILED_WHEEL_VARIANT", "VLLM_PRECOMPILED_WHEEL_COMMIT",
-                         "VLLM_USE_PRECOMPILED", "VLLM_MAIN_CUDA_VERSION"):
-                env.pop(name, None)
-            if source:
-                env.update(source.env())
-                env["PATH"] = f"{source.cuda_home / 'bin'}{os.pathsep}{env.get('PATH', '')}"
-            else:
-                # A local file: setup.py uses it as is and never downloads (setup.py:
-                # extract_precompiled_and_patch_package only downloads a non-file location).
-                env.update(VLLM_USE_PRECOMPILED="1", VLLM_PRECOMPILED_WHEEL_LOCATION=str(upstream))
+            env = _setup_env(version, epoch, source, upstream)
             dist = tmp_dir / "dist"
             cmd = setup_command(venvs.python_of(venv), dist)
             log = tree.parent / "setup.log"
@@ -221,17 +232,14 @@ def build_setup_py_wheel(mode: str, arch: str = "x86_64",
             torch_version = subprocess.run(
                 [str(venvs.python_of(venv)), "-c", "import torch; print(torch.__version__)"],
                 capture_output=True, text=True).stdout.strip()
-            manifest = {
-                "setup_py": {"command": ["python", *cmd[1:]],
-                             "env": {k: env[k] for k in sorted(env) if k.startswith(
-                                 ("VLLM_", "TORCH_CUDA", "MAX_JOBS", "NVCC", "CUDA_HOME"))},
-                             "build_requirements": reqs, "torch": torch_version,
-                             "seconds": round(setup_seconds, 1)},
-                "build_seconds": round(time.monotonic() - started, 1),
-            }
-            if source:
-                manifest["setup_py"]["nvcc"] = source.cuda
-            return tmp, None, manifest
+            setup = {"command": ["python", *cmd[1:]],
+                     "env": {k: env[k] for k in sorted(env) if k.startswith(
+                         ("VLLM_", "TORCH_CUDA", "MAX_JOBS", "NVCC", "CUDA_HOME"))},
+                     "build_requirements": reqs, "torch": torch_version,
+                     "seconds": round(setup_seconds, 1), **({"nvcc": source.cuda} if source
+                                                            else {})}
+            return tmp, None, {"setup_py": setup,
+                               "build_seconds": round(time.monotonic() - started, 1)}
 
         return wheelhouse_store.store(wheelhouse_dir, mode, arch, build_key, the_pin, epoch,
                                       series_sha, patches, build, repo)
