@@ -32,7 +32,7 @@ _OFFSET_RE = re.compile(r"^Hunk #(\d+) succeeded at (\d+) \(((?:offset|fuzz) .*)
 
 class Outcome(str, Enum):
     """How a patch fares on a tree. The values are the words the status report prints and
-    stores; the rebase log has its own words for them (upstream/rebase.py RESULT)."""
+    stores; a rebase words them its own way (upstream/rebase_state.py RESULT)."""
 
     CLEAN = "clean"          # applies as is
     OFFSET = "offset"        # applies at shifted lines (no fuzz is ever used)
