@@ -282,9 +282,9 @@ def main(argv: list[str] | None = None) -> int:
         totals["skipped"] += c["skipped"]
         totals["failed"] += len(cmp.regressions) + len(cmp.new_failing)
         xfailed = len(cmp.failed_both)
-        problems += [f"regression: {r['test']} ({r['overlay']}; {r['message']}) -- patches: "
-                     f"{r['patches']}" for r in cmp.regressions]
-        problems += [f"new test failing: {n['test']} ({n['overlay']})"
+        problems += [f"regression: {r.test} ({r.overlay}; {r.message}) -- patches: "
+                     f"{r.patches}" for r in cmp.regressions]
+        problems += [f"new test failing: {n.test} ({n.overlay})"
                      for n in cmp.new_failing]
         report["subset"] = {"pristine": subset.counts(pristine), "overlay": c,
                             "comparison": cmp.as_dict(),
