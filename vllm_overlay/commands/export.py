@@ -5,7 +5,7 @@ from pathlib import Path
 from vllm_overlay.wheelbuild import export
 from vllm_overlay.common import pin
 from vllm_overlay.common.errors import OverlayError
-from vllm_overlay.common.git import git
+from vllm_overlay.common.gittree import GitTree
 from vllm_overlay.common.paths import DEV_TREE, REPO
 
 
@@ -32,7 +32,7 @@ def stale(tree: Path, patches_dir: Path) -> str | None:
     marked = export.exported_rev(tree)
     if marked is None or export.same_export(tree, marked, patches_dir):
         return None  # patches/ is what the tree was made from (or no record: trust it)
-    head = git(tree, "rev-parse", "HEAD").stdout.strip()
+    head = GitTree(tree).head()
     if head == marked:
         return (f"{tree} has no commits since `make apply`, and {patches_dir.name}/ changed "
                 f"since (a rebase, a pull): exporting it would put the old series back; "

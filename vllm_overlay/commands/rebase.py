@@ -38,7 +38,7 @@ def run(args, repo: Path = REPO) -> int:
         return 0
     state = rebase.run(repo, state, build_wheel=not args.no_wheel, arch=args.arch,
                        make_runtime=getattr(args, "runtime_venv", False))
-    return 0 if state.get("complete") else 1
+    return 0 if state.complete else 1
 
 
 def add(sub) -> None:

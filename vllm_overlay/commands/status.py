@@ -30,7 +30,7 @@ def run(args) -> int:
     print(status.timing_table(matrix), file=sys.stderr)
     _log.info(f"wrote {md} and {js}")
     if found is not None:
-        print(drift_report.summary(found.data, md))
+        print(drift_report.summary(found, md))
     if matrix.changes:
         print(f"status: {len(matrix.changes)} change(s) since the last report:\n  "
               + "\n  ".join(matrix.changes), file=sys.stderr)

@@ -11,18 +11,35 @@ IDENTITY = {"GIT_AUTHOR_NAME": "upstream", "GIT_AUTHOR_EMAIL": "upstream@invalid
 
 
 def git(repo: Path, *args: str, check: bool = True, env: dict | None = None,
-        ) -> subprocess.CompletedProcess:
+        input: str | bytes | None = None) -> subprocess.CompletedProcess:
+    """Run git in repo; bytes input gives bytes output (stdout and stderr)."""
     full_env = {**os.environ, **IDENTITY, "GIT_CONFIG_NOSYSTEM": "1",
                 "GIT_CONFIG_GLOBAL": os.devnull, **(env or {})}
-    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
-                          env=full_env)
+    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True,
+                          text=not isinstance(input, bytes), env=full_env, input=input)
     if check and proc.returncode:
-        raise OverlayError(f"git {' '.join(args)} failed in {repo}:\n"
-                           f"{proc.stdout}{proc.stderr}".rstrip())
+        said = proc.stdout + proc.stderr
+        said = said.decode(errors="replace") if isinstance(said, bytes) else said
+        raise OverlayError(f"git {' '.join(args)} failed in {repo}:\n{said}".rstrip())
     return proc
+
+
+def git_query(repo: Path, *args: str) -> str | None:
+    """A query on a person's checkout, with their git config (safe.directory and the
+    like); its output, or None when git fails (not a checkout, no such config, no git)."""
+    try:
+        proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+    except OSError:
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 else None
 
 
 def git_value(repo: Path, *args: str) -> str:
     """A query's output, or "" when git fails (not a checkout, no such config)."""
-    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
-    return proc.stdout.strip() if proc.returncode == 0 else ""
+    return git_query(repo, *args) or ""
+
+
+def version() -> str:
+    """`git --version` (part of cache keys: another git may merge differently)."""
+    proc = subprocess.run(["git", "--version"], capture_output=True, text=True)
+    return proc.stdout.strip()

@@ -99,9 +99,9 @@ class Tally:
         self.skipped += c["skipped"]
         self.failed += len(cmp.regressions) + len(cmp.new_failing)
         self.xfailed = len(cmp.failed_both)
-        self.problems += [f"regression: {r['test']} ({r['overlay']}; {r['message']}) -- "
-                          f"patches: {r['patches']}" for r in cmp.regressions]
-        self.problems += [f"new test failing: {n['test']} ({n['overlay']})"
+        self.problems += [f"regression: {r.test} ({r.overlay}; {r.message}) -- "
+                          f"patches: {r.patches}" for r in cmp.regressions]
+        self.problems += [f"new test failing: {n.test} ({n.overlay})"
                           for n in cmp.new_failing]
 
     def add_error(self, exc: Exception) -> None:

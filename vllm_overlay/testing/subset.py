@@ -177,24 +177,54 @@ def read_junits(paths: list[Path], root: Path | None = None) -> dict[str, Result
 
 
 @dataclass
+class Regression:
+    """A test that passes on pristine and fails (or no longer collects) on the overlay."""
+
+    test: str
+    overlay: str          # its outcome there
+    message: str
+    patches: str          # the patches that touch its file (blame)
+
+    def to_json(self) -> dict:
+        return {"test": self.test, "overlay": self.overlay, "message": self.message,
+                "patches": self.patches}
+
+
+@dataclass
+class NewTest:
+    """A test only the overlay has (the series adds it)."""
+
+    test: str
+    overlay: str
+    patches: str
+
+    def to_json(self) -> dict:
+        return {"test": self.test, "overlay": self.overlay, "patches": self.patches}
+
+
+@dataclass
 class Comparison:
     passed_both: list[str] = field(default_factory=list)
     fixed: list[str] = field(default_factory=list)
-    regressions: list[dict] = field(default_factory=list)
+    regressions: list[Regression] = field(default_factory=list)
     failed_both: list[str] = field(default_factory=list)
     skipped_both: list[str] = field(default_factory=list)
-    new: list[dict] = field(default_factory=list)
+    new: list[NewTest] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     other: list[dict] = field(default_factory=list)  # e.g. passed on pristine, skipped on overlay
 
     @property
-    def new_failing(self) -> list[dict]:
-        return [n for n in self.new if n["overlay"] in BAD]
+    def new_failing(self) -> list[NewTest]:
+        return [n for n in self.new if n.overlay in BAD]
 
     def as_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("passed_both", "fixed", "regressions",
-                                              "failed_both", "skipped_both", "new", "removed",
-                                              "other")}
+        """The JSON form (the test report's "comparison")."""
+        out = {k: getattr(self, k) for k in ("passed_both", "fixed", "regressions",
+                                             "failed_both", "skipped_both", "new", "removed",
+                                             "other")}
+        out["regressions"] = [r.to_json() for r in self.regressions]
+        out["new"] = [n.to_json() for n in self.new]
+        return out
 
 
 def patches_touching(patches: list[Patch], file: str) -> list[str]:
@@ -226,9 +256,8 @@ def compare(pristine: dict[str, Result], overlay: dict[str, Result],
             elif old.outcome in BAD and new.outcome == PASSED:
                 cmp.fixed.append(test_id)
             elif old.outcome == PASSED and new.outcome in BAD:
-                cmp.regressions.append({"test": test_id, "overlay": new.outcome,
-                                        "message": new.message,
-                                        "patches": blame(patches, new.file)})
+                cmp.regressions.append(Regression(test_id, new.outcome, new.message,
+                                                  blame(patches, new.file)))
             elif old.outcome in BAD and new.outcome in BAD:
                 cmp.failed_both.append(test_id)
             elif pair == (SKIPPED, SKIPPED):
@@ -246,20 +275,18 @@ def compare(pristine: dict[str, Result], overlay: dict[str, Result],
                 else:
                     cmp.skipped_both.append(test_id)
             elif new.collection_error and new.outcome in BAD:
-                cmp.regressions.append({"test": test_id, "overlay": new.outcome,
-                                        "message": new.message,
-                                        "patches": blame(patches, new.file)})
+                cmp.regressions.append(Regression(test_id, new.outcome, new.message,
+                                                  blame(patches, new.file)))
             else:
-                cmp.new.append({"test": test_id, "overlay": new.outcome,
-                                "patches": ", ".join(patches_touching(patches, new.file))})
+                cmp.new.append(NewTest(test_id, new.outcome,
+                                       ", ".join(patches_touching(patches, new.file))))
         else:  # only on pristine
             if old.collection_error and old.file not in broken_on_overlay:
                 continue  # the module collects on the overlay: its tests are counted above
             if old.file in broken_on_overlay and old.outcome == PASSED:
-                cmp.regressions.append({
-                    "test": test_id, "overlay": "error (module no longer collects)",
-                    "message": broken_on_overlay[old.file].message,
-                    "patches": blame(patches, old.file)})
+                cmp.regressions.append(Regression(
+                    test_id, "error (module no longer collects)",
+                    broken_on_overlay[old.file].message, blame(patches, old.file)))
             else:
                 cmp.removed.append(test_id)
     return cmp

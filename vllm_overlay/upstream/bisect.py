@@ -19,6 +19,8 @@ from typing import Callable
 from vllm_overlay.upstream import status
 from vllm_overlay.upstream import releases as upstream
 from vllm_overlay.common.errors import OverlayError
+from vllm_overlay.common.gittree import STOPS
+from vllm_overlay.common.gittree import Outcome as Fared  # (Outcome here: a search's)
 from vllm_overlay.common.http import BatchProgress
 from vllm_overlay.common.pin import Pin
 from vllm_overlay.common.series import Patch
@@ -109,13 +111,13 @@ class Checks:
 
     @staticmethod
     def _conflicts(cells: dict[str, status.Cell], upstreamed_too: bool = True) -> str:
-        return "; ".join(f"{name} " + ("conflicts in" if cell.apply == "conflict" else
+        return "; ".join(f"{name} " + ("conflicts in" if cell.apply is Fared.CONFLICT else
                                       "changes files upstream deleted:")
                          + f" {', '.join(cell.files) or '?'}"
                          + (" (already upstream: its probes hold)"
-                            if cell.status == "upstream" else "")
-                         for name, cell in cells.items() if cell.apply in ("conflict", "deleted")
-                         and (upstreamed_too or cell.status != "upstream"))
+                            if cell.status is Fared.UPSTREAM else "")
+                         for name, cell in cells.items() if cell.apply in STOPS
+                         and (upstreamed_too or cell.status is not Fared.UPSTREAM))
 
     def apply(self, version: str) -> tuple[str, str]:
         cells, _ = self._cells_of(version)

@@ -21,20 +21,19 @@ import difflib
 import hashlib
 import json
 import re
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vllm_overlay.wheelbuild import apply
 from vllm_overlay.common import log
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.fs import atomic_write
-from vllm_overlay.common.git import git
+from vllm_overlay.common.gittree import BASE_TAG, GitTree
 from vllm_overlay.common.paths import cache_dir
 from vllm_overlay.common.series import Patch
-from vllm_overlay.upstream import drift_report, pydefs, releases
+from vllm_overlay.upstream import pydefs, releases
+from vllm_overlay.upstream.drift_report import Change, Definition, Drift, PatchDrift
 
 _log = log.stage("drift")
 
@@ -65,9 +64,9 @@ def _save(path: Path, data) -> None:
 class Source:
     """The committed files of one cached tree (tag `upstream`, or another commit)."""
 
-    def __init__(self, tree: Path, label: str, rev: str = apply.BASE_TAG):
+    def __init__(self, tree: Path, label: str, rev: str = BASE_TAG):
         self.tree, self.label = tree, label
-        self.commit = git(tree, "rev-parse", f"{rev}^{{commit}}").stdout.strip()
+        self.commit = GitTree(tree).out("rev-parse", f"{rev}^{{commit}}")
         self._listing: dict[str, str] | None = None
         self._texts: dict[str, str] = {}
 
@@ -77,7 +76,7 @@ class Source:
             entry = _cache("trees", self.commit + ".json")
             self._listing = _load(entry)
             if self._listing is None:
-                out = git(self.tree, "ls-tree", "-r", "-z", self.commit).stdout
+                out = GitTree(self.tree).git("ls-tree", "-r", "-z", self.commit).stdout
                 self._listing = {}
                 for item in filter(None, out.split("\0")):
                     meta, path = item.split("\t", 1)
@@ -94,19 +93,8 @@ class Source:
         store = self._texts if keep else dict(self._texts)
         wanted = sorted({b for b in blobs if b not in store})
         if wanted:
-            proc = subprocess.run(["git", "-C", str(self.tree), "cat-file", "--batch"],
-                                  input="\n".join(wanted).encode() + b"\n",
-                                  capture_output=True)
-            if proc.returncode:
-                raise OverlayError(f"git cat-file failed in {self.tree}: "
-                                   f"{proc.stderr.decode(errors='replace')}")
-            data, at = proc.stdout, 0
-            for blob in wanted:
-                head_end = data.index(b"\n", at)
-                size = int(data[at:head_end].split()[2])
-                start = head_end + 1
-                store[blob] = data[start:start + size].decode("utf-8", "replace")
-                at = start + size + 1
+            for blob, data in GitTree(self.tree).cat_blobs(wanted).items():
+                store[blob] = data.decode("utf-8", "replace")
         return {b: store[b] for b in blobs}
 
     def text(self, blob: str) -> str:
@@ -211,13 +199,12 @@ def find_targets(pin_tree: Path, patches: list[Patch], index: Index) -> dict[str
                                    v["not_python"], v["skipped"]) for name, v in data.items()}
     out: dict[str, PatchTargets] = {}
     with releases.using(pin_tree):
+        work = GitTree(pin_tree)
         for patch in patches:
-            before = git(pin_tree, "rev-parse", "HEAD").stdout.strip()
-            try:
-                apply.am(pin_tree, patch)
-            except OverlayError as exc:
-                out[patch.name] = PatchTargets(skipped="does not apply on the pin: "
-                                               + str(exc).splitlines()[0])
+            before = work.head()
+            if not work.am(patch).applied:  # (the words git am's error used to start with)
+                out[patch.name] = PatchTargets(skipped=f"does not apply on the pin: "
+                                               f"{patch.name}: git am failed in {pin_tree}:")
                 continue
             after = Source(pin_tree, patch.name, "HEAD")
             prior = Source(pin_tree, "before", before)
@@ -229,8 +216,8 @@ def find_targets(pin_tree: Path, patches: list[Patch], index: Index) -> dict[str
 
 
 def _patch_targets(pin: Source, prior: Source, after: Source, index: Index) -> PatchTargets:
-    diff = git(after.tree, "diff", "-U0", "--no-renames", "--no-color", "--no-ext-diff",
-                     prior.commit, after.commit).stdout
+    diff = GitTree(after.tree).git("diff", "-U0", "--no-renames", "--no-color",
+                                   "--no-ext-diff", prior.commit, after.commit).stdout
     result = PatchTargets()
     for path, (removed, added) in _code_lines(diff).items():
         if not path.endswith(".py"):
@@ -361,21 +348,6 @@ def _safe(part: str) -> str:
     return "_module_" if part == pydefs.MODULE else re.sub(r"[^\w.+-]", "_", part)
 
 
-@dataclass
-class Drift:
-    data: dict                                              # the JSON section
-    diffs: dict[str, str] = field(default_factory=dict)     # "drift/..." -> diff text
-
-    def to_json(self) -> dict:
-        return self.data
-
-    def markdown(self) -> str:
-        return drift_report.to_markdown(self.data)
-
-    def write(self, out_dir: Path) -> None:
-        drift_report.write_diffs(self.diffs, out_dir)
-
-
 def for_matrix(pin, patches: list[Patch], matrix) -> Drift:
     """Drift over the releases of a status matrix (their trees are in the cache)."""
     trees = [(r.version, releases.tree_entry(r.sha256) / "tree") for r in matrix.releases]
@@ -414,20 +386,20 @@ def compute(pin_tree: Path, patches: list[Patch], trees: list[tuple[str, Path]],
     pin.texts({seen.blob for seen in starts.values() if seen})  # one read per tree
     for number, (_, source) in enumerate(later):
         source.texts({c[number].blob for c in chains.values() if c[number]})
-    drift = Drift({"pin": pin_version, "releases": [v for v, _ in later], "patches": [],
-                   "notes": [f"{where}: {why}; its definitions count as missing there"
-                             for where, why in sorted(index.errors.items())]})
+    drift = Drift(pin_version, [v for v, _ in later],
+                  notes=[f"{where}: {why}; its definitions count as missing there"
+                         for where, why in sorted(index.errors.items())])
     short = [p.name[:4] for p in patches]
     for patch in patches:  # diffs under drift/<0002>/... (the full stem if not unique)
         stem = _safe(patch.name[:4]) if short.count(patch.name[:4]) == 1 else \
             _safe(patch.name.removesuffix(".patch"))
-        drift.data["patches"].append(_patch_report(patch, stem, targets[patch.name], chains,
+        drift.patches.append(_patch_report(patch, stem, targets[patch.name], chains,
                                                    starts, later, pin, sources, drift.diffs))
     return drift
 
 
 def _patch_report(patch, stem, pt: PatchTargets, chains, starts, later, pin, sources, diffs
-                  ) -> dict:
+                  ) -> PatchDrift:
     header = (patch.trailers.get("Applied-Upstream") or [None])[0]
     try:
         landed = releases.version_key(header) if header else None
@@ -452,24 +424,22 @@ def _patch_report(patch, stem, pt: PatchTargets, chains, starts, later, pin, sou
                 cur_lines = cur.lines(source) if cur else []
                 text, count = _diff(ref_lines, cur_lines, ref_label,
                                     f"{version}/{where or t.file + '::' + t.name}")
-                change = {"release": version, "kind": kind, "location": where,
-                          "follow_up": landed is None
-                          or releases.version_key(version) > landed,
-                          "changed_lines": count, "diff": f"{base}.diff"}
-                diffs[change["diff"]] = text
+                change = Change(version, kind, where, landed is None
+                                or releases.version_key(version) > landed, count,
+                                f"{base}.diff")
+                diffs[change.diff] = text
                 if prev is not None and prev_version is not None and cur is not None:
                     step, step_count = _diff(prev.lines(sources[prev_version]), cur_lines,
                                              f"{prev_version}/{prev.file}::{prev.name}",
                                              f"{version}/{where}")
-                    change.update(step_from=prev_version, step_changed_lines=step_count,
-                                  step_diff=f"{base}.since-{prev_version}.diff")
-                    diffs[change["step_diff"]] = step
+                    change.step_from, change.step_changed_lines = prev_version, step_count
+                    change.step_diff = f"{base}.since-{prev_version}.diff"
+                    diffs[change.step_diff] = step
                 changes.append(change)
             if cur is not None:
                 seen_before, prev, prev_version = True, cur, version
             elif prev is not None:
                 prev, prev_version = None, None
-        definitions.append({"file": t.file, "name": t.name, "new": t.new,
-                            "changes": changes[::-1]})
-    return {"name": patch.name, "subject": patch.subject, "applied_upstream": header,
-            "skipped": pt.skipped, "not_python": pt.not_python, "definitions": definitions}
+        definitions.append(Definition(t.file, t.name, t.new, changes[::-1]))
+    return PatchDrift(patch.name, patch.subject, header, pt.skipped, pt.not_python,
+                      definitions)

@@ -38,19 +38,18 @@ import tarfile
 import urllib.request
 from pathlib import Path
 
-from vllm_overlay.wheelbuild import apply, constraints, export, fetch, lockmeta, setup_py
+from vllm_overlay.wheelbuild import constraints, export, fetch, lockmeta, setup_py
 from vllm_overlay.wheelbuild.overlay_mode import build_overlay_wheel
 from vllm_overlay.common import log, pin, series, venvs
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.fs import atomic_write
-from vllm_overlay.common.git import git
+from vllm_overlay.common.gittree import BASE_TAG, STOPS, AmResult, GitTree, Outcome
 from vllm_overlay.common.http import BatchProgress
 from vllm_overlay.common.requirements import requirement_names
 from vllm_overlay.testing import testenv
 from vllm_overlay.upstream import drift, installable, releases, status, treecheck
+from vllm_overlay.upstream.rebase_state import RESULT, STATE, WORK, Mark, Placed, RebaseState
 
-WORK = Path("work") / "rebase"  # relative to the repository
-STATE = "state.json"
 PINNED_FILES = ("patches", "VERSION", "upstream.lock.json")
 LOCKS = "locks"  # re-locked for the new pin at the end
 DOCKERFILES = ("Dockerfile", "docker/source.Dockerfile")  # their ARG defaults name the pin
@@ -180,68 +179,57 @@ def source_build(old: dict | None, tree: Path, from_version: str) -> tuple[dict 
 # --- 2. placing the patches -------------------------------------------------------------------
 
 
-def _head(tree: Path) -> str:
-    return git(tree, "rev-parse", "HEAD").stdout.strip()
-
-
-def _unmerged(tree: Path) -> list[str]:
-    return git(tree, "diff", "--name-only", "--diff-filter=U").stdout.split()
-
-
 def _hold(probe_results: list[dict]) -> bool:
     return bool(probe_results) and all(r["holds"] for r in probe_results)
 
 
-def place(tree: Path, patch: series.Patch, probe_results: list[dict]) -> dict:
+def place(tree: Path, patch: series.Patch, probe_results: list[dict]) -> Placed:
     """Apply or drop one patch on the tree; its outcome. A conflict leaves `git am` running."""
     upstreamed = _hold(probe_results)
-    outcome = {"patch": patch.name, "subject": patch.subject, "probes": probe_results,
-               "applied_upstream_header": (patch.trailers.get("Applied-Upstream") or [None])[0],
-               "files": [], "hunks": [], "unmerged": []}
-    check = apply.check_patch(tree, patch)
-    if check.status in ("clean", "offset"):
-        apply.am(tree, patch)
-        detail = "applies as is" if check.status == "clean" else \
-            f"applies at shifted lines ({check.detail}); the export moves the hunks"
+    header = (patch.trailers.get("Applied-Upstream") or [None])[0]
+
+    def placed(result: Outcome, detail: str, **more) -> Placed:
+        return Placed(patch.name, result, detail, patch.subject, probe_results, header, **more)
+
+    fared = GitTree(tree).am(patch, three_way=not upstreamed, keep_conflict=True)
+    if fared.applied and not fared.three_way:
+        detail = "applies as is" if fared.outcome is Outcome.CLEAN else \
+            f"applies at shifted lines ({fared.detail}); the export moves the hunks"
         if upstreamed:
-            return {**outcome, "result": "flagged", "detail": detail + "; but all its probes "
-                    "hold on the target: kept, a human must check whether upstream has it "
-                    "(the probe may be wrong)"}
-        return {**outcome, "result": "applied-clean", "detail": detail}
+            return placed(Outcome.FLAGGED, detail + "; but all its probes hold on the target: "
+                          "kept, a human must check whether upstream has it (the probe may be "
+                          "wrong)")
+        return placed(Outcome.CLEAN, detail)
     if upstreamed:
-        why = "the target already contains it" if check.status == "applied" else \
+        why = "the target already contains it" if fared.outcome is Outcome.PRESENT else \
             "it no longer applies"
-        return {**outcome, "result": "dropped-upstream",
-                "detail": f"all its probes hold on the target and {why}"}
-    if check.status == "applied":
-        return {**outcome, "result": "conflict", "files": list(check.files),
-                "detail": "the target already contains this change (it reverse-applies), but "
-                          "its probes do not hold: fix the probes, or drop the patch "
-                          "(continue without committing anything)"}
-    if not check.files:
-        raise OverlayError(f"{patch.name}: git apply failed in {tree}: {check.detail}")
-    hunks = check.detail.splitlines()  # git apply names the first failing hunk per file
-    gone = status.deleted_targets(tree, check.files)  # before git am writes them back
-    proc = git(tree, "am", "-q", "--3way", "--keep-cr", "--committer-date-is-author-date",
-                     str(patch.path), check=False)
-    if proc.returncode == 0:
-        return {**outcome, "result": "applied-3way", "files": list(check.files),
-                "hunks": hunks, "detail": "plain apply failed; the 3-way merge against the "
-                                          "pinned file succeeded"}
-    unmerged = _unmerged(tree)
+        return placed(Outcome.UPSTREAM, f"all its probes hold on the target and {why}")
+    if not fared.three_way:  # (it reverse-applies)
+        return placed(Outcome.CONFLICT, "the target already contains this change (it "
+                      "reverse-applies), but its probes do not hold: fix the probes, or drop "
+                      "the patch (continue without committing anything)",
+                      files=list(fared.files))
+    return _placed_three_way(placed, fared, header)
+
+
+def _placed_three_way(placed, fared: AmResult, header: str | None) -> Placed:
+    """The outcome of a patch that went through `git am --3way`."""
+    hunks = fared.detail.splitlines()  # git apply names the first failing hunk per file
+    if fared.merged:
+        return placed(Outcome.THREE_WAY, "plain apply failed; the 3-way merge against the "
+                      "pinned file succeeded", files=list(fared.files), hunks=hunks)
+    unmerged, gone = list(fared.unmerged), list(fared.deleted)
+    files = sorted(set(fared.files) | set(unmerged))
     if gone:  # not a merge to resolve: the code is elsewhere now, or gone
-        header = outcome["applied_upstream_header"]
-        return {**outcome, "result": "deleted", "hunks": hunks, "deleted": gone,
-                "files": sorted(set(check.files) | set(unmerged)),
-                "unmerged": [f for f in unmerged if f not in gone],
-                "detail": f"upstream deleted {', '.join(gone)}, which it changes"
-                          + (f" (its Applied-Upstream header says {header})" if header else "")}
-    output = (proc.stdout + proc.stderr).strip()
+        return placed(Outcome.DELETED, f"upstream deleted {', '.join(gone)}, which it changes"
+                      + (f" (its Applied-Upstream header says {header})" if header else ""),
+                      hunks=hunks, deleted=gone, files=files,
+                      unmerged=[f for f in unmerged if f not in gone])
+    output = fared.output
     detail = ("the 3-way merge left conflicts in " + ", ".join(unmerged) if unmerged else
               f"3-way merge impossible ({output.splitlines()[-1] if output else 'no output'}): "
               "apply it by hand (e.g. `git apply --reject`), then `git add` the files")
-    return {**outcome, "result": "conflict", "detail": detail, "hunks": hunks,
-            "files": sorted(set(check.files) | set(unmerged)), "unmerged": unmerged}
+    return placed(Outcome.CONFLICT, detail, hunks=hunks, files=files, unmerged=unmerged)
 
 
 def first_releases(the_pin: pin.Pin, patches: list[series.Patch], parsed: dict,
@@ -272,7 +260,7 @@ def first_releases(the_pin: pin.Pin, patches: list[series.Patch], parsed: dict,
 
 
 def _check_clean(repo: Path) -> None:
-    proc = git(repo, "status", "--porcelain", "--", *PINNED_FILES, check=False)
+    proc = GitTree(repo).git("status", "--porcelain", "--", *PINNED_FILES, check=False)
     if proc.returncode == 0 and proc.stdout.strip():
         raise OverlayError("rebase needs a clean checkout, but these have uncommitted changes "
                            "(commit or stash them):\n  " + proc.stdout.strip().replace("\n", "\n  "))
@@ -285,16 +273,16 @@ def _pin_objects(the_pin: pin.Pin, patches: list[series.Patch]) -> Path:
                                     BatchProgress())
     with releases.using(tree):
         status.apply_three_way(tree, patches)
-    return tree / ".git" / "objects"
+    return GitTree(tree).objects
 
 
-def start(repo: Path, to: str) -> dict | None:
+def start(repo: Path, to: str) -> RebaseState | None:
     """A fresh rebase to `to` ('latest' = the newest release); None when `to` is the pin."""
     the_pin = pin.load(repo)
     work = repo / WORK
     if (work / STATE).exists():
-        state = json.loads((work / STATE).read_text())
-        raise OverlayError(f"a rebase to {state['to']} is in progress in {work}: finish it "
+        state = RebaseState.load(repo)
+        raise OverlayError(f"a rebase to {state.to} is in progress in {work}: finish it "
                            f"with `make rebase CONTINUE=1` or drop it with `make rebase ABORT=1`")
     _check_clean(repo)
     patches = series.read_series(repo / "patches")
@@ -315,8 +303,7 @@ def start(repo: Path, to: str) -> dict | None:
     shutil.rmtree(work, ignore_errors=True)
     tree = work / f"vllm-{to}"
     tree.parent.mkdir(parents=True)
-    apply.unpack_sdist(fetch.blob_path(lock["artifacts"]["sdist"]["sha256"]), tree)
-    apply.init_base(tree, lock["released"])
+    GitTree.unpack(fetch.blob_path(lock["artifacts"]["sdist"]["sha256"]), tree, lock["released"])
     old_lock = json.loads((repo / "upstream.lock.json").read_text())
     built, notes = source_build(old_lock.get("source_build"), tree, the_pin.upstream_version)
     if built is not None:
@@ -327,110 +314,106 @@ def start(repo: Path, to: str) -> dict | None:
     upstreamed = [p for p in patches if _hold(probe_results[p.name])]
     firsts = first_releases(the_pin, upstreamed, parsed, between, {to: probe_results},
                             {v: sdists[v] for v in between})
-    state = {"from": the_pin.upstream_version, "to": to, "version_from": the_pin.overlay_version,
-             "version": new_version(the_pin.overlay_version, to), "lock": lock,
-             "series_sha256": series.series_digest(patches, repo / "patches"),
-             "probes": probe_results, "first_release": firsts, "notes": notes,
-             "todo": [p.name for p in patches], "done": [], "stopped": None}
-    atomic_write(work / STATE, json.dumps(state, indent=1))
+    state = RebaseState(the_pin.upstream_version, to, the_pin.overlay_version,
+                        new_version(the_pin.overlay_version, to), lock,
+                        series.series_digest(patches, repo / "patches"), probe_results, firsts,
+                        notes, [p.name for p in patches])
+    state.save(repo)
     return state
 
 
-def _save(work: Path, state: dict) -> None:
-    atomic_write(work / STATE, json.dumps(state, indent=1))
-
-
-def _roll_back_placement(tree: Path, current: dict) -> None:
+def _roll_back_placement(tree: Path, current: Mark) -> None:
     """A kill while a patch was being placed: the tree back to before that patch (the
     patch is still first in "todo" and is placed again)."""
-    if (tree / ".git" / "rebase-apply").exists():
-        git(tree, "am", "--abort", check=False)
-    git(tree, "reset", "-q", "--hard", current["head"])
-    _log.info(f"{current['patch']}: was being placed when the last run ended; placed again")
+    GitTree(tree).reset_hard(current.head, clean=False)
+    _log.info(f"{current.patch}: was being placed when the last run ended; placed again")
 
 
-def resume(repo: Path) -> dict:
+def resume(repo: Path) -> RebaseState:
     """The state of a stopped (or killed) rebase, with the human's resolution of the stopped
     patch."""
     work = repo / WORK
     if not (work / STATE).exists():
         raise OverlayError(f"no rebase in progress ({work / STATE} does not exist): start one "
                            f"with `make rebase TO=<release>`")
-    state = json.loads((work / STATE).read_text())
-    tree = work / f"vllm-{state['to']}"
-    if state.get("phase"):  # patches/, the lock and VERSION are being (or were) written
-        if state.get("checks"):  # stopped at the series' tests: the fix must be committed
-            dirty = git(tree, "status", "--porcelain", "--untracked-files=no").stdout.strip()
-            if dirty:
+    state = RebaseState.load(repo)
+    tree = state.tree(repo)
+    if state.phase:  # patches/, the lock and VERSION are being (or were) written
+        if state.checks:  # stopped at the series' tests: the fix must be committed
+            if GitTree(tree).dirty():
                 raise OverlayError(f"{tree} has uncommitted changes: commit the fix into its "
                                    f"patch's commit first (see the stop's commands)")
         return state
-    stopped = state.get("stopped")
-    if stopped is None and state.get("current"):
-        _roll_back_placement(tree, state["current"])
-        state["current"] = None
-        _save(work, state)
-    if (tree / ".git" / "rebase-apply").exists():
-        which = f"to drop {stopped['patch']}" if stopped else "to drop the patch"
+    stopped = state.stopped
+    if stopped is None and state.current:
+        _roll_back_placement(tree, state.current)
+        state.current = None
+        state.save(repo)
+    if GitTree(tree).am_in_progress():
+        which = f"to drop {stopped.patch}" if stopped else "to drop the patch"
         raise OverlayError(f"`git am` is still in progress in {tree}: resolve the conflicts, "
                            f"`git add` the files and run `git am --continue` there (or "
                            f"`git am --skip` {which}), then `make rebase CONTINUE=1`")
-    dirty = git(tree, "status", "--porcelain", "--untracked-files=no").stdout.strip()
+    dirty = GitTree(tree).dirty()
     if dirty:
         raise OverlayError(f"{tree} has uncommitted changes: commit them (`git am --continue`"
                            f") or discard them first:\n  " + dirty.replace("\n", "\n  "))
     patches = series.read_series(repo / "patches")
-    if series.series_digest(patches, repo / "patches") != state["series_sha256"]:
+    if series.series_digest(patches, repo / "patches") != state.series_sha256:
         raise OverlayError("patches/ changed since the rebase started; restore it "
                            "(`git checkout -- patches`) or start over (`make rebase ABORT=1`)")
     if stopped is None:  # killed between two patches: nothing to record
         return state
-    count = int(git(tree, "rev-list", "--count", f"{stopped['head']}..HEAD").stdout)
-    outcome = state["done"][-1]
-    outcome["resolution"] = ("dropped by hand (nothing committed for it)" if count == 0 else
-                             "resolved by hand" + (f" ({count} commits)" if count > 1 else ""))
-    state["stopped"] = None
-    _log.info(f"{stopped['patch']}: {outcome['resolution']}")
+    count = int(GitTree(tree).count(stopped.head))
+    outcome = state.done[-1]
+    outcome.resolution = ("dropped by hand (nothing committed for it)" if count == 0 else
+                          "resolved by hand" + (f" ({count} commits)" if count > 1 else ""))
+    state.stopped = None
+    _log.info(f"{stopped.patch}: {outcome.resolution}")
     return state
 
 
-def run(repo: Path, state: dict, build_wheel: bool = True, arch: str = "x86_64",
-        make_runtime: bool = False) -> dict:
+def run(repo: Path, state: RebaseState, build_wheel: bool = True, arch: str = "x86_64",
+        make_runtime: bool = False) -> RebaseState:
     """Place the remaining patches; stop at a conflict, else finish. Returns the state."""
-    work = repo / WORK
-    tree = work / f"vllm-{state['to']}"
-    if state["todo"]:
-        patches = {p.name: p for p in series.read_series(repo / "patches")}
-        objects = _pin_objects(pin.load(repo), list(patches.values()))
-        (tree / ".git" / "objects" / "info" / "alternates").write_text(f"{objects}\n")
-        total = len(state["done"]) + len(state["todo"])
-    while state["todo"]:
-        name = state["todo"][0]
-        state["current"] = {"patch": name, "head": _head(tree)}
-        _save(work, state)  # a kill from here on: resume rolls the tree back to "head"
-        outcome = place(tree, patches[name], state["probes"][name])
-        if outcome["result"] in ("dropped-upstream", "flagged"):
-            outcome["release"] = state["first_release"][name]
-        state["todo"].pop(0)
-        state["done"].append(outcome)
-        _log.info(f"[{len(state['done'])}/{total}] {name[:4]} {outcome['result']}: "
-                  f"{outcome['detail']}")
-        if outcome["result"] == "deleted":
-            outcome["moved_to"] = where_it_went(objects.parent.parent, list(patches.values()),
-                                                name, tree, state)
-        if outcome["result"] in ("conflict", "deleted"):
-            state["stopped"], state["current"] = state["current"], None
-            _save(work, state)
-            write_log(repo, state)
-            print(stop_message(repo, state, tree))
-            return state
-        state["current"] = None
-        _save(work, state)
-    if state.get("phase") is None and check_stop(repo, state, tree,
-                                                 treecheck.static_problems(tree, apply.BASE_TAG)):
+    tree = state.tree(repo)
+    if state.todo and not _place_all(repo, state, tree):
+        return state
+    if state.phase is None and check_stop(repo, state, tree,
+                                                 treecheck.static_problems(tree, BASE_TAG)):
         return state
     finish(repo, state, tree, build_wheel, arch, make_runtime)
     return state
+
+
+def _place_all(repo: Path, state: RebaseState, tree: Path) -> bool:
+    """Place the patches still to do; False when one stops for a human."""
+    patches = {p.name: p for p in series.read_series(repo / "patches")}
+    objects = _pin_objects(pin.load(repo), list(patches.values()))
+    GitTree(tree).borrow_objects(objects)
+    total = len(state.done) + len(state.todo)
+    while state.todo:
+        name = state.todo[0]
+        state.current = Mark(name, GitTree(tree).head())
+        state.save(repo)  # a kill from here on: resume rolls the tree back to "head"
+        outcome = place(tree, patches[name], state.probes[name])
+        if outcome.result in (Outcome.UPSTREAM, Outcome.FLAGGED):
+            outcome.release = state.first_release[name]
+        state.todo.pop(0)
+        state.done.append(outcome)
+        _log.info(f"[{len(state.done)}/{total}] {name[:4]} {outcome.word}: {outcome.detail}")
+        if outcome.result is Outcome.DELETED:
+            outcome.moved_to = where_it_went(objects.parent.parent, list(patches.values()),
+                                             name, tree, state)
+        if outcome.result in STOPS:
+            state.stopped, state.current = state.current, None
+            state.save(repo)
+            write_log(repo, state)
+            print(stop_message(repo, state, tree))
+            return False
+        state.current = None
+        state.save(repo)
+    return True
 
 
 def runtime_python(repo: Path, arch: str) -> Path | None:
@@ -447,16 +430,16 @@ def runtime_python(repo: Path, arch: str) -> Path | None:
     return venvs.python_of(venv) if (venv / ".complete").exists() else None
 
 
-def check_stop(repo: Path, state: dict, tree: Path, problems: list[dict]) -> bool:
+def check_stop(repo: Path, state: RebaseState, tree: Path, problems: list[dict]) -> bool:
     """Record the checks' problems; a stop (message printed, log written) when any."""
-    state["checks"] = problems
+    state.checks = problems
     if not problems:
-        _save(repo / WORK, state)
+        state.save(repo)
         return False
-    names = {o["subject"]: o["patch"] for o in state["done"]}
+    names = {o.subject: o.patch for o in state.done}
     for problem in problems:
         problem["patch"] = names.get(problem["subject"], problem["subject"])
-    _save(repo / WORK, state)
+    state.save(repo)
     write_log(repo, state)
     print(check_stop_message(repo, state, tree))
     return True
@@ -519,9 +502,9 @@ def dockerfile_defaults(text: str, old: str, new: str, old_version: str,
     return "".join(out)
 
 
-def lock_arches(state: dict) -> list[str]:
+def lock_arches(state: RebaseState) -> list[str]:
     """The arches whose runtime lock must follow the new pin: those it pins a wheel for."""
-    return [key[6:] for key in state["lock"]["artifacts"] if key.startswith("wheel-")]
+    return [key[6:] for key in state.lock["artifacts"] if key.startswith("wheel-")]
 
 
 def relock(repo: Path, arches: list[str]) -> dict[str, str]:
@@ -543,52 +526,52 @@ def relock(repo: Path, arches: list[str]) -> dict[str, str]:
 
 
 def where_it_went(pin_tree: Path, patches: list[series.Patch], name: str, tree: Path,
-                  state: dict) -> dict[str, list[str]]:
+                  state: RebaseState) -> dict[str, list[str]]:
     """deleted file -> where drift finds the definitions the patch changes in it on the
     target ("file::name"); {} when drift cannot tell (it is advice, never a failure)."""
-    deleted = set(state["done"][-1]["deleted"])
+    deleted = set(state.done[-1].deleted or [])
     try:
-        data = drift.compute(pin_tree, patches, [(state["to"], tree)], state["from"]).data
+        found = drift.compute(pin_tree, patches, [(state.to, tree)], state.from_)
     except (OverlayError, OSError, ValueError) as exc:
         _log.info(f"{name}: drift cannot tell where the code went ({exc})")
         return {}
     out: dict[str, list[str]] = {}
-    for report in data["patches"]:
-        if report["name"] != name:
+    for report in found.patches:
+        if report.name != name:
             continue
-        for definition in report["definitions"]:
-            if definition["file"] in deleted:
-                for change in definition["changes"]:
-                    if change["location"] and change["location"] not in out.get(
-                            definition["file"], []):
-                        out.setdefault(definition["file"], []).append(change["location"])
-    return out
+        for definition in report.definitions:
+            if definition.file in deleted:
+                for change in definition.changes:
+                    went = out.setdefault(definition.file, [])
+                    if change.location and change.location not in went:
+                        went.append(change.location)
+    return {file: went for file, went in out.items() if went}
 
 
-def finish(repo: Path, state: dict, tree: Path, build_wheel: bool, arch: str,
+def finish(repo: Path, state: RebaseState, tree: Path, build_wheel: bool, arch: str,
            make_runtime: bool = False) -> None:
     """Write patches/, upstream.lock.json and VERSION, re-lock, then build. Every step can be
     killed: CONTINUE=1 redoes what is missing, ABORT=1 restores the backup."""
     work = repo / WORK
-    if state.get("phase") in (None, "writing"):
-        if state.get("phase") is None:
+    if state.phase in (None, "writing"):
+        if state.phase is None:
             _backup(repo, work)
-            state["phase"] = "writing"
-            _save(work, state)
+            state.phase = "writing"
+            state.save(repo)
         export.export(tree, repo / "patches")
-        atomic_write(repo / "upstream.lock.json", json.dumps(state["lock"], indent=2) + "\n")
-        atomic_write(repo / "VERSION", state["version"] + "\n")
+        atomic_write(repo / "upstream.lock.json", json.dumps(state.lock, indent=2) + "\n")
+        atomic_write(repo / "VERSION", state.version + "\n")
         pin.load(repo)  # the new pin reads back
         for name in DOCKERFILES:
             if (repo / name).is_file():
                 text = (repo / name).read_text()
                 atomic_write(repo / name, dockerfile_defaults(
-                    text, state["from"], state["to"], state["version_from"], state["version"],
-                    wheel_platforms(state["lock"])))
-        state["phase"] = "locking"
-        _save(work, state)
-        print(f"rebase: {state['from']} -> {state['to']}: patches/, upstream.lock.json and "
-              f"VERSION ({state['version']}) written")
+                    text, state.from_, state.to, state.version_from, state.version,
+                    wheel_platforms(state.lock)))
+        state.phase = "locking"
+        state.save(repo)
+        print(f"rebase: {state.from_} -> {state.to}: patches/, upstream.lock.json and "
+              f"VERSION ({state.version}) written")
     failed = relock(repo, lock_arches(state))
     if failed:
         write_log(repo, state)
@@ -601,38 +584,38 @@ def finish(repo: Path, state: dict, tree: Path, build_wheel: bool, arch: str,
         _log.info(f"making the runtime venv of the new locks (network; pip's output in "
                   f"{log_file})")
         python = venvs.python_of(testenv.ensure_base(arch, repo, log=log_file))
-    tests = treecheck.series_tests(tree, apply.BASE_TAG)
+    tests = treecheck.series_tests(tree, BASE_TAG)
     if python is None:
         note = (f"the modules the series touches were not imported, and its own tests "
                 f"({', '.join(sorted(tests)) or 'none'}) not run, in the rebased tree: no "
                 f"runtime venv for the new locks yet; `make test` runs them (or "
                 f"`make rebase CONTINUE=1 RUNTIME_VENV=1` makes the venv first)")
-        if note not in state["notes"]:
-            state["notes"].append(note)
+        if note not in state.notes:
+            state.notes.append(note)
     else:
         _log.info(f"importing the modules the series touches and running its own tests in "
                   f"{tree} ({len(tests)} file(s), {python})")
-        problems = treecheck.import_problems(tree, apply.BASE_TAG, python)
+        problems = treecheck.import_problems(tree, BASE_TAG, python)
         if check_stop(repo, state, tree, problems or
-                      treecheck.run_tests(tree, apply.BASE_TAG, python)):
-            state["phase"] = "writing"  # CONTINUE=1 exports the fixed tree again
-            _save(work, state)
+                      treecheck.run_tests(tree, BASE_TAG, python)):
+            state.phase = "writing"  # CONTINUE=1 exports the fixed tree again
+            state.save(repo)
             return
-    state["complete"] = True
+    state.complete = True
     md, _ = write_log(repo, state)
     shutil.rmtree(work)
-    print(f"rebase: {state['from']} -> {state['to']} done; patches/, upstream.lock.json, "
-          f"VERSION ({state['version']}), locks/ and the Dockerfiles' defaults written; "
+    print(f"rebase: {state.from_} -> {state.to} done; patches/, upstream.lock.json, "
+          f"VERSION ({state.version}), locks/ and the Dockerfiles' defaults written; "
           f"log {md}")
-    for o in state["done"]:
-        if o["result"] == "flagged":
-            print(f"flagged for a human: {o['patch']}: {o['detail']}")
-    for note in state["notes"]:
+    for o in state.done:
+        if o.result is Outcome.FLAGGED:
+            print(f"flagged for a human: {o.patch}: {o.detail}")
+    for note in state.notes:
         print(f"for a human: {note}")
     if build_wheel:
         print(build_overlay_wheel(arch, repo / "wheelhouse", repo / "patches", repo))
     print(f"next: `make test` (its runtime venv installs locks/runtime-{arch}.txt, re-locked "
-          f"for {state['to']}), then `make changelog` (the move's release notes: the pin, the "
+          f"for {state.to}), then `make changelog` (the move's release notes: the pin, the "
           f"patches dropped upstream, the runtime changes)")
 
 
@@ -640,8 +623,8 @@ def abort(repo: Path) -> None:
     work = repo / WORK
     if not work.exists():
         raise OverlayError(f"no rebase in progress ({work} does not exist)")
-    state = json.loads((work / STATE).read_text()) if (work / STATE).exists() else {}
-    if state.get("phase"):
+    state = RebaseState.load(repo) if (work / STATE).exists() else None
+    if state is not None and state.phase:
         if not (work / BEFORE).is_dir():
             raise OverlayError(f"{work / BEFORE} is missing, so ABORT cannot restore the files "
                                f"the rebase wrote: restore them with `git checkout -- "
@@ -650,7 +633,7 @@ def abort(repo: Path) -> None:
         shutil.rmtree(work)
         print(f"rebase: patches/, upstream.lock.json, VERSION, locks/ and the Dockerfiles "
               f"restored to "
-              f"{state['from']} (from {work / BEFORE}); {work} removed")
+              f"{state.from_} (from {work / BEFORE}); {work} removed")
         return
     shutil.rmtree(work)
     print(f"rebase: {work} removed; patches/, upstream.lock.json and VERSION were never touched")
@@ -659,10 +642,10 @@ def abort(repo: Path) -> None:
 # --- messages and the log -------------------------------------------------------------------
 
 
-def _deleted_advice(outcome: dict) -> list[str]:
+def _deleted_advice(outcome: Placed) -> list[str]:
     lines = []
-    for f in outcome.get("deleted", []):
-        went = outcome.get("moved_to", {}).get(f)
+    for f in outcome.deleted or []:
+        went = (outcome.moved_to or {}).get(f)
         lines += [f"  {f}: upstream deleted it. Do not `git add` it (that would ship our old "
                   f"copy of the whole file): `git rm {f}`, then port the hunk to where the code "
                   f"went: " + (", ".join(went) + " (drift)" if went else
@@ -670,31 +653,31 @@ def _deleted_advice(outcome: dict) -> list[str]:
     return lines
 
 
-def stop_message(repo: Path, state: dict, tree: Path) -> str:
-    outcome = state["done"][-1]
-    deleted = outcome.get("deleted", [])
-    header = outcome.get("applied_upstream_header")
+def stop_message(repo: Path, state: RebaseState, tree: Path) -> str:
+    outcome = state.done[-1]
+    deleted = outcome.deleted or []
+    header = outcome.applied_upstream_header
     skip = "git am --skip (drops the patch" + (
         f"; right if upstream has it, as its Applied-Upstream: {header} says)" if header else ")")
-    lines = [f"rebase: stopped at {outcome['patch']} ({outcome['subject']}): "
-             f"{outcome['result']} on {state['to']}", f"  {outcome['detail']}",
-             *(f"  plain apply failed: {h}" for h in outcome["hunks"]),
-             *(f"  to resolve: {f}" for f in outcome["unmerged"]),
+    lines = [f"rebase: stopped at {outcome.patch} ({outcome.subject}): "
+             f"{outcome.word} on {state.to}", f"  {outcome.detail}",
+             *(f"  plain apply failed: {h}" for h in outcome.hunks),
+             *(f"  to resolve: {f}" for f in outcome.unmerged),
              *_deleted_advice(outcome),
              f"the work tree keeps it for you: {tree}",
              "patches/, upstream.lock.json and VERSION are unchanged. To go on:",
              f"  cd {tree}",
              *([f"  git rm -q {' '.join(deleted)}   # then port the hunk, `git add` the files "
                 f"you ported it to"] if deleted else ["  # edit the files, then"]),
-             f"  git add {' '.join(outcome['unmerged']) or '<files>'} && git am --continue"
+             f"  git add {' '.join(outcome.unmerged) or '<files>'} && git am --continue"
              f"     # or: {skip}",
              f"  cd {repo} && make rebase CONTINUE=1     # = ./build.sh rebase --continue"]
     return "\n".join(lines)
 
 
-def check_stop_message(repo: Path, state: dict, tree: Path) -> str:
-    problems = state["checks"]
-    written = bool(state.get("phase"))
+def check_stop_message(repo: Path, state: RebaseState, tree: Path) -> str:
+    problems = state.checks
+    written = bool(state.phase)
     first = next((p for p in problems if p.get("commit")), None)
     fixup = f"--fixup={first['commit'][:12]}" if first else "--fixup=<the patch's commit>"
     lines = [f"rebase: stopped before the build: the merged tree does not work "
@@ -708,42 +691,43 @@ def check_stop_message(repo: Path, state: dict, tree: Path) -> str:
              f"  cd {tree}",
              "  # edit the files, then",
              f"  git commit -q -a {fixup} && GIT_SEQUENCE_EDITOR=: git rebase -q -i "
-             f"--autosquash {apply.BASE_TAG}",
+             f"--autosquash {BASE_TAG}",
              f"  cd {repo} && make rebase CONTINUE=1     # checks the tree again",
              "or `make rebase ABORT=1`"]
     return "\n".join(lines)
 
 
-def lock_stop_message(state: dict, failed: dict[str, str]) -> str:
+def lock_stop_message(state: RebaseState, failed: dict[str, str]) -> str:
     lines = [f"rebase: stopped before the build: the runtime lock does not follow "
-             f"{state['to']} yet", *(f"  make lock ARCH={a} failed: {why}" for a, why in
+             f"{state.to} yet", *(f"  make lock ARCH={a} failed: {why}" for a, why in
                                       failed.items()),
-             f"patches/, upstream.lock.json and VERSION ({state['version']}) are written; "
+             f"patches/, upstream.lock.json and VERSION ({state.version}) are written; "
              f"locks/ is not. To go on (network: pip's indexes):",
              *(f"  make lock ARCH={a}" for a in failed),
              "  make rebase CONTINUE=1     # checks the locks follow the pin, then builds",
              f"or `make rebase ABORT=1` puts patches/, upstream.lock.json, VERSION and locks/ "
-             f"back as they were on {state['from']}"]
+             f"back as they were on {state.from_}"]
     return "\n".join(lines)
 
 
-def log_paths(repo: Path, state: dict) -> tuple[Path, Path]:
-    base = repo / "reports" / f"rebase-{state['from']}-{state['to']}"
+def log_paths(repo: Path, state: RebaseState) -> tuple[Path, Path]:
+    base = repo / "reports" / f"rebase-{state.from_}-{state.to}"
     return base.with_name(base.name + ".md"), base.with_name(base.name + ".json")
 
 
-def to_json(state: dict) -> dict:
-    done = state.get("complete", False)
-    return {"from": state["from"], "to": state["to"], "version_from": state["version_from"],
-            "version": state["version"], "state": "complete" if done else "stopped",
-            "patches": state["done"] + [{"patch": n, "result": "pending"} for n in state["todo"]],
-            "lock": state["lock"], "notes": state["notes"], "checks": state.get("checks"),
+def to_json(state: RebaseState) -> dict:
+    done = state.complete
+    return {"from": state.from_, "to": state.to, "version_from": state.version_from,
+            "version": state.version, "state": "complete" if done else "stopped",
+            "patches": [o.to_json() for o in state.done]
+            + [{"patch": n, "result": RESULT[Outcome.PENDING]} for n in state.todo],
+            "lock": state.lock, "notes": state.notes, "checks": state.checks,
             "next": ["make test", "make changelog"] if done else
             ["fix the tree (the stop's commands)", "make rebase CONTINUE=1"]
-            if state.get("checks") else
+            if state.checks else
             [*(f"make lock ARCH={a}" for a in lock_arches(state)), "make rebase CONTINUE=1"]
-            if state.get("phase") else ["git am --continue (in the work tree)",
-                                        "make rebase CONTINUE=1"]}
+            if state.phase else ["git am --continue (in the work tree)",
+                                 "make rebase CONTINUE=1"]}
 
 
 def to_markdown(data: dict) -> str:
@@ -780,7 +764,7 @@ def to_markdown(data: dict) -> str:
     return "\n".join(lines)
 
 
-def write_log(repo: Path, state: dict) -> tuple[Path, Path]:
+def write_log(repo: Path, state: RebaseState) -> tuple[Path, Path]:
     md, js = log_paths(repo, state)
     md.parent.mkdir(parents=True, exist_ok=True)
     data = to_json(state)

@@ -17,12 +17,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from vllm_overlay.wheelbuild import apply
 from vllm_overlay.wheelbuild import fetch
 from vllm_overlay.common import blobcache, log, pipindex
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.fs import atomic_write, file_lock, sha256_file
-from vllm_overlay.common.git import git
+from vllm_overlay.common.gittree import BASE_TAG, GitTree
 from vllm_overlay.common.http import BatchProgress
 from vllm_overlay.common.paths import cache_dir
 from vllm_overlay.common.pin import Artifact, Pin
@@ -249,14 +248,12 @@ def base_tree(sdist: Sdist, date: str, borrow: Path | None = None) -> Path:
             shutil.rmtree(stale, ignore_errors=True)
         staging = entry.with_name(entry.name + f".tmp{os.getpid()}.{threading.get_ident()}")
         started = time.monotonic()
-        apply.unpack_sdist(sdist.path, staging / "tree")
+        work = GitTree.unpack(sdist.path, staging / "tree")
         if borrow is not None:
-            git(staging / "tree", "init", "-q", "-b", "overlay")
-            info = staging / "tree" / ".git" / "objects" / "info"
-            info.mkdir(parents=True, exist_ok=True)
-            (info / "alternates").write_text(f"{borrow}\n")
-        apply.init_base(staging / "tree", date)
-        git(staging / "tree", "config", "gc.auto", "0")  # keep the objects 3-way needs
+            work.init()
+            work.borrow_objects(borrow)
+        work.init_base(date)
+        work.git("config", "gc.auto", "0")  # keep the objects 3-way needs
         (staging / ".complete").write_text(f"{sdist.filename}\n")
         os.replace(staging, entry)
         print(f"  tree: {sdist.filename} unpacked and committed in "
@@ -276,10 +273,7 @@ def using(tree: Path):
 
 
 def reset(tree: Path) -> None:
-    if (tree / ".git" / "rebase-apply").exists():
-        git(tree, "am", "--abort", check=False)
-    git(tree, "reset", "-q", "--hard", apply.BASE_TAG)
-    git(tree, "clean", "-fdxq")
+    GitTree(tree).reset_hard(BASE_TAG)
 
 
 def release_tree(pin: Pin, version: str, urls: dict[str, str] | None,

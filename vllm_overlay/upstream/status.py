@@ -12,7 +12,6 @@ Conflicts are results, not errors: only failures of the tool itself raise Overla
 
 import hashlib
 import json
-import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from vllm_overlay.wheelbuild import apply
 from vllm_overlay.upstream import installable as installability
 from vllm_overlay.upstream import probes
 from vllm_overlay.upstream import releases as upstream
@@ -29,7 +27,9 @@ from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.fs import atomic_write
 from vllm_overlay.common.paths import cache_dir
 from vllm_overlay.common.http import BatchProgress
-from vllm_overlay.common.git import git
+from vllm_overlay.common import gittree
+from vllm_overlay.common.git import version as git_version
+from vllm_overlay.common.gittree import APPLIES, STOPS, AmResult, GitTree, Outcome
 from vllm_overlay.common.pin import Pin
 from vllm_overlay.common.series import Patch
 
@@ -49,8 +49,8 @@ LEGEND = {
 
 @dataclass
 class Cell:
-    status: str           # upstream | clean | offset | 3-way | present | conflict | deleted
-    apply: str            # how the patch itself fared: clean | offset | 3-way | present |
+    status: Outcome       # upstream | clean | offset | 3-way | present | conflict | deleted
+    apply: Outcome        # how the patch itself fared: clean | offset | 3-way | present |
                           # conflict | deleted
     detail: str = ""
     files: list[str] = field(default_factory=list)
@@ -60,10 +60,14 @@ class Cell:
     lines: int = 0        # fault, and their changed (+/-) lines
 
     def short(self) -> str:
-        text = self.status
-        if self.status == "upstream" and self.apply != "clean":
+        text = self.status.value
+        if self.status is Outcome.UPSTREAM and self.apply is not Outcome.CLEAN:
             text += f"/{self.apply}"
         return text + ("*" if self.without else "")
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Cell":
+        return cls(**{**data, "status": Outcome(data["status"]), "apply": Outcome(data["apply"])})
 
 
 @dataclass
@@ -88,57 +92,34 @@ def run_probes(tree: Path, patches: list[Patch], parsed: dict[str, list]) -> dic
     return out
 
 
-def _three_way(tree: Path, patch: Patch) -> tuple[bool, str]:
-    """git am --3way; (applied, output). Leaves the tree clean when it fails."""
-    before = git(tree, "rev-parse", "HEAD").stdout.strip()
-    proc = git(tree, "am", "-q", "--3way", "--keep-cr", str(patch.path), check=False)
-    output = (proc.stdout + proc.stderr).strip()
-    if proc.returncode:
-        git(tree, "am", "--abort", check=False)
-        return False, output
-    moved = git(tree, "rev-parse", "HEAD").stdout.strip() != before
-    return moved, output or "no change"
-
-
-def deleted_targets(tree: Path, failed: list[str] | tuple[str, ...]) -> list[str]:
-    """The files a patch failed on because the tree no longer has them (upstream deleted a
-    file the patch changes; a file the patch adds never fails this way)."""
-    return [f for f in failed if not (tree / f).exists() and not (tree / f).is_symlink()]
-
-
-def apply_three_way(tree: Path, patches: list[Patch]) -> dict[str, tuple[str, str, list[str]]]:
+def apply_three_way(tree: Path, patches: list[Patch]) -> dict[str, tuple[Outcome, str, list[str]]]:
     """Apply in series order; patch name -> (apply status, detail, files). See module doc."""
-    out = {}
-    for patch in patches:
-        check = apply.check_patch(tree, patch)
-        if check.status in ("clean", "offset"):
-            apply.am(tree, patch)
-            if not git(tree, "diff", "--name-only", "HEAD~1", "HEAD").stdout.strip():
-                out[patch.name] = ("present", "applies empty (no change)", [])
-            else:
-                out[patch.name] = (check.status, check.detail, [])
-        elif check.status == "applied":
-            out[patch.name] = ("present", check.detail, list(check.files))
-        elif not check.files:  # git named no file: not a conflict but a failure of ours
-            raise OverlayError(f"{patch.name}: git apply failed in {tree}: {check.detail}")
-        else:
-            gone = deleted_targets(tree, check.files)  # before git am writes them back
-            merged, output = _three_way(tree, patch)
-            if merged:
-                out[patch.name] = ("3-way", f"plain apply failed ({check.detail}); "
-                                            "3-way merge succeeded", list(check.files))
-            elif gone:  # (a 3-way merge follows a file upstream only renamed)
-                out[patch.name] = ("deleted", f"upstream deleted {', '.join(gone)}, which it "
-                                              "changes", gone)
-            elif "already applied" in output or output == "no change":
-                out[patch.name] = ("present", "3-way merge gives no change", list(check.files))
-            else:
-                why = "3-way merge failed"
-                if "could not build fake ancestor" in output or "lacks the necessary blob" \
-                        in output:
-                    why = "3-way impossible (base blobs unknown)"
-                out[patch.name] = ("conflict", f"{check.detail}\n({why})", list(check.files))
-    return out
+    work = GitTree(tree)
+    return {patch.name: _fared(work.am(patch, three_way=True)) for patch in patches}
+
+
+def _fared(result: AmResult) -> tuple[Outcome, str, list[str]]:
+    """A cell's (apply status, detail, files) from how `git am` fared."""
+    outcome, files = result.outcome, list(result.files)
+    if outcome in APPLIES:
+        if result.empty:
+            return Outcome.PRESENT, "applies empty (no change)", []
+        return outcome, result.detail, []
+    if not result.three_way:  # (it reverse-applies)
+        return outcome, result.detail, files
+    if outcome is Outcome.THREE_WAY:
+        return outcome, f"plain apply failed ({result.detail}); 3-way merge succeeded", \
+            files
+    if outcome is Outcome.DELETED:
+        return outcome, f"upstream deleted {', '.join(result.deleted)}, which it " \
+            "changes", list(result.deleted)
+    if outcome is Outcome.PRESENT:
+        return outcome, "3-way merge gives no change", files
+    why = "3-way merge failed"
+    if "could not build fake ancestor" in result.output or "lacks the necessary blob" \
+            in result.output:
+        why = "3-way impossible (base blobs unknown)"
+    return outcome, f"{result.detail}\n({why})", files
 
 
 def evaluate_release(tree: Path, patches: list[Patch], parsed: dict[str, list],
@@ -146,9 +127,8 @@ def evaluate_release(tree: Path, patches: list[Patch], parsed: dict[str, list],
     """All cells of one release, and what inside(tree, cells) returned, called while the
     series is still applied (the tree is held for the duration, reset afterwards)."""
     with upstream.using(tree):
-        alternates = tree / ".git" / "objects" / "info" / "alternates"
         if pin_tree is not None and pin_tree != tree:
-            alternates.write_text(f"{pin_tree / '.git' / 'objects'}\n")
+            GitTree(tree).borrow_objects(GitTree(pin_tree).objects)
         probe_results = run_probes(tree, patches, parsed)
         applied = apply_three_way(tree, patches)
         cells = _cells(patches, probe_results, applied)
@@ -177,13 +157,13 @@ def _cells(patches, probe_results, applied) -> dict[str, Cell]:
         status, detail, files = applied[patch.name]
         results = probe_results[patch.name]
         upstreamed = bool(results) and all(r["holds"] for r in results)
-        cells[patch.name] = Cell("upstream" if upstreamed else status, status, detail,
-                                 files if status in ("conflict", "3-way", "deleted") else [],
+        cells[patch.name] = Cell(Outcome.UPSTREAM if upstreamed else status, status, detail,
+                                 files if status in (*STOPS, Outcome.THREE_WAY) else [],
                                  results, list(left_out))
-        if status in ("conflict", "deleted", "present") and not upstreamed:
+        if status in (*STOPS, Outcome.PRESENT) and not upstreamed:
             cells[patch.name].hunks, cells[patch.name].lines = patch_cost(
-                patch, files if status != "present" else [])
-        if status in ("conflict", "deleted"):
+                patch, files if status is not Outcome.PRESENT else [])
+        if status in STOPS:
             left_out.append(patch.name)
     return cells
 
@@ -192,16 +172,55 @@ def _cells(patches, probe_results, applied) -> dict[str, Cell]:
 
 
 @dataclass
+class PatchRow:
+    """One patch of the matrix: its probes and the release they say has it."""
+
+    name: str
+    subject: str
+    probes: list[str]
+    applied_upstream_header: str | None
+    suggested_applied_upstream: str | None  # the first release where all its probes hold
+    probes_fail_again_in: list[str]         # later releases where they no longer do
+
+
+@dataclass
+class BadProbe:
+    """A probe that already holds on the pin: it cannot tell that upstream has the patch."""
+
+    patch: str
+    probe: str
+    why: str
+
+
+@dataclass
 class Matrix:
     project: str
     pin: str
     patches_dir: str
-    patches: list[dict]
+    patches: list[PatchRow]
     releases: list[Release]
-    bad_probes: list[dict]
+    bad_probes: list[BadProbe]
     total_seconds: float = 0.0
     changes: list[str] | None = None  # since the last report (None: not compared)
     compared_with: str = ""
+
+
+def _patch_rows(patches: list[Patch], parsed: dict[str, list], releases: list[Release],
+                ) -> list[PatchRow]:
+    """Per patch: its probes, and the first release where they all hold (its
+    Applied-Upstream), against what its header says."""
+    info = []
+    for patch in patches:
+        holds = [r.version for r in releases
+                 if r.cells[patch.name].status is Outcome.UPSTREAM]
+        first = holds[0] if holds else None
+        _deleted_but_upstream(patch, first, releases)
+        later_fail = [r.version for r in releases if first and upstream.version_key(r.version)
+                      > upstream.version_key(first) and r.version not in holds]
+        header = (patch.trailers.get("Applied-Upstream") or [None])[0]
+        info.append(PatchRow(patch.name, patch.subject, [p.line for p in parsed[patch.name]],
+                             header, first, later_fail))
+    return info
 
 
 def parse_all(patches: list[Patch]) -> dict[str, list]:
@@ -256,27 +275,15 @@ def compute(pin: Pin, patches: list[Patch], versions: list[str], urls: dict[str,
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         releases = list(pool.map(one, versions))
 
-    bad = [{"patch": name, "probe": r["probe"], "why": r["why"]}
+    bad = [BadProbe(name, r["probe"], r["why"])
            for name, cell in pin_cells.items() for r in cell.probes if r["holds"]]
-    info = []
-    for patch in patches:
-        holds = [r.version for r in releases if r.cells[patch.name].status == "upstream"]
-        first = holds[0] if holds else None
-        _deleted_but_upstream(patch, first, releases)
-        later_fail = [r.version for r in releases if first and upstream.version_key(r.version)
-                      > upstream.version_key(first) and r.version not in holds]
-        header = (patch.trailers.get("Applied-Upstream") or [None])[0]
-        info.append({"name": patch.name, "subject": patch.subject,
-                     "probes": [p.line for p in parsed[patch.name]],
-                     "applied_upstream_header": header,
-                     "suggested_applied_upstream": first,
-                     "probes_fail_again_in": later_fail})
+    info = _patch_rows(patches, parsed, releases)
     return Matrix(pin.project, pin.upstream_version, str(patches_dir), info, releases, bad,
                   time.monotonic() - started)
 
 
 # The code whose behaviour decides a release's cells: a change to it is a new cache key.
-_CELL_CODE = [Path(__file__), Path(probes.__file__), Path(apply.__file__)]
+_CELL_CODE = [Path(__file__), Path(probes.__file__), Path(gittree.__file__)]
 _CELLS_SCHEMA = 1
 
 
@@ -286,9 +293,8 @@ class CellCache:
     the git version and this code. A warm `status` then runs no git at all for a release."""
 
     def __init__(self, pin: Pin, patches: list[Patch]):
-        version = subprocess.run(["git", "--version"], capture_output=True, text=True).stdout
         digest = hashlib.sha256(json.dumps({
-            "schema": _CELLS_SCHEMA, "pin": pin.sdist.sha256, "git": version.strip(),
+            "schema": _CELLS_SCHEMA, "pin": pin.sdist.sha256, "git": git_version(),
             "code": [hashlib.sha256(p.read_bytes()).hexdigest() for p in _CELL_CODE],
             "patches": [[p.name, str(p.path), hashlib.sha256(p.path.read_bytes()).hexdigest()]
                         for p in patches]}, sort_keys=True).encode())
@@ -304,8 +310,8 @@ class CellCache:
     def load(self, sha256: str) -> dict[str, Cell] | None:
         try:
             data = json.loads(self.path(sha256).read_text())
-            return {name: Cell(**cell) for name, cell in data.items()}
-        except (OSError, ValueError, TypeError):
+            return {name: Cell.from_json(cell) for name, cell in data.items()}
+        except (OSError, ValueError, TypeError, KeyError):
             return None
 
     def save(self, sha256: str, cells: dict[str, Cell]) -> None:
@@ -323,13 +329,13 @@ def _deleted_but_upstream(patch: Patch, first: str | None, releases: list[Releas
     landed = [v for v in (header, first) if v]
     for release in releases:
         cell = release.cells[patch.name]
-        if cell.status != "deleted":
+        if cell.status is not Outcome.DELETED:
             continue
         key = upstream.version_key(release.version)
         for version in landed:
             try:
                 if upstream.version_key(version) <= key:
-                    cell.status = "upstream"
+                    cell.status = Outcome.UPSTREAM
                     cell.detail += (f"; upstream has it since {version} "
                                     f"({'its Applied-Upstream header' if version == header else 'its probes held there'})")
                     break
@@ -350,17 +356,17 @@ def to_json(matrix: Matrix) -> dict:
     return data
 
 
-def _suggestion_note(p: dict) -> str:
-    header, first = p["applied_upstream_header"], p["suggested_applied_upstream"]
-    if not p["probes"]:
+def _suggestion_note(p: PatchRow) -> str:
+    header, first = p.applied_upstream_header, p.suggested_applied_upstream
+    if not p.probes:
         return "no probe: cannot tell"
     if first is None:
         note = "probes hold in none of these releases"
         return note + (f"; header says {header}" if header else "")
     note = ("header agrees" if header == first else
             f"header says {header}" if header else "header has no Applied-Upstream")
-    if p["probes_fail_again_in"]:
-        note += f"; probes fail again in {', '.join(p['probes_fail_again_in'])}"
+    if p.probes_fail_again_in:
+        note += f"; probes fail again in {', '.join(p.probes_fail_again_in)}"
     return note
 
 
@@ -377,8 +383,8 @@ def to_markdown(matrix: Matrix) -> str:
         lines += ["| patch | " + " | ".join(head) + " |",
                   "| --- |" + " --- |" * len(versions)]
         for p in matrix.patches:
-            cells = [r.cells[p["name"]].short() for r in matrix.releases]
-            label = f"{p['name'][:4]} {p['subject']}"
+            cells = [r.cells[p.name].short() for r in matrix.releases]
+            label = f"{p.name[:4]} {p.subject}"
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines += ["", "Legend: " + "; ".join(f"**{k}** {v}" for k, v in LEGEND.items() if v)
                   + "; **x/y** already upstream, and the patch itself fares y; "
@@ -388,20 +394,20 @@ def to_markdown(matrix: Matrix) -> str:
                   "| patch | header | suggested (first release where all probes hold) | note |",
                   "| --- | --- | --- | --- |"]
         for p in matrix.patches:
-            lines.append(f"| {p['name'][:4]} | {p['applied_upstream_header'] or '-'} | "
-                         f"{p['suggested_applied_upstream'] or '-'} | {_suggestion_note(p)} |")
+            lines.append(f"| {p.name[:4]} | {p.applied_upstream_header or '-'} | "
+                         f"{p.suggested_applied_upstream or '-'} | {_suggestion_note(p)} |")
         lines.append("")
     if matrix.bad_probes:
         lines += ["## Bad probes", "",
                   f"These already hold on the pin {matrix.pin}, so they cannot tell that "
                   "upstream has the patch's change; fix them:", ""]
-        lines += [f"- {b['patch']}: `Probe: {b['probe']}` ({b['why']})"
+        lines += [f"- {b.patch}: `Probe: {b.probe}` ({b.why})"
                   for b in matrix.bad_probes]
         lines.append("")
     grouped: dict[tuple, list[int]] = {}  # the same finding in several releases: one line
     for index, release in enumerate(matrix.releases):
         for name, cell in release.cells.items():
-            if cell.apply in ("conflict", "deleted", "3-way", "offset", "present") \
+            if cell.apply in (*STOPS, Outcome.THREE_WAY, Outcome.OFFSET, Outcome.PRESENT) \
                     or cell.without:
                 text = cell.detail.replace("\n", "; ")
                 if cell.without:
@@ -417,8 +423,9 @@ def to_markdown(matrix: Matrix) -> str:
     return "\n".join(lines)
 
 
-MOVE = {"upstream": "dropped", "clean": "clean", "offset": "clean", "3-way": "3-way",
-        "conflict": "conflicting", "deleted": "conflicting", "present": "conflicting"}
+MOVE = {Outcome.UPSTREAM: "dropped", Outcome.CLEAN: "clean", Outcome.OFFSET: "clean",
+        Outcome.THREE_WAY: "3-way", Outcome.CONFLICT: "conflicting",
+        Outcome.DELETED: "conflicting", Outcome.PRESENT: "conflicting"}
 
 
 def release_summary(release: Release) -> dict:
@@ -429,7 +436,7 @@ def release_summary(release: Release) -> dict:
     for name, cell in release.cells.items():
         out[MOVE[cell.status]].append(name)
     cost = [{"patch": n, "hunks": release.cells[n].hunks, "lines": release.cells[n].lines,
-             "why": release.cells[n].status} for n in out["conflicting"]]
+             "why": release.cells[n].status.value} for n in out["conflicting"]]
     return {**{k: len(v) for k, v in out.items()}, "conflicting_patches": cost,
             "installable": (release.installable or {}).get("installable")}
 
@@ -463,7 +470,7 @@ def first_screen(matrix: Matrix) -> list[str]:
     return lines + [""]
 
 
-_CONFLICTING = ("conflict", "deleted")
+_CONFLICTING = tuple(o.value for o in STOPS)  # (status.json's words)
 
 
 def _drifting(drift: dict | None) -> set[tuple[str, str, str]]:

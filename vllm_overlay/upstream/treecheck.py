@@ -23,19 +23,18 @@ import re
 import subprocess
 from pathlib import Path
 
-from vllm_overlay.common.git import git
+from vllm_overlay.common.gittree import GitTree
 
 BUILTINS = set(dir(builtins))
 
 
 def commits(tree: Path, base: str) -> list[tuple[str, str]]:
     """(sha, subject) of the carried patches' commits, oldest first."""
-    out = git(tree, "log", "--reverse", "--format=%H %s", f"{base}..HEAD").stdout
-    return [tuple(line.split(" ", 1)) for line in out.splitlines() if line]
+    return GitTree(tree).commits(base)
 
 
 def _added_lines(tree: Path, sha: str, path: str) -> set[int]:
-    diff = git(tree, "diff", "-U0", f"{sha}~1", sha, "--", path).stdout
+    diff = GitTree(tree).git("diff", "-U0", f"{sha}~1", sha, "--", path).stdout
     added = set()
     for m in re.finditer(r"^@@ -\S+ \+(\d+)(?:,(\d+))? @@", diff, re.M):
         start, count = int(m[1]), int(m[2]) if m[2] is not None else 1
@@ -82,16 +81,15 @@ def _self_attrs(module: ast.Module) -> set[str]:
 def _defined_in_tree(tree: Path, sha: str, name: str) -> bool:
     pattern = rf"(def|class)[[:space:]]+{name}[[:space:]]*[(:]|(^|[^A-Za-z0-9_.]){name}" \
               rf"[[:space:]]*(:|=[^=])|self\.{name}[[:space:]]*(:|=[^=])"
-    proc = git(tree, "grep", "-q", "-E", pattern, sha, "--", "*.py", check=False)
+    proc = GitTree(tree).git("grep", "-q", "-E", pattern, sha, "--", "*.py", check=False)
     return proc.returncode == 0
 
 
 def check_commit(tree: Path, sha: str, subject: str) -> list[dict]:
-    files = git(tree, "diff", "--name-only", "--diff-filter=AMR", f"{sha}~1", sha, "--",
-                "*.py").stdout.split()
+    files = GitTree(tree).changed_by(sha, "*.py")
     problems = []
     for path in files:
-        source = git(tree, "show", f"{sha}:{path}").stdout
+        source = GitTree(tree).show(sha, path).stdout
         try:
             module = ast.parse(compile(source, path, "exec", ast.PyCF_ONLY_AST))
         except SyntaxError as exc:
@@ -132,7 +130,7 @@ def check_commit(tree: Path, sha: str, subject: str) -> list[dict]:
 
 
 def _show(tree: Path, sha: str, path: str) -> str | None:
-    proc = git(tree, "show", f"{sha}:{path}", check=False)
+    proc = GitTree(tree).show(sha, path, check=False)
     return proc.stdout if proc.returncode == 0 else None
 
 
@@ -175,8 +173,7 @@ def series_tests(tree: Path, base: str) -> dict[str, str]:
     subject of the last commit that touched each."""
     out = {}
     for sha, subject in commits(tree, base):
-        for path in git(tree, "diff", "--name-only", "--diff-filter=AMR", f"{sha}~1", sha
-                        ).stdout.split():
+        for path in GitTree(tree).changed_by(sha):
             name = Path(path).name
             if path.startswith("tests/") and name.startswith("test_") and name.endswith(".py"):
                 out[path] = subject
@@ -200,8 +197,7 @@ def touched_modules(tree: Path, base: str) -> dict[str, str]:
     tree -> the subject of the last commit that touched each."""
     out = {}
     for sha, subject in commits(tree, base):
-        for path in git(tree, "diff", "--name-only", "--diff-filter=AMR", f"{sha}~1", sha,
-                        "--", "*.py").stdout.split():
+        for path in GitTree(tree).changed_by(sha, "*.py"):
             parts = Path(path).with_suffix("").parts
             if parts[0] in ("tests", "benchmarks", "examples", "docs", "tools") or \
                     not all(p.isidentifier() for p in parts) or not (tree / path).is_file():

@@ -9,8 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from vllm_overlay.wheelbuild.apply import BASE_TAG
-from vllm_overlay.common.git import git
+from vllm_overlay.common.gittree import BASE_TAG, GitTree
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.series import Patch
 
@@ -32,7 +31,7 @@ def export(tree: Path, dest: Path, rev: str = "HEAD") -> list[str]:
     for stale in dest.glob(".export-*"):  # left by a killed export
         shutil.rmtree(stale, ignore_errors=True)
     with tempfile.TemporaryDirectory(dir=dest, prefix=".export-") as tmp:
-        git(tree, *FORMAT_PATCH_ARGS, "-o", tmp, f"{BASE_TAG}..{rev}")
+        GitTree(tree).git(*FORMAT_PATCH_ARGS, "-o", tmp, f"{BASE_TAG}..{rev}")
         names = sorted(p.name for p in Path(tmp).glob("*.patch"))
         for old in dest.glob("*.patch"):
             if old.name not in names:
@@ -48,7 +47,7 @@ EXPORTED_REF = "refs/overlay/exported"  # a dev tree's commit that patches/ last
 
 def mark_exported(tree: Path) -> None:
     """Record that patches/ now equals the tree's HEAD (after `make apply` or an export)."""
-    git(tree, "update-ref", EXPORTED_REF, "HEAD")
+    GitTree(tree).git("update-ref", EXPORTED_REF, "HEAD")
 
 
 def same_export(tree: Path, rev: str, patches_dir: Path) -> bool:
@@ -59,24 +58,23 @@ def same_export(tree: Path, rev: str, patches_dir: Path) -> bool:
 
 
 def exported_rev(tree: Path) -> str | None:
-    proc = git(tree, "rev-parse", "--verify", "-q", EXPORTED_REF, check=False)
-    return proc.stdout.strip() or None
+    return GitTree(tree).rev(EXPORTED_REF)
 
 
 def unexported(tree: Path, patches_dir: Path) -> str | None:
     """What the work tree holds that patches/ lacks (None: deleting it loses nothing)."""
     if not (tree / ".git").exists():
         return None
-    if (tree / ".git" / "rebase-apply").exists():
+    work = GitTree(tree)
+    if work.am_in_progress():
         return "a `git am` in progress"
-    dirty = git(tree, "status", "--porcelain", "--untracked-files=no").stdout.splitlines()
+    dirty = work.dirty().splitlines()
     if dirty:
         return f"{len(dirty)} file(s) with uncommitted changes ({dirty[0].strip()}, ...)"
-    head = git(tree, "rev-parse", "HEAD").stdout.strip()
-    if head == exported_rev(tree) or same_export(tree, "HEAD", patches_dir):
+    if work.head() == exported_rev(tree) or same_export(tree, "HEAD", patches_dir):
         return None  # nothing committed since `make apply` / the last export
     since = exported_rev(tree) or BASE_TAG
-    count = git(tree, "rev-list", "--count", f"{since}..HEAD", check=False).stdout.strip()
+    count = work.count(since, check=False)
     return f"{count or 'some'} commit(s) not exported to {patches_dir.name}/"
 
 

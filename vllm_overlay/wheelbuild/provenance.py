@@ -9,10 +9,10 @@ time: the same inputs and commit give the same bytes.
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
+from vllm_overlay.common.git import git_query
 from vllm_overlay.wheelbuild.record import BuildRecord
 
 BUILD_TYPE = "urn:vllm-overlay:build-type:make-wheel:v1"  # docs/supply-chain.md
@@ -24,11 +24,7 @@ def beside_name(wheel_name: str) -> str:
 
 
 def _git(repo: Path, *args: str) -> str | None:
-    try:
-        proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
-    except OSError:
-        return None
-    return proc.stdout.strip() if proc.returncode == 0 else None
+    return git_query(repo, *args)
 
 
 def source_dependency(repo: Path) -> dict | None:

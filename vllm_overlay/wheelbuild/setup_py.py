@@ -34,7 +34,7 @@ from vllm_overlay.wheelbuild.preflight import SourceConfig, cuda_tag, source_pre
 from vllm_overlay.common import log as log_module
 from vllm_overlay.common import pin, series, venvs
 from vllm_overlay.common.errors import OverlayError
-from vllm_overlay.common.git import git
+from vllm_overlay.common.gittree import GitTree
 from vllm_overlay.common.paths import BUILD_TREES, REPO
 from vllm_overlay.common.requirements import requirement_names
 from vllm_overlay.common.wheelfile import (check_version_and_tags, open_wheel, read_record,
@@ -115,7 +115,7 @@ def verify_setup_wheel(built: Path, version: str, tree: Path,
         check_version_and_tags(zf, built.name, dist_info, version)
         if _version_of(zf.read(VERSION_FILE).decode()) != version:
             raise OverlayError(f"{built.name}: {VERSION_FILE} does not say {version}")
-        tracked = set(git(tree, "ls-files", "-z").stdout.split("\0"))
+        tracked = GitTree(tree).ls_files()
         generated = []
         for name in names:
             if name.startswith(dist_info) or name == VERSION_FILE:
@@ -139,17 +139,21 @@ def verify_setup_wheel(built: Path, version: str, tree: Path,
                 raise OverlayError(f"{built.name}: {name} is not byte-identical to upstream's")
 
 
-def build_setup_py_wheel(mode: str, arch: str = "x86_64",
-                         wheelhouse_dir: Path = wheelhouse_store.WHEELHOUSE,
-                         patches_dir: Path = series.PATCHES, repo: Path = REPO,
-                         source: SourceConfig | None = None) -> Path:
-    """MODE=precompiled or MODE=source through setup.py, stored into the wheelhouse."""
+def _check_mode(mode: str, arch: str) -> None:
     if mode not in ("precompiled", "source"):
         raise OverlayError(f"unknown mode {mode!r}")
     host = platform.machine()
     if arch != host:
         raise OverlayError(f"MODE={mode} runs setup.py, which builds for this machine "
                            f"({host}), not ARCH={arch}: run it on an {arch} machine")
+
+
+def build_setup_py_wheel(mode: str, arch: str = "x86_64",
+                         wheelhouse_dir: Path = wheelhouse_store.WHEELHOUSE,
+                         patches_dir: Path = series.PATCHES, repo: Path = REPO,
+                         source: SourceConfig | None = None) -> Path:
+    """MODE=precompiled or MODE=source through setup.py, stored into the wheelhouse."""
+    _check_mode(mode, arch)
     the_pin = pin.load(repo)
     if mode == "source" and source is None:
         source = source_preflight(the_pin=the_pin)

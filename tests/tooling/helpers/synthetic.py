@@ -12,6 +12,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from vllm_overlay.common.git import git
 from vllm_overlay.wheelbuild import apply, export, overlay_mode
 
 UPSTREAM = "9.9.9"
@@ -112,9 +113,9 @@ class Synth:
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(text)
-        apply.git(tree, "add", "-A")
+        git(tree, "add", "-A")
         trailers = "Origin: vendor\nRisk: none, a test patch\nProbe: defines vllm/a.py::A_0\n"
-        apply.git(tree, "commit", "-q", "-m", f"{message}\n\nWhy: a test.\n\n{trailers}",
+        git(tree, "commit", "-q", "-m", f"{message}\n\nWhy: a test.\n\n{trailers}",
                   env={"GIT_AUTHOR_DATE": "2024-02-03T04:05:06Z"})
 
     def write_series(self, patches: dict[str, dict[str, str | None]]) -> None:

@@ -25,6 +25,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from vllm_overlay.common.git import git
 from vllm_overlay.wheelbuild import apply, export
 from vllm_overlay.common import pin
 from vllm_overlay.common.errors import OverlayError
@@ -152,10 +153,10 @@ def write_patches(dest: Path, pin_sdist: Path, root: Path, patches=PATCHES) -> N
             path = tree / name
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(edit(path.read_text() if path.exists() else ""))
-        apply.git(tree, "add", "-A")
+        git(tree, "add", "-A")
         trailers = "".join(f"Probe: {p}\n" for p in probes or []) + \
             "".join(f"{line}\n" for line in (more[0] if more else []))
-        apply.git(tree, "commit", "-q", "-m", f"{subject}\n\nOrigin: vendor\nRisk: none\n"
+        git(tree, "commit", "-q", "-m", f"{subject}\n\nOrigin: vendor\nRisk: none\n"
                   f"{trailers}", env={"GIT_AUTHOR_DATE": "2024-02-03T04:05:06Z"})
     export.export(tree, dest)
 

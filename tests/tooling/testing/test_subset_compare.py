@@ -128,13 +128,13 @@ def test_comparison_sorts_every_category(tmp_path, patches):
     assert cmp.passed_both == ["tests/v1/test_budget.py::test_same"]
     assert cmp.fixed == ["tests/v1/test_budget.py::TestBudget::test_was_broken",
                          "tests/v1/test_encoder.py::TestCpu::test_ok"]
-    assert cmp.regressions == [{"test": "tests/v1/test_budget.py::test_breaks",
+    assert [r.to_json() for r in cmp.regressions] == [{"test": "tests/v1/test_budget.py::test_breaks",
                                 "overlay": "failed", "message": "AssertionError: boom",
                                 "patches": "0002-change-the-budget.patch"}]
     assert sorted(cmp.failed_both) == ["tests/v1/test_budget.py::test_upstream_bug",
                                        "tests/v1/test_encoder.py::TestCpu::test_bad"]
     assert cmp.skipped_both == ["tests/v1/test_budget.py::test_gpu"]
-    assert cmp.new == [{"test": "tests/v1/test_budget.py::test_added[video]",
+    assert [n.to_json() for n in cmp.new] == [{"test": "tests/v1/test_budget.py::test_added[video]",
                         "overlay": "passed", "patches": "0002-change-the-budget.patch"}]
     assert cmp.removed == ["tests/v1/test_budget.py::test_dropped"]
     assert cmp.new_failing == []
@@ -145,10 +145,10 @@ def test_module_that_stops_collecting_is_a_regression_with_suspects(tmp_path, pa
         ("tests.config.test_cfg", "test_a", "tests/config/test_cfg.py", "passed")])
     overlay = junit(tmp_path / "o.xml", [("", "tests.config.test_cfg", "", "error")])
     cmp = subset.compare(subset.read_junit(pristine), subset.read_junit(overlay), patches)
-    tests = sorted(r["test"] for r in cmp.regressions)
+    tests = sorted(r.test for r in cmp.regressions)
     assert tests == ["tests/config/test_cfg.py", "tests/config/test_cfg.py::test_a"]
     # no patch touches the test file: the patches changing vllm/ are the suspects
-    assert all("0002-change-the-budget.patch" in r["patches"] for r in cmp.regressions)
+    assert all("0002-change-the-budget.patch" in r.patches for r in cmp.regressions)
     assert cmp.passed_both == cmp.fixed == []
 
 

@@ -10,6 +10,7 @@ import subprocess
 import pytest
 
 from vllm_overlay.wheelbuild import apply
+from vllm_overlay.common.git import git
 from vllm_overlay.wheelbuild import export
 from vllm_overlay.wheelbuild import fetch
 from vllm_overlay.common import pin
@@ -29,7 +30,7 @@ def test_make_status_on_0_19_1_and_0_20_0(tmp_path):
     assert "vllm.v1.worker.gpu.mm.encoder_cudagraph_defs" in source
     (tree / TARGET).write_text(source.replace("vllm.v1.worker.gpu.mm.encoder_cudagraph_defs",
                                               "vllm.v1.worker.encoder_cudagraph_defs"))
-    apply.git(tree, "commit", "-q", "-am", "Import the defs from where they live\n\n"
+    git(tree, "commit", "-q", "-am", "Import the defs from where they live\n\n"
               f"Origin: vendor\nRisk: none\nProbe: imports-resolve {TARGET}\n")
     export.export(tree, tmp_path / "patches")
     out = tmp_path / "out"

@@ -66,7 +66,7 @@ def test_matrix(synth_upstream, tmp_path):
     u = synth_upstream
     versions, urls = releases(u)
     matrix = compute(u, versions, urls)
-    names = [p["name"] for p in matrix.patches]
+    names = [p.name for p in matrix.patches]
     a, b, c, d, e = names
     cells = {r.version: r.cells for r in matrix.releases}
     for i, version in enumerate(VERSIONS):
@@ -84,11 +84,11 @@ def test_matrix(synth_upstream, tmp_path):
     # 1.0.3 has new_field, but annotated `int`: one probe of two holds, so not upstream
     probe_holds = [r["holds"] for r in cells["1.0.3"][c].probes]
     assert probe_holds == [True, False]
-    info = {p["name"]: p for p in matrix.patches}
-    assert info[c]["suggested_applied_upstream"] == VERSIONS[UPSTREAM_FROM]
-    assert info[a]["suggested_applied_upstream"] is None
-    assert info[d]["probes"] == []
-    assert [x["patch"] for x in matrix.bad_probes] == [e]
+    info = {p.name: p for p in matrix.patches}
+    assert info[c].suggested_applied_upstream == VERSIONS[UPSTREAM_FROM]
+    assert info[a].suggested_applied_upstream is None
+    assert info[d].probes == []
+    assert [x.patch for x in matrix.bad_probes] == [e]
 
     md, js = status.write_reports(matrix, tmp_path / "out")
     data = json.loads(js.read_text())
@@ -120,7 +120,7 @@ def test_a_patch_whose_file_upstream_deleted_is_not_a_conflict(synth_upstream, t
     versions, urls = releases(u, "1.0.0,1.0.7,1.0.8,1.0.9,1.0.10")
     matrix = status.compute(u.pin, series.read_series(tmp_path / "mp"), versions, urls,
                             tmp_path / "mp", 2)
-    m, p = [x["name"] for x in matrix.patches]
+    m, p = [x.name for x in matrix.patches]
     cells = {r.version: r.cells for r in matrix.releases}
     assert VERSIONS[RUNNER_MOVED_FROM] == "1.0.9"
     for version in ("1.0.9", "1.0.10"):
@@ -140,7 +140,7 @@ def test_a_patch_whose_file_upstream_deleted_is_not_a_conflict(synth_upstream, t
     # no header: the first release where its probes held (1.0.8) says the same
     matrix = status.compute(u.pin, series.read_series(tmp_path / "n"), versions, urls,
                             tmp_path / "n", 2)
-    cell = matrix.releases[-1].cells[matrix.patches[0]["name"]]
+    cell = matrix.releases[-1].cells[matrix.patches[0].name]
     assert cell.short() == "upstream/deleted" and "its probes held there" in cell.detail
 
 

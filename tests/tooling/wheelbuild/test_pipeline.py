@@ -12,6 +12,7 @@ import pytest
 
 from tests.tooling.helpers.synthetic import CHANGE_A, UPSTREAM, VERSION, WHEEL_ONLY, build
 from vllm_overlay.wheelbuild import apply
+from vllm_overlay.common.git import git
 from vllm_overlay.wheelbuild import export
 from vllm_overlay.wheelbuild import fetch
 from vllm_overlay.common import pin
@@ -110,7 +111,7 @@ def test_reused_build_tree_equals_a_fresh_one(built):
         assert zf.read("vllm/b.py") == b"B = 'b'\n"
         assert "vllm/stray.py" not in zf.namelist()
     assert not (tree / "vllm" / "stray.py").exists()
-    assert apply.git(tree, "status", "--porcelain").stdout == ""
+    assert git(tree, "status", "--porcelain").stdout == ""
 
 
 def test_corrupt_cache_entry_is_refused(synth):

@@ -7,6 +7,7 @@ import zipfile
 import pytest
 
 from vllm_overlay.wheelbuild import apply
+from vllm_overlay.common.git import git
 from vllm_overlay.wheelbuild import export
 from vllm_overlay.wheelbuild import fetch
 from vllm_overlay.common import pin
@@ -33,7 +34,7 @@ def test_real_overlay_build_with_a_trivial_patch(tmp_path):
     apply.init_base(tree, the_pin.released)
     path = tree / TARGET
     path.write_text(path.read_text() + "\n# overlay test marker\n")
-    apply.git(tree, "commit", "-q", "-am",
+    git(tree, "commit", "-q", "-am",
               "Trivial\n\nOrigin: vendor\nRisk: none\nProbe: defines vllm/a.py::X\n")
     export.export(tree, repo / "patches")
 
