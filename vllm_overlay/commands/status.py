@@ -5,7 +5,6 @@ import sys
 from pathlib import Path
 
 from vllm_overlay.common import log, pin, series
-from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.paths import REPORTS
 from vllm_overlay.upstream import drift, drift_report, releases, status
 

@@ -364,7 +364,6 @@ def compute(pin_tree: Path, patches: list[Patch], trees: list[tuple[str, Path]],
     pin = Source(pin_tree, pin_version)
     later = [(v, Source(tree, v)) for v, tree in trees
              if releases.version_key(v) > releases.version_key(pin_version)]
-    files = {t.file for pt in targets.values() for t in pt.targets}
     chains: dict[tuple[str, str], list[Seen | None]] = {}
     for pt in targets.values():
         for t in pt.targets:

@@ -38,6 +38,8 @@ import tarfile
 import urllib.request
 from pathlib import Path
 
+from vllm_overlay.common import pipindex
+from vllm_overlay.common import blobcache
 from vllm_overlay.wheelbuild import constraints, export, fetch, lockmeta, setup_py
 from vllm_overlay.wheelbuild.overlay_mode import build_overlay_wheel
 from vllm_overlay.common import log, pin, series, venvs
@@ -86,12 +88,12 @@ def fetch_target(files: dict[str, str], key: str, filename: str) -> pin.Artifact
     if not re.fullmatch(r"[0-9a-f]{64}", sha256):
         raise OverlayError(f"{filename}: the index gives no sha256 for it ({url}): "
                            f"cannot verify it")
-    blob = fetch.blob_path(sha256)
+    blob = blobcache.blob_path(sha256)
     size = blob.stat().st_size if blob.exists() else _content_length(url)
     art = pin.Artifact(key, filename, size, sha256)
     if blob.exists():  # a copy under the index's sha256 that is not that file: say how big
         try:
-            fetch.cached(art)
+            blobcache.cached(art)
         except OverlayError as exc:
             expected = _content_length(url)
             raise OverlayError(
@@ -127,7 +129,7 @@ def prepare_pin(the_pin: pin.Pin, files: dict[str, str], to: str) -> dict:
     for key in the_pin.artifacts:
         if key.startswith("wheel-"):
             arts[key] = fetch_target(files, key, _wheel_name(files, project, to, key[6:]))
-    released = release_date(fetch.blob_path(arts["sdist"].sha256))
+    released = release_date(blobcache.blob_path(arts["sdist"].sha256))
     return {"project": project, "version": to, "released": released,
             "artifacts": {k: {"filename": a.filename, "size": a.size, "sha256": a.sha256}
                           for k, a in arts.items()}}
@@ -137,7 +139,7 @@ def check_installable(the_pin: pin.Pin, files: dict[str, str], to: str) -> None:
     """Refuse a target whose runtime does not resolve from the configured indexes (what
     `make lock` would fail on at the end), before the wheels are fetched or a patch placed."""
     sdist = fetch_target(files, "sdist", f"{the_pin.project}-{to}.tar.gz")
-    can = installable.of_sdist(fetch.blob_path(sdist.sha256), installable.arches(the_pin))
+    can = installable.of_sdist(blobcache.blob_path(sdist.sha256), installable.arches(the_pin))
     if can["installable"] is False:
         raise OverlayError(f"rebase: {to} is not installable: its runtime does not resolve "
                            f"from the configured indexes: {can['package']} not on "
@@ -287,7 +289,7 @@ def start(repo: Path, to: str) -> RebaseState | None:
     _check_clean(repo)
     patches = series.read_series(repo / "patches")
     parsed = status.parse_all(patches)  # malformed probes fail before any download
-    files = fetch.project_files(the_pin.project)
+    files = pipindex.project_files(the_pin.project)
     sdists = {m[1]: url for name, url in files.items()
               if (m := re.match(rf"^{re.escape(the_pin.project)}-(.+)\.tar\.gz$", name))}
     to = releases.select(sdists, the_pin.upstream_version, to)[0]
@@ -303,7 +305,7 @@ def start(repo: Path, to: str) -> RebaseState | None:
     shutil.rmtree(work, ignore_errors=True)
     tree = work / f"vllm-{to}"
     tree.parent.mkdir(parents=True)
-    GitTree.unpack(fetch.blob_path(lock["artifacts"]["sdist"]["sha256"]), tree, lock["released"])
+    GitTree.unpack(blobcache.blob_path(lock["artifacts"]["sdist"]["sha256"]), tree, lock["released"])
     old_lock = json.loads((repo / "upstream.lock.json").read_text())
     built, notes = source_build(old_lock.get("source_build"), tree, the_pin.upstream_version)
     if built is not None:

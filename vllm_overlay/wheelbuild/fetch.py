@@ -5,12 +5,10 @@ before any use; found on the package indexes pip is configured with (common/pipi
 from pathlib import Path
 
 from vllm_overlay.common import blobcache, log
-# the blob cache's and the index client's names, as this module's callers have used them
-from vllm_overlay.common.blobcache import (blob_path, cached, download_pinned,  # noqa: F401
-                                           verify_file)
+from vllm_overlay.common.blobcache import blob_path, cached, download_pinned
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.pin import Artifact
-from vllm_overlay.common.pipindex import find_url, project_files  # noqa: F401
+from vllm_overlay.common.pipindex import find_url
 
 _log = log.stage("fetch")
 

@@ -23,7 +23,7 @@ from vllm_overlay.wheelbuild.record import BuildRecord
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.fs import sha256_file
 from vllm_overlay.common.series import Patch
-from vllm_overlay.common.wheelfile import name_tags, open_wheel, read_record, record_hash
+from vllm_overlay.common.wheelfile import name_tags, read_record, record_hash
 from vllm_overlay.wheelbuild.zipraw import RawZipWriter, epoch_to_date_time
 from vllm_overlay.common import wheelfile
 

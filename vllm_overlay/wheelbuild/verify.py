@@ -16,8 +16,7 @@ from vllm_overlay.wheelbuild.record import BuildRecord
 from vllm_overlay.wheelbuild.zipraw import data_span
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.paths import cache_dir
-from vllm_overlay.common.wheelfile import (check_version_and_tags, open_wheel, read_record,
-                                           record_hash)
+from vllm_overlay.common.wheelfile import check_version_and_tags, open_wheel, read_record
 from vllm_overlay.common import wheelfile
 
 _CHUNK = 4 << 20

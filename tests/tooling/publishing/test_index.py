@@ -14,7 +14,7 @@ from tests.tooling.helpers.deploy import (build_wheel, make_venv, pip, sha256, s
                                           write_sums)
 from tests.tooling.helpers.synthetic import SYNTH_LOCK, link_supply_venv
 from vllm_overlay.common import index
-from vllm_overlay.wheelbuild import overlay_mode, wheelhouse
+from vllm_overlay.wheelbuild import overlay_mode
 from vllm_overlay.publishing.in_image.image_check import installed_problems
 from vllm_overlay.common.paths import REPO
 

@@ -7,10 +7,8 @@ stock Python 3.11 venv meeting the real lock). The real lock is installed by mak
 environment stage the same way (common/venvs.py: ensure_locked_venv)."""
 
 import hashlib
-import os
 import shutil
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 

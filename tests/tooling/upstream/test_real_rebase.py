@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from vllm_overlay.wheelbuild import constraints, fetch, lockcheck, lockmeta
+from vllm_overlay.common import blobcache
+from vllm_overlay.wheelbuild import constraints, lockcheck, lockmeta
 from vllm_overlay.common import pin, series, venvs
 from vllm_overlay.common.git import git
 from vllm_overlay.common.paths import REPO
@@ -165,7 +166,7 @@ def test_make_rebase_to_0_20_0_of_what_merges(tmp_path, monkeypatch):
                for note in json.loads((clone / "reports" / f"rebase-0.19.1-{TO}.json")
                                       .read_text())["notes"])
     for art in the_pin.artifacts.values():
-        fetch.verify_file(fetch.blob_path(art.sha256), art)
+        blobcache.verify_file(blobcache.blob_path(art.sha256), art)
     subjects = [p.subject for p in series.read_series(clone / "patches")]  # renumbered
     kept = [o for n, o in final.items() if n != "state" and o["result"] != "dropped-upstream"]
     assert len(subjects) == len(kept) == 1 and subjects[0].split()[0] == "Accept"

@@ -17,7 +17,6 @@ import hashlib
 import io
 import json
 import os
-import re
 import shutil
 import subprocess
 import tarfile
@@ -28,14 +27,14 @@ import pytest
 
 from tests.tooling.helpers.synthetic import SYNTH_LOCK, link_supply_venv
 from tests.tooling.helpers.upstream_releases import write_patches
-from vllm_overlay.wheelbuild import apply, constraints, export, fetch, lockmeta, setup_py
+from vllm_overlay.common import blobcache
+from vllm_overlay.wheelbuild import apply, constraints, export, lockmeta, setup_py
 from vllm_overlay.commands import apply as apply_command
 from vllm_overlay.commands import export as export_command
 from vllm_overlay.commands import rebase as rebase_command
 from vllm_overlay.common import pin, series
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.git import git
-from vllm_overlay.common.requirements import normalize_name, requirement_lines
 from vllm_overlay.publishing import docker
 from vllm_overlay.testing import testenv
 from vllm_overlay.upstream import rebase, treecheck
@@ -282,7 +281,7 @@ def test_rebase_stops_at_a_conflict_then_continue_completes(repo, tmp_path, caps
         art = the_pin.artifacts[key]
         assert lock_entry(dist / name) == {"filename": art.filename, "size": art.size,
                                            "sha256": art.sha256}
-        fetch.verify_file(dist / name, art)
+        blobcache.verify_file(dist / name, art)
     assert log["lock"] == json.loads((repo / "upstream.lock.json").read_text())
 
     # the series: U gone, the others in order with their own headers; it applies exactly
@@ -291,14 +290,14 @@ def test_rebase_stops_at_a_conflict_then_continue_completes(repo, tmp_path, caps
     assert [p.subject[0] for p in patches] == ["A", "C", "D", "B", "E"]
     for patch in patches:  # headers, message and trailers unchanged byte for byte
         assert message(patch) == old_messages[patch.subject]
-    fresh_tree = apply.apply_series(fetch.blob_path(the_pin.sdist.sha256), patches,
+    fresh_tree = apply.apply_series(blobcache.blob_path(the_pin.sdist.sha256), patches,
                                     tmp_path / "fresh" / "tree", the_pin.released)
     export.export(fresh_tree, tmp_path / "fresh" / "patches")
     assert export.compare_exports(repo / "patches", tmp_path / "fresh" / "patches") == []
     assert "B_OURS = 'ours'" in (fresh_tree / "vllm/b.py").read_text()
     assert "D_13 = 'upstream'" in (fresh_tree / "vllm/d.py").read_text()
     # the runtime venv (make test) and the build venv (MODE=precompiled) follow the new pin
-    assert constraints.sdist_requirements(fetch.blob_path(the_pin.sdist.sha256)) == [
+    assert constraints.sdist_requirements(blobcache.blob_path(the_pin.sdist.sha256)) == [
         "numpy", "torch==2.11.0"]
     assert the_pin.source_build.torch == "2.11.0"
     assert setup_py.build_requirements(fresh_tree, the_pin.source_build.torch) == [
@@ -664,13 +663,13 @@ def test_a_truncated_download_says_how_many_bytes_are_missing(tmp_path):
     art = pin.Artifact("sdist", "vllm-9.tar.gz", 1000, hashlib.sha256(whole.read_bytes()).hexdigest())
     with pytest.raises(OverlayError, match=r"vllm-9.tar.gz: download from \S+ truncated: got "
                                            r"600 of 1000 bytes \(400 missing\)"):
-        fetch.download_pinned(short.as_uri(), tmp_path / "dest", art)
+        blobcache.download_pinned(short.as_uri(), tmp_path / "dest", art)
     assert not list(tmp_path.glob("dest*"))
 
 
 def test_a_truncated_copy_in_the_cache_says_both_sizes(repo, tmp_path):
     wheel = tmp_path / "dist" / wheel_name(TARGET)
-    blob = fetch.blob_path(lock_entry(wheel)["sha256"])
+    blob = blobcache.blob_path(lock_entry(wheel)["sha256"])
     blob.parent.mkdir(parents=True, exist_ok=True)
     blob.write_bytes(wheel.read_bytes()[:500])
     size = wheel.stat().st_size
@@ -717,7 +716,7 @@ def test_a_target_whose_runtime_does_not_resolve_is_refused_before_any_work(
         rebase_command.run(Args(to=TARGET), repo)
     assert pinned_bytes(repo) == before and not (repo / "work").exists()
     wheel = lock_entry(tmp_path / "dist" / wheel_name(TARGET))["sha256"]
-    assert not fetch.blob_path(wheel).exists()  # not even its wheel fetched
+    assert not blobcache.blob_path(wheel).exists()  # not even its wheel fetched
     network_lock.missing = set()  # the index has it now (another index setting, or later)
     monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "https://internal.example/simple")
     assert rebase_command.run(Args(to=TARGET), repo) == 1  # on to B's conflict

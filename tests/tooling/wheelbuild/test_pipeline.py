@@ -11,14 +11,13 @@ from pathlib import Path
 import pytest
 
 from tests.tooling.helpers.synthetic import CHANGE_A, UPSTREAM, VERSION, WHEEL_ONLY, build
-from vllm_overlay.wheelbuild import apply
+from vllm_overlay.common import blobcache
 from vllm_overlay.common.git import git
 from vllm_overlay.wheelbuild import export
 from vllm_overlay.wheelbuild import fetch
 from vllm_overlay.common import pin
 from vllm_overlay.common import series
 from vllm_overlay.wheelbuild import sbom, verify
-from vllm_overlay.wheelbuild import wheelhouse
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.paths import REPO
 
@@ -117,7 +116,7 @@ def test_reused_build_tree_equals_a_fresh_one(built):
 def test_corrupt_cache_entry_is_refused(synth):
     synth.seed_cache()
     the_pin = pin.load(synth.repo)
-    blob = fetch.blob_path(the_pin.wheel("x86_64").sha256)
+    blob = blobcache.blob_path(the_pin.wheel("x86_64").sha256)
     blob.write_bytes(blob.read_bytes()[:-1] + b"X")
     with pytest.raises(OverlayError, match=rf"corrupt cache entry: {the_pin.wheel('x86_64').filename}"
                                            rf": sha256 [0-9a-f]+ != pinned {the_pin.wheel('x86_64').sha256}"):

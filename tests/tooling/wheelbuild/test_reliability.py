@@ -18,7 +18,8 @@ import pytest
 
 from tests.tooling.helpers import synthetic
 from tests.tooling.helpers.synthetic import CHANGE_A, UPSTREAM, WHEEL_NAME, build, cli_build
-from vllm_overlay.wheelbuild import fetch, provenance, sbom, wheelhouse
+from vllm_overlay.common import blobcache
+from vllm_overlay.wheelbuild import provenance, sbom, wheelhouse
 from vllm_overlay.wheelbuild.zipraw import data_span
 from vllm_overlay.common import pin
 from vllm_overlay.common.errors import OverlayError
@@ -58,7 +59,7 @@ def built(synth):
 
 
 def upstream_blob(s) -> Path:
-    return fetch.blob_path(pin.load(s.repo).wheel("x86_64").sha256)
+    return blobcache.blob_path(pin.load(s.repo).wheel("x86_64").sha256)
 
 
 def write_in_place(path: Path, offset: int, data: bytes) -> None:
@@ -123,7 +124,7 @@ def test_a_cold_build_on_a_corrupt_cache_names_file_hashes_and_what_to_delete(sy
     """Case 1, cold: no upstream RECORD check yet, the cache marker trusts the stat."""
     synth.seed_cache()
     art = pin.load(synth.repo).wheel("x86_64")
-    assert fetch.cached(art)  # verified once: the marker now trusts size + mtime + inode
+    assert blobcache.cached(art)  # verified once: the marker now trusts size + mtime + inode
     flip(upstream_blob(synth), where)
     synth.write_series({"Change A": {"vllm/a.py": CHANGE_A}})
     proc = subprocess.run(cli_build(synth), cwd=REPO, capture_output=True, text=True)
@@ -248,8 +249,8 @@ def test_an_sdist_changed_in_place_is_never_unpacked_into_a_build(synth):
     """Case 1 for the sdist: another valid .tar.gz of the same size, mtime restored."""
     synth.seed_cache()
     art = pin.load(synth.repo).sdist
-    blob = fetch.blob_path(art.sha256)
-    assert fetch.cached(art)  # the marker now trusts size + mtime + inode
+    blob = blobcache.blob_path(art.sha256)
+    assert blobcache.cached(art)  # the marker now trusts size + mtime + inode
     other = synth.root / "other" / art.filename  # gzip's header holds the file name
     other.parent.mkdir()
     sources = dict(synthetic.SOURCES, **{"vllm/b.py": "B = 'c'\n"})

@@ -7,12 +7,12 @@ import shlex
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from tests.tooling.helpers import synthetic
 from tests.tooling.helpers.synthetic import CHANGE_A
+from vllm_overlay.common import blobcache
 from vllm_overlay.wheelbuild import fetch
 from vllm_overlay.common import pin
 from vllm_overlay.common.paths import REPO
@@ -45,7 +45,7 @@ def test_a_killed_downloads_part_file_is_removed_by_the_next_fetch(synth, monkey
     art = pin.load(synth.repo).sdist
     dead = subprocess.Popen(["true"])
     dead.wait()
-    blob = fetch.blob_path(art.sha256)
+    blob = blobcache.blob_path(art.sha256)
     blob.parent.mkdir(parents=True)
     part = blob.with_name(f"{blob.name}.part{dead.pid}")
     part.write_bytes(b"x" * 1000)  # what a SIGKILL in the middle of download() leaves

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from vllm_overlay.common import blobcache
 from vllm_overlay.wheelbuild import constraints, fetch, lockmeta, supplyenv
 from vllm_overlay.commands import lock as lock_command
 from vllm_overlay.common import pin
@@ -41,7 +42,7 @@ def test_lock_hashes_the_wheel_it_reads_not_the_verified_marker(synth, monkeypat
                                          "sha256": hashlib.sha256(good.read_bytes()).hexdigest()}
     lock_file.write_text(json.dumps(data))
     the_pin = pin.load(synth.repo)
-    blob = fetch.blob_path(the_pin.wheel("x86_64").sha256)
+    blob = blobcache.blob_path(the_pin.wheel("x86_64").sha256)
     blob.parent.mkdir(parents=True)
     blob.write_bytes(good.read_bytes())
     assert fetch.fetch(the_pin.wheel("x86_64")) == blob  # hashed once: the marker is written
@@ -49,7 +50,7 @@ def test_lock_hashes_the_wheel_it_reads_not_the_verified_marker(synth, monkeypat
     with open(blob, "r+b") as fp:  # in place: same size, same inode, mtime put back
         fp.write(evil.read_bytes())
     os.utime(blob, ns=(before.st_atime_ns, before.st_mtime_ns))
-    assert fetch.cached(the_pin.wheel("x86_64")) == blob  # the marker still says verified
+    assert blobcache.cached(the_pin.wheel("x86_64")) == blob  # the marker still says verified
     seen = []
     monkeypatch.setattr(pin, "load", lambda repo=None: the_pin)
     monkeypatch.setattr(constraints, "make_lock", lambda arch, wheel, name, version: seen.append(
