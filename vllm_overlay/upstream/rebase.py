@@ -217,7 +217,12 @@ def place(tree: Path, patch: series.Patch, probe_results: list[dict]) -> Placed:
 def _placed_three_way(placed, fared: AmResult, header: str | None) -> Placed:
     """The outcome of a patch that went through `git am --3way`."""
     hunks = fared.detail.splitlines()  # git apply names the first failing hunk per file
-    if fared.merged:
+    if fared.outcome is Outcome.PRESENT:  # git am exited 0 but made no commit
+        return placed(Outcome.CONFLICT, "the 3-way merge gives no change: the target already "
+                      "contains this change, but its probes do not hold: fix the probes, or "
+                      "drop the patch (continue without committing anything)",
+                      files=list(fared.files), hunks=hunks)
+    if fared.outcome is Outcome.THREE_WAY:
         return placed(Outcome.THREE_WAY, "plain apply failed; the 3-way merge against the "
                       "pinned file succeeded", files=list(fared.files), hunks=hunks)
     unmerged, gone = list(fared.unmerged), list(fared.deleted)

@@ -929,3 +929,30 @@ def test_dockerfile_defaults_follow_the_new_wheels_platform_tag():
                    "ARG WHEEL=vllm-0.20.0+mmcg.1-cp38-abi3-manylinux_2_35_x86_64.whl\n"
                    "ARG SBOM=vllm-0.20.0+mmcg.1-cp38-abi3-manylinux_2_35_x86_64.cdx.json\n"
                    "RUN echo manylinux_2_31_x86_64 0.19.1\n")  # only the ARG defaults move
+
+
+def test_a_three_way_merge_that_changes_nothing_stops_instead_of_dropping_the_patch(tmp_path):
+    """`git am --3way` exits 0 without a commit when the target already has the change:
+    with probes that do not hold, that is a stop, never "applied-3way" with no commit (the
+    export would lose the patch)."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    git(tree, "init", "-q")
+    lines = [f"line {i}\n" for i in range(20)]
+    (tree / "m.py").write_text("".join(lines))
+    git(tree, "add", "-A")
+    git(tree, "commit", "-q", "-m", "base")
+    base = git(tree, "rev-parse", "HEAD").stdout.strip()
+    (tree / "m.py").write_text("".join(lines[:10] + ["changed\n"] + lines[11:]))
+    git(tree, "commit", "-q", "-am", "the change\n\nOrigin: vendor\nRisk: none\n")
+    patch_path = Path(git(tree, "format-patch", "-1", "-o", str(tmp_path / "p")).stdout.strip())
+    # the target: the change is there, and the lines around it moved on
+    git(tree, "reset", "-q", "--hard", base)
+    (tree / "m.py").write_text("".join(lines[:10] + ["changed\n"] + lines[11:13] + ["new 13\n"]
+                                       + lines[14:]))
+    git(tree, "commit", "-q", "-am", "target")
+    head = git(tree, "rev-parse", "HEAD").stdout.strip()
+    placed = rebase.place(tree, series.parse_patch(patch_path), probe_results=[])
+    assert placed.result.value == "conflict"
+    assert "already contains this change" in placed.detail and "probes" in placed.detail
+    assert git(tree, "rev-parse", "HEAD").stdout.strip() == head
