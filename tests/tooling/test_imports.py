@@ -96,3 +96,23 @@ def test_drivers_import_no_drivers(name):
     """A command is a short driver: what two commands share lives in a layer below them."""
     drivers = {m for m in package_imports(name) if m.startswith("vllm_overlay.commands")}
     assert not drivers, f"{name} imports the driver(s) {sorted(drivers)}"
+
+
+# The top-level builds: what `make wheel` runs. A stage that needs a wheel is handed the
+# build by its command, so no stage climbs back up to the top of another.
+TOP_LEVEL_BUILDS = {"vllm_overlay.wheelbuild.overlay_mode"}
+
+
+def top_level_build_importers(modules=MODULES, imports=package_imports) -> list[str]:
+    return [name for name in modules if not name.startswith("vllm_overlay.commands.")
+            and name not in TOP_LEVEL_BUILDS and imports(name) & TOP_LEVEL_BUILDS]
+
+
+def test_only_commands_call_the_top_level_build():
+    assert top_level_build_importers() == []
+
+
+def test_the_top_level_build_check_can_fail():
+    """Negative control: the harness importing the build, as it did, is found."""
+    fake = {"vllm_overlay.testing.harness": {"vllm_overlay.wheelbuild.overlay_mode"}}
+    assert top_level_build_importers(list(fake), fake.get) == ["vllm_overlay.testing.harness"]

@@ -5,6 +5,7 @@ from pathlib import Path
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.paths import REPO
 from vllm_overlay.upstream import rebase, releases
+from vllm_overlay.wheelbuild.overlay_mode import build_overlay_wheel
 
 
 def check_target(to: str) -> None:
@@ -36,7 +37,9 @@ def run(args, repo: Path = REPO) -> int:
     state = rebase.resume(repo) if args.resume else rebase.start(repo, args.to)
     if state is None:
         return 0
-    state = rebase.run(repo, state, build_wheel=not args.no_wheel, arch=args.arch,
+    build = None if args.no_wheel else lambda: build_overlay_wheel(
+        args.arch, repo / "wheelhouse", repo / "patches", repo)
+    state = rebase.run(repo, state, build_wheel=build, arch=args.arch,
                        make_runtime=getattr(args, "runtime_venv", False))
     return 0 if state.complete else 1
 

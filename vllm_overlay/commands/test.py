@@ -1,6 +1,7 @@
 """`test`: everything `make test` runs after check-patches (testing/harness.py)."""
 
 from vllm_overlay.testing import harness
+from vllm_overlay.wheelbuild.overlay_mode import build_overlay_wheel
 from vllm_overlay.testing.results import Options
 
 
@@ -13,4 +14,4 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
-    return harness.main(Options(arch=args.arch))
+    return harness.main(Options(build_overlay_wheel, arch=args.arch))

@@ -24,7 +24,6 @@ from vllm_overlay.testing import report, subset, testenv
 from vllm_overlay.testing.results import (ERROR, FAILED, PASSED, SKIPPED, Environment, Options,
                                           PytestRun, Record, StageResult, SubsetRun, Tally, Trees)
 from vllm_overlay.common import venvs
-from vllm_overlay.wheelbuild.overlay_mode import build_overlay_wheel
 from vllm_overlay.common import log
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.paths import REPO
@@ -282,7 +281,7 @@ def run_stages(options: Options, base_future: Future, stages: Stages, tally: Tal
     the_pin = pin.load()
     patches = series.read_series()
     record.patches = [p.name for p in patches]
-    wheel = stages.run("wheel", build_overlay_wheel, options.arch)
+    wheel = stages.run("wheel", options.build_wheel, options.arch)
     sdist = fetch.fetch(the_pin.sdist, the_pin.project)
     upstream_wheel = fetch.fetch(the_pin.wheel(options.arch), the_pin.project)
     env = stages.run("environment", environment, base_future, options.arch, the_pin, wheel,

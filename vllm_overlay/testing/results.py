@@ -2,6 +2,7 @@
 result, the test counts and problems summed over the stages, and the record that
 testing/report.py writes to reports/test-report.{json,md}."""
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,9 @@ PASSED, FAILED, ERROR, SKIPPED = "passed", "failed", "error", "skipped"
 
 @dataclass(frozen=True)
 class Options:
-    """What `vllm_overlay test` was asked for (commands/test.py parses the command line)."""
+    """What `vllm_overlay test` was asked for (commands/test.py parses the command line),
+    and the wheel build it runs (the top-level build is the commands' to call)."""
+    build_wheel: Callable[[str], Path]  # arch -> the built, verified overlay wheel
     arch: str = "x86_64"
 
 

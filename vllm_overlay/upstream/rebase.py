@@ -36,12 +36,12 @@ import re
 import shutil
 import tarfile
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from vllm_overlay.common import pipindex
 from vllm_overlay.common import blobcache
 from vllm_overlay.wheelbuild import constraints, export, fetch, lockmeta, setup_py
-from vllm_overlay.wheelbuild.overlay_mode import build_overlay_wheel
 from vllm_overlay.common import log, pin, series, venvs
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.fs import atomic_write
@@ -380,9 +380,10 @@ def resume(repo: Path) -> RebaseState:
     return state
 
 
-def run(repo: Path, state: RebaseState, build_wheel: bool = True, arch: str = "x86_64",
-        make_runtime: bool = False) -> RebaseState:
-    """Place the remaining patches; stop at a conflict, else finish. Returns the state."""
+def run(repo: Path, state: RebaseState, build_wheel: Callable[[], Path] | None = None,
+        arch: str = "x86_64", make_runtime: bool = False) -> RebaseState:
+    """Place the remaining patches; stop at a conflict, else finish (and build_wheel, which
+    the command passes: the top-level build is the commands' to call). Returns the state."""
     tree = state.tree(repo)
     if state.todo and not _place_all(repo, state, tree):
         return state
@@ -555,7 +556,8 @@ def where_it_went(pin_tree: Path, patches: list[series.Patch], name: str, tree: 
     return {file: went for file, went in out.items() if went}
 
 
-def finish(repo: Path, state: RebaseState, tree: Path, build_wheel: bool, arch: str,
+def finish(repo: Path, state: RebaseState, tree: Path, build_wheel: Callable[[], Path] | None,
+           arch: str,
            make_runtime: bool = False) -> None:
     """Write patches/, upstream.lock.json and VERSION, re-lock, then build. Every step can be
     killed: CONTINUE=1 redoes what is missing, ABORT=1 restores the backup."""
@@ -620,7 +622,7 @@ def finish(repo: Path, state: RebaseState, tree: Path, build_wheel: bool, arch: 
     for note in state.notes:
         print(f"for a human: {note}")
     if build_wheel:
-        print(build_overlay_wheel(arch, repo / "wheelhouse", repo / "patches", repo))
+        print(build_wheel())
     print(f"next: `make test` (its runtime venv installs locks/runtime-{arch}.txt, re-locked "
           f"for {state.to}), then `make changelog` (the move's release notes: the pin, the "
           f"patches dropped upstream, the runtime changes)")

@@ -70,7 +70,6 @@ def stubbed(tmp_path, monkeypatch):
     monkeypatch.setattr(testenv, "ensure_base", lambda *a, **k: Path("/base"))
     monkeypatch.setattr(venvs, "ensure_venv", lambda *a, **k: Path("/tools"))
     monkeypatch.setattr(harness, "subprocess", types.SimpleNamespace(run=tooling_run))
-    monkeypatch.setattr(harness, "build_overlay_wheel", lambda arch: Path("/overlay.whl"))
     monkeypatch.setattr(fetch, "fetch", lambda art, project: Path("/" + art.filename))
     monkeypatch.setattr(testenv, "check_metadata", lambda base, arch: 42)
     monkeypatch.setattr(testenv, "ensure_vllm_env", ensure_vllm_env)
@@ -86,7 +85,7 @@ def stubbed(tmp_path, monkeypatch):
 
 def test_a_run_reports_every_stage_and_counts_subset_failures_on_both_as_xfailed(
         stubbed, capsys):
-    assert harness.main(Options()) == 1  # the regression
+    assert harness.main(Options(lambda arch: Path("/overlay.whl"))) == 1  # the regression
     report = json.loads((stubbed.reports / "test-report.json").read_text())
     assert [(s["name"], s["outcome"]) for s in report["stage_results"]] == [
         ("tooling tests", "passed"), ("wheel", "passed"), ("environment", "passed"),
@@ -111,7 +110,7 @@ def test_a_run_reports_every_stage_and_counts_subset_failures_on_both_as_xfailed
                                       ("behaviour", [*list(harness.STAGES)[:5]])])
 def test_a_stage_error_ends_the_run_and_skips_the_rest(stubbed, step, ran):
     stubbed.fail(step)
-    assert harness.main(Options()) == 1
+    assert harness.main(Options(lambda arch: Path("/overlay.whl"))) == 1
     report = json.loads((stubbed.reports / "test-report.json").read_text())
     assert list(report["stages"]) == [*ran, "total"]
     results = {s["name"]: s for s in report["stage_results"]}
