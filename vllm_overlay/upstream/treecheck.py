@@ -206,24 +206,32 @@ def touched_modules(tree: Path, base: str) -> dict[str, str]:
     return out
 
 
+def _run_in(tree: Path, cmd: list[str], timeout: int) -> subprocess.CompletedProcess:
+    """Run `cmd` in the tree with the tree's code first on the path."""
+    return subprocess.run(cmd, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _about_all(files: dict[str, str], check: str, detail: str) -> list[dict]:
+    """One problem for a check that failed as a whole (files: name -> commit subject)."""
+    return [{"subject": next(iter(files.values())), "file": ", ".join(sorted(files)),
+             "check": check, "detail": detail}]
+
+
 def import_problems(tree: Path, base: str, python: Path, timeout: int = 900) -> list[dict]:
     """Import every module the series touches, in the tree, with `python` (the runtime)."""
     modules = touched_modules(tree, base)
     if not modules:
         return []
-    env = {**os.environ, "PYTHONPATH": str(tree)}
     try:
-        proc = subprocess.run([str(python), "-c", _IMPORT_ALL, *sorted(modules)], cwd=tree,
-                              env=env, capture_output=True, text=True, timeout=timeout)
+        proc = _run_in(tree, [str(python), "-c", _IMPORT_ALL, *sorted(modules)], timeout)
         failed = json.loads(proc.stdout.strip().splitlines()[-1])
     except subprocess.TimeoutExpired:
-        return [{"subject": next(iter(modules.values())), "file": ", ".join(sorted(modules)),
-                 "check": "imports", "detail": f"importing them ran past {timeout} s"}]
+        return _about_all(modules, "imports", f"importing them ran past {timeout} s")
     except (ValueError, IndexError):
         tail = (proc.stdout + proc.stderr).strip().splitlines()[-1:] or ["no output"]
-        return [{"subject": next(iter(modules.values())), "file": ", ".join(sorted(modules)),
-                 "check": "imports", "detail": f"the import check exited {proc.returncode}: "
-                                               f"{tail[0]}"}]
+        return _about_all(modules, "imports",
+                          f"the import check exited {proc.returncode}: {tail[0]}")
     return [{"subject": modules[name], "file": name, "check": "imports",
              "detail": f"import {name} fails: {why}"} for name, why in sorted(failed.items())]
 
@@ -233,14 +241,11 @@ def run_tests(tree: Path, base: str, python: Path, timeout: int = 1800) -> list[
     tests = series_tests(tree, base)
     if not tests:
         return []
-    env = {**os.environ, "PYTHONPATH": str(tree)}
     try:
-        proc = subprocess.run([str(python), "-m", "pytest", "-q", "-rfE", "-p",
-                               "no:cacheprovider", *sorted(tests)], cwd=tree, env=env,
-                              capture_output=True, text=True, timeout=timeout)
+        proc = _run_in(tree, [str(python), "-m", "pytest", "-q", "-rfE", "-p",
+                              "no:cacheprovider", *sorted(tests)], timeout)
     except subprocess.TimeoutExpired:
-        return [{"subject": next(iter(tests.values())), "file": ", ".join(sorted(tests)),
-                 "check": "tests", "detail": f"the series' tests ran past {timeout} s"}]
+        return _about_all(tests, "tests", f"the series' tests ran past {timeout} s")
     if proc.returncode in (0, 5):  # 5: nothing collected
         return []
     problems = []
