@@ -20,17 +20,19 @@ from vllm_overlay.wheelbuild import apply
 from vllm_overlay.wheelbuild import fetch
 from vllm_overlay.common import pin
 from vllm_overlay.common import series
-from vllm_overlay.testing import report, subset, testenv
+from vllm_overlay.testing import memo, report, subset, testenv
 from vllm_overlay.testing.results import (ERROR, FAILED, PASSED, SKIPPED, Environment, Options,
                                           PytestRun, Record, StageResult, SubsetRun, Tally, Trees)
 from vllm_overlay.common import venvs
 from vllm_overlay.common import log
 from vllm_overlay.common.errors import OverlayError
+from vllm_overlay.common.fs import sha256_file
 from vllm_overlay.common.paths import REPO
 
 SUBSET_FILE = REPO / "tests" / "upstream" / "subset.txt"
 BEHAVIOUR = REPO / "tests" / "behaviour"
 TOOLING = REPO / "tests" / "tooling"
+TOOLS_REQUIREMENTS = REPO / "tests" / "requirements-tools.txt"
 WORK = REPO / "work" / "test"
 REPORTS = REPO / "reports"
 TIMEOUT_PER_TEST = 300  # s; a hung upstream test must not eat CI's 90 minutes
@@ -73,6 +75,22 @@ class Stages:
         finally:
             result.seconds = round(time.monotonic() - t0, 1)
             print(f"=== {name}: {result.seconds:.1f} s ===", file=sys.stderr, flush=True)
+
+    def run_once(self, name: str, key: str | None, func, *args):
+        """run(name, func, *args) unless `name` passed before with inputs `key` (testing/
+        memo.py): then skipped, saying when, and None returned. A pass is recorded."""
+        if when := memo.passed(name, key):
+            self.skip(name, f"passed {when} for the same inputs: not rerun "
+                            f"({memo.RERUN}=1 reruns it)")
+            return None
+        value = self.run(name, func, *args)
+        if self.results[-1].outcome == PASSED:
+            memo.record(name, key)
+        return value
+
+    def skip(self, name: str, reason: str) -> None:
+        print(f"\n=== {name}: skipped, {reason} ===", file=sys.stderr, flush=True)
+        self.results.append(StageResult(name, STAGES[name], SKIPPED, reason=reason))
 
     def skip_rest(self, reason: str) -> None:
         """The stages that did not run, skipped for `reason` (an earlier step broke)."""
@@ -186,8 +204,7 @@ def start_runtime_venv(arch: str) -> Future:
 
 def tooling_tests(junit_dir: Path) -> PytestRun:
     """The tooling tests, in the tools venv."""
-    reqs = venvs.ensure_venv("tools", testenv.test_requirements(
-        REPO / "tests" / "requirements-tools.txt"))
+    reqs = venvs.ensure_venv("tools", testenv.test_requirements(TOOLS_REQUIREMENTS))
     junit = junit_dir / "tooling.xml"
     rc = subprocess.run(pytest_cmd(venvs.python_of(reqs), junit, "tests/tooling"),
                         cwd=REPO, env=clean_env()).returncode
@@ -268,6 +285,36 @@ def subset_record(run: SubsetRun, the_subset: subset.Subset) -> dict:
                          for e in the_subset.excludes]}
 
 
+# --- what each test stage's result depends on (testing/memo.py) ----------------------------
+
+
+TESTING_CODE = Path(__file__).parent
+
+
+def tooling_key() -> str | None:
+    """The tooling tests read the whole checkout; and the tools venv they run in."""
+    checkout = memo.checkout_digest(REPO)
+    tools = venvs.venv_dir("tools", testenv.test_requirements(TOOLS_REQUIREMENTS))
+    return checkout and memo.digest("tooling", checkout, tools.name, sys.version)
+
+
+def behaviour_key(env: Environment) -> str:
+    """The two installed wheels and the runtime under them (the thin venvs' names hold the
+    wheels' sha256 and the locks' key), the behaviour tests and the harness."""
+    return memo.digest("behaviour", env.overlay.name, env.pristine.name, BEHAVIOUR_INI,
+                       memo.files_digest(REPO, ["tests/behaviour"]),
+                       memo.files_digest(TESTING_CODE, ["."]))
+
+
+def subset_key(env: Environment, the_pin: pin.Pin, patches: list[series.Patch]) -> str:
+    """Both wheels and their runtime, the sdist and the series (the two test trees), the
+    subset file and the harness."""
+    return memo.digest("subset", env.overlay.name, env.pristine.name, the_pin.sdist.sha256,
+                       *(f"{p.name}:{sha256_file(p.path)}" for p in patches),
+                       memo.files_digest(REPO, ["tests/upstream"]),
+                       memo.files_digest(TESTING_CODE, ["."]))
+
+
 # --- the run ------------------------------------------------------------------------------
 
 
@@ -276,8 +323,9 @@ def run_stages(options: Options, base_future: Future, stages: Stages, tally: Tal
     """Every stage in order; what each finds goes to the tally and the record. An
     OverlayError ends the run (the caller records it)."""
     junit_dir = REPORTS / "junit"
-    tooling = stages.run("tooling tests", tooling_tests, junit_dir)
-    record.tooling = tally.add_tests(tooling, "tooling")
+    tooling = stages.run_once("tooling tests", tooling_key(), tooling_tests, junit_dir)
+    if tooling:
+        record.tooling = tally.add_tests(tooling, "tooling")
     the_pin = pin.load()
     patches = series.read_series()
     record.patches = [p.name for p in patches]
@@ -287,14 +335,26 @@ def run_stages(options: Options, base_future: Future, stages: Stages, tally: Tal
     env = stages.run("environment", environment, base_future, options.arch, the_pin, wheel,
                      upstream_wheel, record)
     record.vllm, record.venvs = env.vllm, env.venvs()
-    trees = stages.run("test trees", build_test_trees, sdist, patches, the_pin)
-    behaviour = stages.run("behaviour tests", behaviour_tests, wheel, env, the_pin, junit_dir)
-    record.behaviour = tally.add_tests(behaviour, "behaviour")
+    key = subset_key(env, the_pin, patches)
+    subset_passed = memo.passed("upstream subset", key)
+    trees = None
+    if subset_passed:  # the trees serve only the subset
+        stages.skip("test trees", f"the subset passed {subset_passed} for the same inputs")
+    else:
+        trees = stages.run("test trees", build_test_trees, sdist, patches, the_pin)
+    behaviour = stages.run_once("behaviour tests", behaviour_key(env), behaviour_tests, wheel,
+                                env, the_pin, junit_dir)
+    if behaviour:
+        record.behaviour = tally.add_tests(behaviour, "behaviour")
+    if subset_passed:
+        stages.skip("upstream subset", f"passed {subset_passed} for the same inputs: not "
+                                       f"rerun ({memo.RERUN}=1 reruns it)")
+        return
     the_subset = subset.read_subset(SUBSET_FILE)
     record.added_test_files = added_test_files(patches, trees.pristine, trees.overlay,
                                                the_subset)
-    compared = stages.run("upstream subset", upstream_subset, env, trees, the_subset,
-                          record.added_test_files, patches, junit_dir)
+    compared = stages.run_once("upstream subset", key, upstream_subset, env, trees,
+                               the_subset, record.added_test_files, patches, junit_dir)
     tally.add_subset(compared)
     record.subset = subset_record(compared, the_subset)
 

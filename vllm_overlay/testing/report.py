@@ -35,6 +35,12 @@ def write_report(report: dict, reports: Path) -> None:
     atomic_write(reports / "test-report.md", "\n".join(markdown(report)) + "\n")
 
 
+def _cell(text: str, width: int = 200) -> str:
+    """One table cell: one line, no column bar, at most `width` characters."""
+    flat = " ".join(text.split()).replace("|", "/")
+    return flat if len(flat) <= width else flat[:width - 3] + "..."
+
+
 def _counts_row(name: str, c: dict | None) -> str:
     if not c:
         return f"| {name} | - | - | - | - |"
@@ -44,8 +50,10 @@ def _counts_row(name: str, c: dict | None) -> str:
 def markdown(report: dict) -> list[str]:
     upstream = pin.load().upstream_version
     md = ["# make test report", "", f"**{report['summary']}**", "", "## Stage times", "",
-          "| stage | seconds |", "| --- | ---: |"]
-    md += [f"| {k} | {v:.1f} |" for k, v in report["stages"].items()]
+          "| stage | outcome | seconds | what ran, or why not |", "| --- | --- | ---: | --- |"]
+    md += [f"| {s['name']} | {s['outcome']} | {s['seconds']:.1f} | "
+           f"{_cell(s['reason'] or s['ran'])} |" for s in report["stage_results"]]
+    md += [f"| total | | {report['stages']['total']:.1f} | |"]
     md += ["", "## Test counts", "", "| run | passed | failed | error | skipped |",
            "| --- | ---: | ---: | ---: | ---: |",
            _counts_row("tooling tests", report.get("tooling")),

@@ -41,6 +41,8 @@ SUBSET = {"tests/x/test_a.py::test_both": ("passed", "passed"),
 def stubbed(tmp_path, monkeypatch):
     """harness with its stages' work stubbed; fail(step) makes that step raise."""
     failing = set()
+    monkeypatch.setenv("VLLM_OVERLAY_CACHE", str(tmp_path / "cache"))  # passes recorded here
+    monkeypatch.delenv("VLLM_OVERLAY_RERUN", raising=False)
 
     def maybe(step):
         if step in failing:
@@ -122,3 +124,26 @@ def test_a_stage_error_ends_the_run_and_skips_the_rest(stubbed, step, ran):
     assert report["lock_metadata_checked"] == 42  # recorded before the thin venvs failed
     assert "subset" not in report and "\n## Problems\n" in (
         stubbed.reports / "test-report.md").read_text()
+
+
+def outcomes(reports) -> dict[str, tuple[str, str]]:
+    report = json.loads((reports / "test-report.json").read_text())
+    return {s["name"]: (s["outcome"], s["reason"]) for s in report["stage_results"]}
+
+
+def test_a_stage_that_passed_is_skipped_while_its_inputs_stay_the_same(stubbed, monkeypatch):
+    run = lambda: harness.main(Options(lambda arch: Path("/overlay.whl")))  # noqa: E731
+    run()
+    assert outcomes(stubbed.reports)["tooling tests"][0] == "passed"
+    run()  # nothing changed: the stages that passed are skipped, saying when and why
+    second = outcomes(stubbed.reports)
+    for name in ("tooling tests", "behaviour tests"):
+        assert second[name][0] == "skipped" and "for the same inputs" in second[name][1]
+    assert second["upstream subset"][0] == "failed"  # it failed: never recorded, rerun
+    monkeypatch.setattr(harness, "BEHAVIOUR_INI", harness.BEHAVIOUR_INI + "# changed\n")
+    run()  # an input of the behaviour tests changed: they run again
+    third = outcomes(stubbed.reports)
+    assert third["behaviour tests"][0] == "passed" and third["tooling tests"][0] == "skipped"
+    monkeypatch.setenv("VLLM_OVERLAY_RERUN", "1")
+    run()
+    assert all(outcome != "skipped" for outcome, _ in outcomes(stubbed.reports).values())
