@@ -338,7 +338,7 @@ def test_rebase_stops_at_a_conflict_then_continue_completes(repo, tmp_path, caps
 def test_rebase_relocks_before_it_builds_and_stops_with_the_command_when_it_cannot(
         repo, network_lock, capsys, monkeypatch):
     built = []
-    monkeypatch.setattr(rebase, "build_overlay_wheel",
+    monkeypatch.setattr(rebase_command, "build_overlay_wheel",
                         lambda *a: built.append(network_lock.calls[:]) or "wheel built")
     assert rebase_command.run(Args(to=TARGET), repo) == 1
     tree = repo / "work" / "rebase" / f"vllm-{TARGET}"
@@ -365,7 +365,7 @@ def test_rebase_relocks_before_it_builds_and_stops_with_the_command_when_it_cann
 
 def test_continue_after_a_failed_lock_locks_itself_then_builds(repo, network_lock, monkeypatch):
     built = []
-    monkeypatch.setattr(rebase, "build_overlay_wheel",
+    monkeypatch.setattr(rebase_command, "build_overlay_wheel",
                         lambda *a: built.append(network_lock.calls[:]) or "wheel built")
     assert rebase_command.run(Args(to=TARGET), repo) == 1
     git(repo / "work" / "rebase" / f"vllm-{TARGET}", "am", "--skip")
@@ -553,7 +553,7 @@ def test_make_export_patches_refuses_a_tree_older_than_the_series(repo, monkeypa
     apply_command.run(args, repo)
     assert rebase_command.run(Args(to=TARGET), repo) == 1
     git(repo / "work" / "rebase" / f"vllm-{TARGET}", "am", "--skip")
-    monkeypatch.setattr(rebase, "build_overlay_wheel", lambda *a: "wheel built")
+    monkeypatch.setattr(rebase_command, "build_overlay_wheel", lambda *a: "wheel built")
     assert rebase_command.run(Args(resume=True), repo) == 0
     rebased = pinned_bytes(repo)
     with pytest.raises(OverlayError, match=f"no work tree of the pin {TARGET} under .* \\(only "
@@ -798,7 +798,7 @@ def test_the_series_own_tests_run_in_the_rebased_tree_and_a_failure_stops_the_bu
             ["defines tests/test_t.py::NEVER"])})
     git_commit_all(repo, "series A T")
     built = []
-    monkeypatch.setattr(rebase, "build_overlay_wheel", lambda *a: built.append(1) or "built")
+    monkeypatch.setattr(rebase_command, "build_overlay_wheel", lambda *a: built.append(1) or "built")
     # no runtime venv for the new locks: not run, and the log says so
     monkeypatch.delenv("VLLM_OVERLAY_RUNTIME_PYTHON", raising=False)
     real_runtime_python = rebase.runtime_python
@@ -843,7 +843,7 @@ def test_a_module_the_series_touches_that_fails_to_import_stops_the_build(
     git_commit_all(repo, "series I")
     before = pinned_bytes(repo)
     built = []
-    monkeypatch.setattr(rebase, "build_overlay_wheel", lambda *a: built.append(1) or "built")
+    monkeypatch.setattr(rebase_command, "build_overlay_wheel", lambda *a: built.append(1) or "built")
     monkeypatch.setenv("VLLM_OVERLAY_RUNTIME_PYTHON", sys.executable)
     assert rebase_command.run(Args(to=TARGET), repo) == 1
     out = capsys.readouterr().out
@@ -894,7 +894,7 @@ def test_make_changelog_after_the_rebase_says_what_happened(repo, monkeypatch):
     (repo / "releases" / f"{PIN}+test.3.json").write_text(
         json.dumps(changelog.record("x86_64", repo)))  # what `make changelog` kept on the pin
     git_commit_all(repo, "the pin's release record")
-    monkeypatch.setattr(rebase, "build_overlay_wheel", lambda *a: "wheel built")
+    monkeypatch.setattr(rebase_command, "build_overlay_wheel", lambda *a: "wheel built")
     assert rebase_command.run(Args(to=TARGET), repo) == 1
     git(repo / "work" / "rebase" / f"vllm-{TARGET}", "am", "--skip")  # B dropped by hand
     assert rebase_command.run(Args(resume=True), repo) == 0
