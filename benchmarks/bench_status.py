@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vllm_overlay.wheelbuild import apply  # noqa: E402
+from vllm_overlay.common import blobcache  # noqa: E402
 from vllm_overlay.wheelbuild import fetch  # noqa: E402
 from vllm_overlay.common import pin  # noqa: E402
 from vllm_overlay.common import series  # noqa: E402
@@ -96,7 +97,7 @@ def main() -> int:
     trees = sdists = 0
     for release in matrix.releases:
         trees += _disk(upstream.tree_entry(release.sha256))
-        sdists += _disk(fetch.blob_path(release.sha256))
+        sdists += _disk(blobcache.blob_path(release.sha256))
     print(f"\ndisk in the cache for these {len(versions)} release(s): trees {trees / 1e6:.0f} MB "
           f"+ sdists {sdists / 1e6:.0f} MB = {(trees + sdists) / 1e6:.0f} MB "
           f"({(trees + sdists) / 1e6 / len(versions):.0f} MB a release; target for 21: "

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import benchlib
 
+from vllm_overlay.common.git import git
 from vllm_overlay.wheelbuild import apply
 from vllm_overlay.wheelbuild import export
 from vllm_overlay.wheelbuild import fetch
@@ -92,7 +93,7 @@ def main() -> None:
                                   tmp / "dev" / "vllm", the_pin.released)
         target = tree / "vllm" / "v1" / "worker" / "encoder_cudagraph.py"
         target.write_text(target.read_text() + "\n# benchmark change\n")
-        apply.git(tree, "commit", "-q", "-am", "Bench\n\nOrigin: vendor\nRisk: none\n"
+        git(tree, "commit", "-q", "-am", "Bench\n\nOrigin: vendor\nRisk: none\n"
                   "Probe: defines vllm/x.py::X\n")
         export.export(tree, repo / "patches")
 
