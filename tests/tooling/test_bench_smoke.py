@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 
@@ -66,6 +67,29 @@ def test_benchmark_imports_exist(script):
             defined |= {t.id for n in tree.body if isinstance(n, ast.Assign)
                         for t in n.targets if isinstance(t, ast.Name)}
             assert name in defined, f"{script}: tests/behaviour/{module}.py has no {name}"
+
+
+def _module_attributes(path) -> list[tuple[str, str, str]]:
+    """(alias, package module, attribute) of every `alias.attribute` in the file where the
+    alias is a vllm_overlay module imported by `from vllm_overlay.x import alias [as a]`."""
+    tree = ast.parse(path.read_text())
+    modules = {alias.asname or alias.name: f"{node.module}.{alias.name}"
+               for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+               and (node.module or "").startswith("vllm_overlay") for alias in node.names
+               if isinstance(getattr(importlib.import_module(node.module), alias.name, None),
+                             types.ModuleType)}
+    return [(node.value.id, modules[node.value.id], node.attr) for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+            and node.value.id in modules]
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in BENCHMARKS.glob("*.py")))
+def test_benchmark_module_attributes_exist(script):
+    """`apply.git(...)` after git moved out of apply fails only when the benchmark runs:
+    every attribute a benchmark takes from a package module exists."""
+    for alias, module, attr in _module_attributes(BENCHMARKS / script):
+        assert hasattr(importlib.import_module(module), attr), (
+            f"{script}: {alias}.{attr}: {module} has no {attr}")
 
 
 @pytest.mark.slow
