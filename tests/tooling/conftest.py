@@ -5,6 +5,7 @@ selects the few tests that use the real pinned artifacts).
 """
 
 import base64
+import gzip
 import hashlib
 import io
 import json
@@ -46,7 +47,10 @@ def _record_hash(data: bytes) -> str:
 
 
 def make_sdist(path: Path) -> None:
-    with tarfile.open(path, "w:gz") as tar:
+    """Byte-identical every time (gzip's header mtime fixed, not the clock's): the builds of
+    a session then share one pin, and so one SBOM input (sbom_rendered_once_per_input)."""
+    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=1_700_000_000) \
+            as gz, tarfile.open(fileobj=gz, mode="w") as tar:
         for name, text in SOURCES.items():
             data = text.encode()
             info = tarfile.TarInfo(f"vllm-{UPSTREAM}/{name}")
@@ -160,6 +164,28 @@ def real_wheelhouse_untouched():
     yield
     assert visible_files(house) == before, \
         f"this test changed {house} (use a temporary wheelhouse)"
+
+
+@pytest.fixture(scope="session")
+def sbom_renders(tmp_path_factory) -> Path:
+    """Where this process keeps the `cdx render` outputs it made (tests/tooling/sbom_reuse.py);
+    under xdist each worker has its own."""
+    return tmp_path_factory.mktemp("sbom-renders")
+
+
+@pytest.fixture(autouse=True)
+def sbom_rendered_once_per_input(request, monkeypatch):
+    """Each distinct SBOM input rendered once for real (sbom_reuse.py), but in the tests
+    marked `real_sbom_render` (determinism, the supply venv's own failure paths)."""
+    from tests.tooling import sbom_reuse
+    from vllm_overlay.wheelbuild import supplyenv
+
+    if request.node.get_closest_marker("real_sbom_render"):
+        monkeypatch.delenv(sbom_reuse.ENV, raising=False)
+        return
+    folder = request.getfixturevalue("sbom_renders")
+    monkeypatch.setenv(sbom_reuse.ENV, str(folder))
+    monkeypatch.setattr(supplyenv, "run_module", sbom_reuse.reusing(supplyenv.run_module, folder))
 
 
 @pytest.fixture

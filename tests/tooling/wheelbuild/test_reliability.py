@@ -37,6 +37,8 @@ def build(s):
 # The overlay build with the CLI's error handling: an OverlayError is one line, exit 1.
 CLI_BUILD = """import sys
 from pathlib import Path
+from tests.tooling import sbom_reuse
+sbom_reuse.install()  # an SBOM input the tests rendered before: its kept output (conftest)
 from vllm_overlay.wheelbuild import overlay_mode
 from vllm_overlay.common.errors import OverlayError
 repo = Path(sys.argv[1])
