@@ -188,6 +188,47 @@ def sbom_rendered_once_per_input(request, monkeypatch):
     monkeypatch.setattr(supplyenv, "run_module", sbom_reuse.reusing(supplyenv.run_module, folder))
 
 
+# `pip config list` (fetch.pip_index_urls: pip's index URLs) costs a pip start, ~0.2 s of
+# CPU, and the rebase, status and lock code asks it hundreds of times a session with the same
+# answer. Its answer depends only on the environment (PIP_*, HOME, XDG_*, VIRTUAL_ENV ...)
+# and pip's configuration files: each test process asks pip once per distinct pair of those.
+_PIP_INDEXES: dict[tuple, list[str]] = {}
+
+
+def _pip_config_files() -> tuple:
+    import sys
+
+    home = Path.home()
+    xdg = os.environ.get("XDG_CONFIG_HOME") or str(home / ".config")
+    dirs = os.environ.get("XDG_CONFIG_DIRS") or "/etc/xdg"
+    paths = [*(Path(d) / "pip" / "pip.conf" for d in dirs.split(":")), Path("/etc/pip.conf"),
+             home / ".pip" / "pip.conf", Path(xdg) / "pip" / "pip.conf",
+             Path(sys.prefix) / "pip.conf"]
+    stats = []
+    for path in paths:
+        try:
+            st = path.stat()
+            stats.append((str(path), st.st_size, st.st_mtime_ns, st.st_ino))
+        except OSError:
+            stats.append((str(path), None))
+    return tuple(stats)
+
+
+@pytest.fixture(autouse=True)
+def pip_config_read_once_per_environment(monkeypatch):
+    from vllm_overlay.wheelbuild import fetch
+
+    real = fetch.pip_index_urls
+
+    def pip_index_urls() -> list[str]:
+        key = (tuple(sorted(os.environ.items())), _pip_config_files())
+        if key not in _PIP_INDEXES:
+            _PIP_INDEXES[key] = real()
+        return list(_PIP_INDEXES[key])
+
+    monkeypatch.setattr(fetch, "pip_index_urls", pip_index_urls)
+
+
 @pytest.fixture
 def synth(tmp_path, monkeypatch, supply_venv) -> Synth:
     cache = tmp_path / "cache"
