@@ -38,8 +38,8 @@ export-patches:   ## write the work tree's commits back to patches/ and patches/
 check-patches:    ## fail unless patches/ equals a fresh apply + export round trip
 	$(OVERLAY) check-patches
 
-test-fast:        ## tooling tests without the network or the minutes-long builds
-	$(OVERLAY) pytest tests/tooling -m "not slow and not network"
+test-fast:        ## offline tooling tests on all cores: pytest tests/tooling -m "not slow and not network" -n auto (make test runs all)
+	$(OVERLAY) pytest tests/tooling -m "not slow and not network" -n auto
 
 test-slow:        ## minutes-long real builds: overlay vs vLLM's precompiled setup.py cross-check
 	$(OVERLAY) pytest tests/tooling -m slow

@@ -3,6 +3,7 @@ vLLM 9.9.9, a repo pinning them, patches written in a dev tree (Synth), and the 
 on it. The `synth` fixture (tests/tooling/conftest.py) makes one per test."""
 
 import base64
+import gzip
 import hashlib
 import io
 import os
@@ -42,7 +43,10 @@ def _record_hash(data: bytes) -> str:
 
 
 def make_sdist(path: Path) -> None:
-    with tarfile.open(path, "w:gz") as tar:
+    """Byte-identical every time (gzip's header mtime fixed, not the clock's): the builds of
+    a session then share one pin, and so one SBOM input (sbom_rendered_once_per_input)."""
+    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=1_700_000_000) \
+            as gz, tarfile.open(fileobj=gz, mode="w") as tar:
         for name, text in SOURCES.items():
             data = text.encode()
             info = tarfile.TarInfo(f"vllm-{UPSTREAM}/{name}")
@@ -151,6 +155,8 @@ CHANGE_A = "".join(f"A_{i} = {i * (2 if i == 20 else 1)}\n" for i in range(40))
 # The overlay build with the CLI's error handling: an OverlayError is one line, exit 1.
 CLI_BUILD = """import sys
 from pathlib import Path
+from tests.tooling.helpers import sbom_reuse
+sbom_reuse.install()  # an SBOM input the tests rendered before: its kept output (conftest)
 from vllm_overlay.wheelbuild import overlay_mode
 from vllm_overlay.common.errors import OverlayError
 repo = Path(sys.argv[1])

@@ -13,6 +13,7 @@ series, written against 1.0.0:
 """
 
 import base64
+import gzip
 import hashlib
 import io
 import json
@@ -100,7 +101,9 @@ SOURCE_BUILD = {"torch": "2.10.0", "torch_cuda_versions": ["12.8"], "torch_index
 
 
 def make_sdist(path: Path, version: str) -> None:
-    with tarfile.open(path, "w:gz") as tar:
+    # byte-identical every time (gzip's mtime fixed): one SBOM input per release (conftest)
+    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=1_700_000_000) \
+            as gz, tarfile.open(fileobj=gz, mode="w") as tar:
         for name, text in {**release_files(version), "PKG-INFO": f"Version: {version}\n"}.items():
             data = text.encode()
             info = tarfile.TarInfo(f"vllm-{version}/{name}")

@@ -16,9 +16,12 @@ from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.requirements import normalize_name, requirement_lines
 from vllm_overlay.publishing import publish
 
+pytestmark = pytest.mark.real_sbom_render  # the supply venv's own failure paths: always the tool
+
 VALID = b'{"bomFormat": "CycloneDX", "specVersion": "1.6", "version": 1}\n'
 
 
+@pytest.mark.network  # the rebuild installs the supply lock's packages from the index
 def test_a_broken_supply_venv_is_named_and_rebuilt_once(tmp_path, monkeypatch, capfd):
     """A venv marked ready that lacks the SBOM library (a damaged or half-deleted venv)."""
     monkeypatch.setenv("VLLM_OVERLAY_CACHE", str(tmp_path / "cache"))
