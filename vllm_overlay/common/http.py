@@ -77,6 +77,16 @@ def download(url: str, part: Path, label: str, advance) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+def content_length(url: str) -> int:
+    """The size the server gives for `url` (a HEAD request; a `#fragment` left out)."""
+    request = urllib.request.Request(url.split("#")[0], method="HEAD")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            return int(resp.headers["Content-Length"])
+    except (OSError, ValueError, TypeError) as exc:
+        raise OverlayError(f"{url}: cannot read its size: {exc}") from exc
+
+
 def redact(url: str, mark: str = "***@") -> str:
     """`url` with its userinfo (user:password@) replaced by `mark`, for messages and labels."""
     try:

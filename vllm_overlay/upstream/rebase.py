@@ -35,7 +35,6 @@ import os
 import re
 import shutil
 import tarfile
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,6 +45,7 @@ from vllm_overlay.common import log, pin, series, venvs
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.fs import atomic_write
 from vllm_overlay.common.gittree import BASE_TAG, STOPS, AmResult, GitTree, Outcome
+from vllm_overlay.common import http
 from vllm_overlay.common.http import BatchProgress
 from vllm_overlay.common.requirements import requirement_names
 from vllm_overlay.testing import testenv
@@ -72,15 +72,6 @@ def _wheel_name(files: dict[str, str], project: str, version: str, arch: str) ->
     return names[0]
 
 
-def _content_length(url: str) -> int:
-    request = urllib.request.Request(url.split("#")[0], method="HEAD")
-    try:
-        with urllib.request.urlopen(request, timeout=60) as resp:
-            return int(resp.headers["Content-Length"])
-    except (OSError, ValueError, TypeError) as exc:
-        raise OverlayError(f"{url}: cannot read its size: {exc}") from exc
-
-
 def fetch_target(files: dict[str, str], key: str, filename: str) -> pin.Artifact:
     """Fetch one artifact into the cache, verified against the sha256 the index gives."""
     url = files[filename]
@@ -89,13 +80,13 @@ def fetch_target(files: dict[str, str], key: str, filename: str) -> pin.Artifact
         raise OverlayError(f"{filename}: the index gives no sha256 for it ({url}): "
                            f"cannot verify it")
     blob = blobcache.blob_path(sha256)
-    size = blob.stat().st_size if blob.exists() else _content_length(url)
+    size = blob.stat().st_size if blob.exists() else http.content_length(url)
     art = pin.Artifact(key, filename, size, sha256)
     if blob.exists():  # a copy under the index's sha256 that is not that file: say how big
         try:
             blobcache.cached(art)
         except OverlayError as exc:
-            expected = _content_length(url)
+            expected = http.content_length(url)
             raise OverlayError(
                 f"{filename}: the cached copy {blob} has {size} bytes, the index's file "
                 f"{expected}" + (f" ({expected - size} missing: truncated)" if size < expected
