@@ -56,6 +56,7 @@ class Stages:
 
     def __init__(self):
         self.results: list[StageResult] = []
+        self.reused: list[str] = []  # test stages skipped: passed before on the same inputs
         self.started = time.monotonic()
 
     def run(self, name: str, func, *args):
@@ -80,13 +81,17 @@ class Stages:
         """run(name, func, *args) unless `name` passed before with inputs `key` (testing/
         memo.py): then skipped, saying when, and None returned. A pass is recorded."""
         if when := memo.passed(name, key):
-            self.skip(name, f"passed {when} for the same inputs: not rerun "
-                            f"({memo.RERUN}=1 reruns it)")
+            self.reuse(name, when)
             return None
         value = self.run(name, func, *args)
         if self.results[-1].outcome == PASSED:
             memo.record(name, key)
         return value
+
+    def reuse(self, name: str, when: str) -> None:
+        self.skip(name, f"passed {when} for the same inputs: not rerun ({memo.RERUN}=1 "
+                        f"reruns it)")
+        self.reused.append(name)
 
     def skip(self, name: str, reason: str) -> None:
         print(f"\n=== {name}: skipped, {reason} ===", file=sys.stderr, flush=True)
@@ -347,8 +352,7 @@ def run_stages(options: Options, base_future: Future, stages: Stages, tally: Tal
     if behaviour:
         record.behaviour = tally.add_tests(behaviour, "behaviour")
     if subset_passed:
-        stages.skip("upstream subset", f"passed {subset_passed} for the same inputs: not "
-                                       f"rerun ({memo.RERUN}=1 reruns it)")
+        stages.reuse("upstream subset", subset_passed)
         return
     the_subset = subset.read_subset(SUBSET_FILE)
     record.added_test_files = added_test_files(patches, trees.pristine, trees.overlay,
@@ -373,7 +377,7 @@ def main(options: Options) -> int:
         stages.skip_rest(f"not run: an earlier step failed ({exc})")
     seconds = time.monotonic() - stages.started
     line = report.closing_line(tally.passed, tally.failed, tally.skipped, tally.xfailed,
-                               seconds)
+                               seconds, len(stages.reused))
     report.write_report(report.as_json(stages.results, record, tally, seconds, line), REPORTS)
     print(f"\nreport: {REPORTS / 'test-report.md'}", file=sys.stderr)
     for problem in tally.problems:

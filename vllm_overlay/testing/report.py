@@ -10,11 +10,16 @@ from vllm_overlay.common.fs import atomic_write
 from vllm_overlay.testing.results import SKIPPED, Record, StageResult, Tally
 
 
-def closing_line(passed: int, failed: int, skipped: int, xfailed: int, seconds: float) -> str:
+def closing_line(passed: int, failed: int, skipped: int, xfailed: int, seconds: float,
+                 reused: int = 0) -> str:
+    """pytest's closing line; `reused`: test stages not run, having passed before on the
+    same inputs (their tests are in none of the counts)."""
     parts = [f"{failed} failed"] if failed else []
     parts += [f"{passed} passed"]
     parts += [f"{skipped} skipped"] if skipped else []
     parts += [f"{xfailed} xfailed"] if xfailed else []
+    parts += [f"{reused} test stage{'s' * (reused > 1)} reused (passed before on the same "
+              f"inputs)"] if reused else []
     return f"{', '.join(parts)} in {seconds:.2f}s"
 
 

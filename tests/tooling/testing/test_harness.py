@@ -139,6 +139,8 @@ def test_a_stage_that_passed_is_skipped_while_its_inputs_stay_the_same(stubbed, 
     second = outcomes(stubbed.reports)
     for name in ("tooling tests", "behaviour tests"):
         assert second[name][0] == "skipped" and "for the same inputs" in second[name][1]
+    summary = json.loads((stubbed.reports / "test-report.json").read_text())["summary"]
+    assert ", 2 test stages reused (passed before on the same inputs) in " in summary
     assert second["upstream subset"][0] == "failed"  # it failed: never recorded, rerun
     monkeypatch.setattr(harness, "BEHAVIOUR_INI", harness.BEHAVIOUR_INI + "# changed\n")
     run()  # an input of the behaviour tests changed: they run again

@@ -183,6 +183,8 @@ def test_closing_line_looks_like_pytest():
                              r"in \d+\.\d\ds$")
     assert pytest_line.match(report.closing_line(10, 0, 2, 1, 3.5))
     assert report.closing_line(10, 2, 0, 0, 61) == "2 failed, 10 passed in 61.00s"
+    assert report.closing_line(0, 0, 0, 0, 5, reused=1) == (
+        "0 passed, 1 test stage reused (passed before on the same inputs) in 5.00s")
 
 
 def test_test_files_the_series_adds_run_on_the_overlay_only(tmp_path):
