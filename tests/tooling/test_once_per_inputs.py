@@ -15,7 +15,9 @@ def run(folder, cache, **env) -> str:
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-o",
          "markers=once_per_inputs: x", str(folder)], cwd=folder, capture_output=True, text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO), "VLLM_OVERLAY_CACHE": str(cache), **env})
+        env={**{k: v for k, v in os.environ.items() if k != "VLLM_OVERLAY_RERUN"},  # the
+             # caller's own `VLLM_OVERLAY_RERUN=1 make test` must not reach this run
+             "PYTHONPATH": str(REPO), "VLLM_OVERLAY_CACHE": str(cache), **env})
     return proc.stdout
 
 
