@@ -30,9 +30,8 @@ from vllm_overlay.wheelbuild import supplyenv
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.http import redact
 from vllm_overlay.common.paths import REPO, cache_dir
-from vllm_overlay.common.requirements import normalize_name, requirement_lines
-# the compiled-lock parser, under the names this module's callers use
-from vllm_overlay.common.requirements import LOCK_ENTRY_RE as _ENTRY_RE  # noqa: F401
+from vllm_overlay.common.requirements import drop_entries, requirement_lines
+# the compiled-lock parser, under the name this module's callers use
 from vllm_overlay.common.requirements import lock_entries as entries
 from vllm_overlay.common.requirements import read_lock  # noqa: F401
 from vllm_overlay.common import pipindex, wheelfile
@@ -213,19 +212,6 @@ def compile_lock(sources: list[str], out: str, arch: str, cwd: Path,
         raise OverlayError(f"uv pip compile ({out}) failed (exit {proc.returncode}):\n"
                            f"{proc.stderr.strip()}")
     return (cwd / out).read_text()
-
-
-def drop_entries(text: str, names: set[str]) -> str:
-    """The lock without the entries (and their hash / via lines) of `names`."""
-    out, keep = [], True
-    for line in text.splitlines(keepends=True):
-        if m := _ENTRY_RE.match(line):
-            keep = normalize_name(m[1]) not in names
-        elif not line.startswith(" "):
-            keep = True
-        if keep:
-            out.append(line)
-    return "".join(out)
 
 
 def source_header(upstream_version: str, wheel_name: str) -> str:

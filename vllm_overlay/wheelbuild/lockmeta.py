@@ -17,7 +17,6 @@ import email.parser
 import hashlib
 import io
 import json
-import re
 import sys
 import tarfile
 import urllib.parse
@@ -31,29 +30,13 @@ from vllm_overlay.common import pin, pipindex
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.fs import atomic_write
 from vllm_overlay.common.paths import REPO
-from vllm_overlay.common.requirements import normalize_name, requirement_lines
+from vllm_overlay.common.requirements import lock_hashes, requirement_lines
 
-_HASH_RE = re.compile(r"--hash=sha256:([0-9a-f]{64})")
 TIMEOUT = 60  # s per request
 
 
 def metadata_path(arch: str, repo: Path = REPO) -> Path:
     return constraints.lock_dir(repo) / f"metadata-{arch}.json"
-
-
-def locked_hashes(text: str) -> dict[str, tuple[str, set[str]]]:
-    """name -> (version, the sha256 of every locked file) of a compiled lock."""
-    out: dict[str, tuple[str, set[str]]] = {}
-    name = None
-    for line in text.splitlines():
-        if m := constraints._ENTRY_RE.match(line):
-            name = normalize_name(m[1])
-            out[name] = (m[3], set())
-        elif not line.startswith(" "):
-            name = None
-        if name:
-            out[name][1].update(_HASH_RE.findall(line))
-    return out
 
 
 def _get(url: str, accept: str = "*/*", byte_range: str = "") -> tuple[bytes, str]:
@@ -196,7 +179,7 @@ def record(arch: str, repo: Path = REPO) -> Path:
     """Write locks/metadata-<arch>.json for the committed locks of `arch` (network)."""
     runtime_text, _ = constraints.read_lock(constraints.runtime_lock(arch, repo))
     test_text, _ = constraints.read_lock(constraints.test_lock(arch, repo))
-    wanted = {**locked_hashes(runtime_text), **locked_hashes(test_text)}
+    wanted = {**lock_hashes(runtime_text), **lock_hashes(test_text)}
     print(f"lock: metadata of {len(wanted)} locked packages ({arch})", file=sys.stderr,
           flush=True)
     with ThreadPoolExecutor(8) as pool:
@@ -205,8 +188,8 @@ def record(arch: str, repo: Path = REPO) -> Path:
     doc = {
         "arch": arch, "python": constraints.PYTHON, "platform": constraints.PLATFORM,
         "roots": lock_roots(arch, repo),
-        "locks": {"runtime": sorted(locked_hashes(runtime_text)),
-                  "test": sorted(locked_hashes(test_text))},
+        "locks": {"runtime": sorted(lock_hashes(runtime_text)),
+                  "test": sorted(lock_hashes(test_text))},
         "packages": dict(sorted(found.items())),
     }
     path = metadata_path(arch, repo)
@@ -242,8 +225,8 @@ def lock_follows(arch: str, repo: Path = REPO) -> bool:
         runtime = constraints.runtime_lock(arch, repo).read_text()
         test = constraints.test_lock(arch, repo).read_text()
         return (doc["roots"] == lock_roots(arch, repo)
-                and doc["locks"] == {"runtime": sorted(locked_hashes(runtime)),
-                                     "test": sorted(locked_hashes(test))})
+                and doc["locks"] == {"runtime": sorted(lock_hashes(runtime)),
+                                     "test": sorted(lock_hashes(test))})
     except (OSError, ValueError, KeyError, TypeError):
         return False
 

@@ -17,7 +17,7 @@ from vllm_overlay.wheelbuild import constraints, overlay_mode, provenance, recor
 from vllm_overlay.common import pin, series
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.paths import REPO
-from vllm_overlay.common.requirements import normalize_name, requirement_lines
+from vllm_overlay.common.requirements import LOCK_ENTRY_RE, normalize_name, requirement_lines
 from vllm_overlay.testing import testenv
 
 OUT_NAME = f"vllm-{VERSION}-cp38-abi3-manylinux_2_31_x86_64.whl"
@@ -249,7 +249,7 @@ def test_real_locks_pin_every_runtime_requirement():
     doc = real_series_sbom()
     assert all(c.get("version") == locked[c["name"]] for c in doc["components"])
     lines = constraints.runtime_lock("x86_64").read_text().splitlines()
-    entries = [i for i, line in enumerate(lines) if constraints._ENTRY_RE.match(line)]
+    entries = [i for i, line in enumerate(lines) if LOCK_ENTRY_RE.match(line)]
     assert len(entries) == len(locked) and all(
         lines[i + 1].startswith("    --hash=sha256:") for i in entries)  # each entry hashed
 
