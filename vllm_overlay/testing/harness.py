@@ -26,7 +26,6 @@ from vllm_overlay.testing.results import (ERROR, FAILED, PASSED, SKIPPED, Enviro
 from vllm_overlay.common import venvs
 from vllm_overlay.common import log
 from vllm_overlay.common.errors import OverlayError
-from vllm_overlay.common.fs import sha256_file
 from vllm_overlay.common.paths import REPO
 
 SUBSET_FILE = REPO / "tests" / "upstream" / "subset.txt"
@@ -315,7 +314,7 @@ def subset_key(env: Environment, the_pin: pin.Pin, patches: list[series.Patch]) 
     """Both wheels and their runtime, the sdist and the series (the two test trees), the
     subset file and the harness."""
     return memo.digest("subset", env.overlay.name, env.pristine.name, the_pin.sdist.sha256,
-                       *(f"{p.name}:{sha256_file(p.path)}" for p in patches),
+                       *(f"{p.name}:{p.sha256()}" for p in patches),
                        memo.files_digest(REPO, ["tests/upstream"]),
                        memo.files_digest(TESTING_CODE, ["."]))
 
