@@ -19,17 +19,11 @@ INPUT_PATHS = ("vllm_overlay", "patches", "locks", "VERSION", "upstream.lock.jso
 
 
 def inputs_key(test_file: Path) -> str:
-    files = []
-    for name in INPUT_PATHS:
-        path = REPO / name
-        files += [path] if path.is_file() else sorted(
-            p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
-    files += [test_file, *(folder / "conftest.py" for folder in test_file.parents
-                           if REPO in folder.parents and (folder / "conftest.py").is_file())]
-    digest = hashlib.sha256()
-    for file in files:
-        digest.update(os.path.relpath(file, REPO).encode() + b"\0" + file.read_bytes() + b"\0")
-    return digest.hexdigest()
+    from vllm_overlay.testing.memo import files_digest
+
+    own = [test_file, *(folder / "conftest.py" for folder in test_file.parents
+                        if REPO in folder.parents and (folder / "conftest.py").is_file())]
+    return files_digest(REPO, [*INPUT_PATHS, *(os.path.relpath(f, REPO) for f in own)])
 
 
 def _passed_marker(item) -> Path:
