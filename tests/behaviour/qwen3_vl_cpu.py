@@ -231,3 +231,16 @@ def captured_manager(vllm_config, model, emu, **fa_kwargs):
         mgr = cpu_manager(vllm_config, model)
         mgr.capture()
     return mgr
+
+
+def leave_cu_seqlens_out(monkeypatch, model) -> None:
+    """Negative control: the model's replay buffers lose ``cu_seqlens``, so a replay reads
+    the value the last capture or replay left in the graph's static buffer."""
+    prepare = model.prepare_encoder_cudagraph_replay_buffers
+
+    def without_cu_seqlens(*args, **kwargs):
+        replay = prepare(*args, **kwargs)
+        del replay.buffers["cu_seqlens"]
+        return replay
+
+    monkeypatch.setattr(model, "prepare_encoder_cudagraph_replay_buffers", without_cu_seqlens)

@@ -21,6 +21,7 @@ from qwen3_vl_cpu import (
     assert_matches_eager,
     captured_manager,
     encoder_inputs,
+    leave_cu_seqlens_out,
     run_graph_path,
 )
 
@@ -176,15 +177,7 @@ def test_control_cu_seqlens_left_out_of_replay_buffers(graphs, qwen3_vl_model,
     model = qwen3_vl_model
     # A known stale cu_seqlens in the 128 graph: one video of 2 frames of 144 patches.
     _run_case(mgr, emu, model, "video", [[2, 12, 12]])
-    prepare = model.prepare_encoder_cudagraph_replay_buffers
-
-    def without_cu_seqlens(*args, **kwargs):
-        replay = prepare(*args, **kwargs)
-        del replay.buffers["cu_seqlens"]
-        return replay
-
-    monkeypatch.setattr(model, "prepare_encoder_cudagraph_replay_buffers",
-                        without_cu_seqlens)
+    leave_cu_seqlens_out(monkeypatch, model)
     mm, got, _ = _run_case(mgr, emu, model, *CONTROL_CASE)
     with pytest.raises(AssertionError, match="graph path vs eager"):
         assert_matches_eager(model, mm, got)

@@ -32,7 +32,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from qwen3_vl_cpu import TOLERANCE, build_qwen3_vl
+from qwen3_vl_cpu import TOLERANCE, build_qwen3_vl, leave_cu_seqlens_out
 from runner_lifecycle import (
     assert_items_match,
     capture_safe_vit,
@@ -304,15 +304,7 @@ def test_control_wrong_output_is_caught(graph_runner, monkeypatch, wrong):
     if wrong == WRONG[2]:
         # A known cu_seqlens in the 128 graph: one video of 2 frames of 144 patches.
         step(runner, model, emu, [("video", [[2, 12, 12]])])
-        prepare = model.prepare_encoder_cudagraph_replay_buffers
-
-        def without_cu_seqlens(*args, **kwargs):
-            replay = prepare(*args, **kwargs)
-            del replay.buffers["cu_seqlens"]
-            return replay
-
-        monkeypatch.setattr(model, "prepare_encoder_cudagraph_replay_buffers",
-                            without_cu_seqlens)
+        leave_cu_seqlens_out(monkeypatch, model)
     else:
         monkeypatch.setattr(mgr, "execute", wrong_execute)
     before = hits(runner)
