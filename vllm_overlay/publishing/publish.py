@@ -203,13 +203,6 @@ def check_credentials(index_url: str) -> None:
                            f"({_why(exc, index_url)}); nothing uploaded") from exc
 
 
-def remote_files(simple_url: str, project: str, index_url: str) -> dict[str, str]:
-    """filename -> sha256 of what the index serves for `project` (empty if unknown there;
-    a redirect to another host, such as pypiserver's fallback, means unknown there)."""
-    return {name: digest for name, (digest, _) in remote_links(simple_url, project,
-                                                               index_url).items()}
-
-
 def remote_links(simple_url: str, project: str, index_url: str) -> dict[str, tuple[str, str]]:
     """filename -> (sha256, file URL without fragment) of what the index serves."""
     page = simple_url.rstrip("/") + f"/{normalize_name(project)}/"
