@@ -25,6 +25,7 @@ from pathlib import Path, PurePosixPath
 
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.series import Patch
+from vllm_overlay.upstream import pydefs
 
 KINDS = ("defines", "imports-resolve", "annotation", "mentions", "compares")
 _IDENT_RE = re.compile(r"^[A-Za-z_]\w*$")
@@ -104,7 +105,7 @@ def _parse_one(text: str) -> Probe:
     if not extra.strip():
         raise ValueError("annotation needs the expected annotation text after the name")
     try:
-        expected = ast.unparse(ast.parse(extra.strip(), mode="eval").body)
+        expected = ast.unparse(pydefs.parse(extra.strip(), mode="eval").body)
     except SyntaxError as exc:
         raise ValueError(f"annotation text {extra.strip()!r} is not a Python expression: "
                          f"{exc.msg}") from None
@@ -120,7 +121,7 @@ def _module(tree: Path, path: str) -> ast.Module | str:
     if not file.is_file():
         return f"{path} does not exist"
     try:
-        return ast.parse(file.read_bytes(), filename=path)
+        return pydefs.parse(file.read_bytes(), filename=path)
     except (SyntaxError, ValueError) as exc:
         return f"{path} does not parse: {exc}"
 

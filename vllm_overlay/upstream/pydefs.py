@@ -12,11 +12,22 @@ AST only: nothing is imported.
 
 import ast
 import hashlib
+import threading
 from dataclasses import dataclass
 
 MODULE = "<module>"
 _DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 _KEEP_IDENTS = 3  # identifiers per definition used to pre-select files when searching
+# CPython 3.11's AST constructor is not thread-safe: parses in parallel threads (make status
+# evaluates releases side by side) can fail with "SystemError: AST constructor recursion
+# depth mismatch" (seen on a cold cache). One parse at a time.
+_PARSE = threading.Lock()
+
+
+def parse(source: str | bytes, filename: str = "<unknown>", mode: str = "exec") -> ast.AST:
+    """ast.parse, one thread at a time (every parse of upstream code goes through here)."""
+    with _PARSE:
+        return ast.parse(source, filename=filename, mode=mode)
 
 
 @dataclass(frozen=True)
@@ -89,7 +100,7 @@ def _first_line(node) -> int:
 def index(source: str) -> dict[str, Definition]:
     """name -> Definition of every definition in the source (SyntaxError if it does not
     parse)."""
-    tree = _StripStrings().visit(ast.parse(source))  # line ranges of the rest stay
+    tree = _StripStrings().visit(parse(source))  # line ranges of the rest stay
     out: dict[str, Definition] = {}
     total = len(source.splitlines())
 

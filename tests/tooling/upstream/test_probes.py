@@ -119,3 +119,33 @@ def test_parse_names_patch_and_line(tmp_path):
     with pytest.raises(OverlayError, match=r"0001-x.patch:7: patch 0001-x.patch: bad probe "
                                            r"'Probe: sniff vllm/a.py': unknown kind"):
         probes.parse(parse_patch(path))
+
+
+def test_probes_parse_one_file_at_a_time_across_threads(tmp_path, monkeypatch):
+    """make status checks releases in parallel threads; CPython 3.11's AST constructor is
+    not thread-safe ("AST constructor recursion depth mismatch" on a cold cache), so every
+    parse of upstream code is serialised (pydefs.parse)."""
+    import ast
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    (tmp_path / "m.py").write_text("def f():\n    return 1\n")
+    real, inside, most, guard = ast.parse, [0], [0], threading.Lock()
+
+    def watched_parse(*args, **kwargs):
+        with guard:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.01)  # long enough for another thread to come in, if it may
+        try:
+            return real(*args, **kwargs)
+        finally:
+            with guard:
+                inside[0] -= 1
+
+    monkeypatch.setattr(ast, "parse", watched_parse)
+    probe = probes._parse_one("defines m.py::f")
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: probes.check(probe, tmp_path), range(16)))
+    assert all(r.holds for r in results) and most[0] == 1
