@@ -41,8 +41,9 @@ BEHAVIOUR_INI = "[pytest]\naddopts = -p no:cacheprovider\n"
 
 # Stage name -> what it runs, in the order of the run.
 STAGES = {
-    "tooling tests": "pytest tests/tooling in the tools venv",
     "wheel": "the overlay wheel (wheelhouse/)",
+    "tooling tests": "pytest tests/tooling in the tools venv, beside the stages below "
+                     "(output: reports/logs/tooling.log, shown when they are done)",
     "environment": "the runtime venv (made beside the tooling tests), a thin venv per vLLM wheel",
     "test trees": "upstream's tests/ as published and after the series (work/test/)",
     "behaviour tests": "pytest tests/behaviour against the installed overlay wheel",
@@ -62,8 +63,42 @@ class Stages:
         """func(*args), timed; its value returned. The stage failed when the value says so
         (a `failed` property: its tests failed), and is an error when it raised."""
         print(f"\n=== {name} ===", file=sys.stderr, flush=True)
+        return self._timed(self._result(name), func, *args)
+
+    def run_once(self, name: str, key: str | None, func, *args):
+        """run(name, func, *args) unless `name` passed before with inputs `key` (testing/
+        memo.py): then skipped, saying when, and None returned. A pass is recorded."""
+        if when := memo.passed(name, key):
+            self.reuse(name, when)
+            return None
+        print(f"\n=== {name} ===", file=sys.stderr, flush=True)
+        return self._recorded(self._result(name), key, func, *args)
+
+    def start_once(self, name: str, key: str | None, func, *args) -> Future | None:
+        """run_once in a thread, beside the stages that follow: a Future of its value, or
+        None when it is reused. Its result keeps its place in the order of the run."""
+        if when := memo.passed(name, key):
+            self.reuse(name, when)
+            return None
+        print(f"\n=== {name}: started beside the next stages ===", file=sys.stderr, flush=True)
+        beside = ThreadPoolExecutor(1, thread_name_prefix=name.replace(" ", "-"))
+        future = beside.submit(self._recorded, self._result(name), key, func, *args)
+        beside.shutdown(wait=False)
+        return future
+
+    def _result(self, name: str) -> StageResult:
         result = StageResult(name, STAGES[name], ERROR)
         self.results.append(result)
+        return result
+
+    def _recorded(self, result: StageResult, key: str | None, func, *args):
+        value = self._timed(result, func, *args)
+        if result.outcome == PASSED:
+            memo.record(result.name, key)
+        return value
+
+    @staticmethod
+    def _timed(result: StageResult, func, *args):
         t0 = time.monotonic()
         try:
             value = func(*args)
@@ -74,18 +109,7 @@ class Stages:
             raise
         finally:
             result.seconds = round(time.monotonic() - t0, 1)
-            print(f"=== {name}: {result.seconds:.1f} s ===", file=sys.stderr, flush=True)
-
-    def run_once(self, name: str, key: str | None, func, *args):
-        """run(name, func, *args) unless `name` passed before with inputs `key` (testing/
-        memo.py): then skipped, saying when, and None returned. A pass is recorded."""
-        if when := memo.passed(name, key):
-            self.reuse(name, when)
-            return None
-        value = self.run(name, func, *args)
-        if self.results[-1].outcome == PASSED:
-            memo.record(name, key)
-        return value
+            print(f"=== {result.name}: {result.seconds:.1f} s ===", file=sys.stderr, flush=True)
 
     def reuse(self, name: str, when: str) -> None:
         self.skip(name, f"passed {when} for the same inputs: not rerun ({memo.RERUN}=1 "
@@ -206,15 +230,38 @@ def start_runtime_venv(arch: str) -> Future:
     return base_future
 
 
-def tooling_tests(junit_dir: Path) -> PytestRun:
-    """The tooling tests, in the tools venv."""
-    reqs = venvs.ensure_venv("tools", testenv.test_requirements(TOOLS_REQUIREMENTS))
+TOOLING_LOG = "tooling.log"  # in reports/logs/
+
+
+def tooling_tests(junit_dir: Path, logs: Path) -> PytestRun:
+    """The tooling tests, in the tools venv; pytest's output (and pip's, when the tools
+    venv is made) to their logs: they run beside the other stages."""
+    reqs = venvs.ensure_venv("tools", testenv.test_requirements(TOOLS_REQUIREMENTS),
+                             log=logs / "tools-venv.log")
     junit = junit_dir / "tooling.xml"
-    rc = subprocess.run(pytest_cmd(venvs.python_of(reqs), junit, "tests/tooling"),
-                        cwd=REPO, env=clean_env()).returncode
+    with open(logs / TOOLING_LOG, "a") as out:
+        rc = subprocess.run(pytest_cmd(venvs.python_of(reqs), junit, "tests/tooling"),
+                            cwd=REPO, env=clean_env(), stdout=out,
+                            stderr=subprocess.STDOUT).returncode
     if not junit.exists():
-        raise OverlayError(f"tooling tests wrote no junit XML (pytest exit {rc})")
+        raise OverlayError(f"tooling tests wrote no junit XML (pytest exit {rc}; output in "
+                           f"{logs / TOOLING_LOG})")
     return PytestRun(subset.read_junit(junit))
+
+
+def follow(log_file: Path, future: Future, poll: float = 1.0):
+    """The future's value, once it is done; meanwhile its log, so far and as it grows, is
+    copied to stderr (the progress of a stage that ran beside the others)."""
+    print(f"\n=== waiting for the tooling tests: {log_file}, so far and as it grows ===",
+          file=sys.stderr, flush=True)
+    with open(log_file, errors="replace") as log:
+        while True:
+            done = future.done()
+            sys.stderr.write(log.read())
+            sys.stderr.flush()
+            if done:
+                return future.result()
+            time.sleep(poll)
 
 
 def environment(base_future: Future, arch: str, the_pin: pin.Pin, wheel: Path,
@@ -324,16 +371,41 @@ def subset_key(env: Environment, the_pin: pin.Pin, patches: list[series.Patch]) 
 
 def run_stages(options: Options, base_future: Future, stages: Stages, tally: Tally,
                record: Record) -> None:
-    """Every stage in order; what each finds goes to the tally and the record. An
-    OverlayError ends the run (the caller records it)."""
+    """Every stage in order, the tooling tests beside the others (2 cores: they wait on
+    downloads and git, the others on torch); what each finds goes to the tally and the
+    record. An OverlayError ends the run (the caller records it)."""
+    junit_dir, logs = REPORTS / "junit", REPORTS / "logs"
+    logs.mkdir(exist_ok=True)
+    (logs / TOOLING_LOG).write_text("")
+    tooling = None
+    try:
+        try:  # the wheel first, alone: some tooling tests build in its work tree
+            wheel = stages.run("wheel", options.build_wheel, options.arch)
+        finally:  # the tooling tests need no wheel: they run whatever the wheel stage gave
+            tooling = stages.start_once("tooling tests", tooling_key(), tooling_tests,
+                                        junit_dir, logs)
+        vllm_stages(options, wheel, base_future, stages, tally, record)
+    finally:
+        if tooling is not None:
+            finish_tooling(tooling, logs / TOOLING_LOG, tally, record)
+
+
+def finish_tooling(tooling: Future, log_file: Path, tally: Tally, record: Record) -> None:
+    """Wait for the tooling tests (their output shown) and count them; a tooling stage that
+    broke is a problem of the run, never a reason to lose what the others found."""
+    try:
+        record.tooling = tally.add_tests(follow(log_file, tooling), "tooling")
+    except OverlayError as exc:
+        tally.add_error(exc)
+
+
+def vllm_stages(options: Options, wheel: Path, base_future: Future, stages: Stages,
+                tally: Tally, record: Record) -> None:
+    """The stages that install vLLM: environment, test trees, behaviour, subset."""
     junit_dir = REPORTS / "junit"
-    tooling = stages.run_once("tooling tests", tooling_key(), tooling_tests, junit_dir)
-    if tooling:
-        record.tooling = tally.add_tests(tooling, "tooling")
     the_pin = pin.load()
     patches = series.read_series()
     record.patches = [p.name for p in patches]
-    wheel = stages.run("wheel", options.build_wheel, options.arch)
     sdist = fetch.fetch(the_pin.sdist, the_pin.project)
     upstream_wheel = fetch.fetch(the_pin.wheel(options.arch), the_pin.project)
     env = stages.run("environment", environment, base_future, options.arch, the_pin, wheel,

@@ -2,6 +2,8 @@
 stubbed: the stage results, the tally, the closing line and reports/test-report.{md,json}."""
 
 import json
+import subprocess
+import threading
 import types
 from pathlib import Path
 
@@ -40,15 +42,19 @@ SUBSET = {"tests/x/test_a.py::test_both": ("passed", "passed"),
 @pytest.fixture
 def stubbed(tmp_path, monkeypatch):
     """harness with its stages' work stubbed; fail(step) makes that step raise."""
-    failing = set()
+    failing, hooks = set(), {}
     monkeypatch.setenv("VLLM_OVERLAY_CACHE", str(tmp_path / "cache"))  # passes recorded here
     monkeypatch.delenv("VLLM_OVERLAY_RERUN", raising=False)
 
     def maybe(step):
+        if step in hooks:
+            hooks[step]()
         if step in failing:
             raise OverlayError(f"boom in {step}")
 
     def tooling_run(cmd, **_):
+        maybe("tooling")
+        print("tooling output", file=_["stdout"], flush=True)
         write_junit(junit_arg(cmd), {"tests/tooling/test_t.py::test_ok": "passed",
                                      "tests/tooling/test_t.py::test_skip": "skipped"})
         return types.SimpleNamespace(returncode=0)
@@ -71,7 +77,8 @@ def stubbed(tmp_path, monkeypatch):
     monkeypatch.setattr(harness, "WORK", tmp_path / "work")
     monkeypatch.setattr(testenv, "ensure_base", lambda *a, **k: Path("/base"))
     monkeypatch.setattr(venvs, "ensure_venv", lambda *a, **k: Path("/tools"))
-    monkeypatch.setattr(harness, "subprocess", types.SimpleNamespace(run=tooling_run))
+    monkeypatch.setattr(harness, "subprocess", types.SimpleNamespace(
+        run=lambda cmd, **kw: tooling_run(cmd, **kw), STDOUT=subprocess.STDOUT))
     monkeypatch.setattr(fetch, "fetch", lambda art, project: Path("/" + art.filename))
     monkeypatch.setattr(testenv, "check_metadata", lambda base, arch: 42)
     monkeypatch.setattr(testenv, "ensure_vllm_env", ensure_vllm_env)
@@ -82,7 +89,8 @@ def stubbed(tmp_path, monkeypatch):
     monkeypatch.setattr(harness, "run_to_log", behaviour_run)
     monkeypatch.setattr(harness, "run_subset", run_subset)
     monkeypatch.setattr(harness, "added_test_files", lambda *a: [])
-    return types.SimpleNamespace(fail=failing.add, reports=tmp_path / "reports")
+    return types.SimpleNamespace(fail=failing.add, reports=tmp_path / "reports",
+                                 hooks=hooks)
 
 
 def test_a_run_reports_every_stage_and_counts_subset_failures_on_both_as_xfailed(
@@ -90,7 +98,7 @@ def test_a_run_reports_every_stage_and_counts_subset_failures_on_both_as_xfailed
     assert harness.main(Options(lambda arch: Path("/overlay.whl"))) == 1  # the regression
     report = json.loads((stubbed.reports / "test-report.json").read_text())
     assert [(s["name"], s["outcome"]) for s in report["stage_results"]] == [
-        ("tooling tests", "passed"), ("wheel", "passed"), ("environment", "passed"),
+        ("wheel", "passed"), ("tooling tests", "passed"), ("environment", "passed"),
         ("test trees", "passed"), ("behaviour tests", "passed"), ("upstream subset", "failed")]
     assert list(report["stages"]) == [*harness.STAGES, "total"]
     assert report["lock_metadata_checked"] == 42
@@ -108,7 +116,7 @@ def test_a_run_reports_every_stage_and_counts_subset_failures_on_both_as_xfailed
     assert "FAILED regression: tests/x/test_a.py::test_reg" in out.err
 
 
-@pytest.mark.parametrize("step,ran", [("environment", ["tooling tests", "wheel", "environment"]),
+@pytest.mark.parametrize("step,ran", [("environment", ["wheel", "tooling tests", "environment"]),
                                       ("behaviour", [*list(harness.STAGES)[:5]])])
 def test_a_stage_error_ends_the_run_and_skips_the_rest(stubbed, step, ran):
     stubbed.fail(step)
@@ -149,3 +157,36 @@ def test_a_stage_that_passed_is_skipped_while_its_inputs_stay_the_same(stubbed, 
     monkeypatch.setenv("VLLM_OVERLAY_RERUN", "1")
     run()
     assert all(outcome != "skipped" for outcome, _ in outcomes(stubbed.reports).values())
+
+
+def test_the_tooling_tests_run_beside_the_stages_that_install_vllm(stubbed, capsys):
+    both = threading.Barrier(2, timeout=10)  # broken unless both stages run at one time
+    stubbed.hooks.update(tooling=both.wait, behaviour=both.wait)
+    assert harness.main(Options(lambda arch: Path("/overlay.whl"))) == 1  # the regression
+    report = json.loads((stubbed.reports / "test-report.json").read_text())
+    assert report["tooling"] == {"passed": 1, "failed": 0, "error": 0, "skipped": 1}
+    err = capsys.readouterr().err
+    assert err.index("tooling tests: started beside") < err.index("=== behaviour tests ===")
+    assert err.index("=== behaviour tests ===") < err.index("tooling output")  # its log, shown
+
+
+def test_a_wheel_that_fails_still_gets_the_tooling_tests_run_and_counted(stubbed):
+    def no_wheel(arch):
+        raise OverlayError("boom in wheel")
+    assert harness.main(Options(no_wheel)) == 1
+    report = json.loads((stubbed.reports / "test-report.json").read_text())
+    results = {s["name"]: s["outcome"] for s in report["stage_results"]}
+    assert results["wheel"] == "error" and results["tooling tests"] == "passed"
+    assert results["behaviour tests"] == "skipped"
+    assert report["tooling"] == {"passed": 1, "failed": 0, "error": 0, "skipped": 1}
+    assert report["problems"] == ["error: boom in wheel"]
+
+
+def test_a_tooling_stage_that_breaks_loses_nothing_the_other_stages_found(stubbed):
+    stubbed.fail("tooling")
+    assert harness.main(Options(lambda arch: Path("/overlay.whl"))) == 1
+    report = json.loads((stubbed.reports / "test-report.json").read_text())
+    results = {s["name"]: (s["outcome"], s["reason"]) for s in report["stage_results"]}
+    assert results["tooling tests"] == ("error", "boom in tooling")
+    assert results["behaviour tests"][0] == "passed" and "behaviour" in report
+    assert "error: boom in tooling" in report["problems"]
