@@ -322,7 +322,8 @@ def test_a_partial_upload_is_named_with_what_to_delete_never_a_version_bump(plai
     version = "0.19.1+cut.1"
     # fixed bytes: pypiserver's parser (cgi.FieldStorage) holds back a line end before a
     # possible boundary, so a cut whose last byte was a random \r or \n kept one byte less
-    files = {**package_files(version, True), "vllm/big.bin": random.Random(28).randbytes(4 << 20)}
+    files = {**package_files(version, True),
+             "vllm/big.bin": random.Random(28).randbytes(4 << 20)}
     house, wheel = wheelhouse_with(tmp_path, version, files=files)
     cut_upload(plain_index, wheel, keep=1_500_000)
     proc = make_publish(plain_index, house)
