@@ -3,8 +3,9 @@
 The plan lists every member of the new wheel in order: upstream members copied raw
 (compressed bytes untouched), files the series changed or added (from the patched tree),
 and the metadata a new version needs (dist-info renamed, METADATA Version, WHEEL Tag
-fixed to match the file name, vllm/_version.py, RECORD). verify.py checks the result
-against the same plan.
+fixed to match the file name, vllm/_version.py, RECORD). write_wheel makes it in one
+sequential pass over the upstream wheel, which it hashes as it copies; verify.py checks the
+result against the same plan and what that pass recorded.
 """
 
 import csv
@@ -14,9 +15,13 @@ import io
 import os
 import re
 import struct
+import time
 import zipfile
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from vllm_overlay.wheelbuild.apply import changed_files
 from vllm_overlay.wheelbuild.record import BuildRecord
@@ -41,6 +46,15 @@ class Member:
     name: str
     source: str | None = None  # upstream member copied raw
     data: bytes | None = None  # new content
+    # new content made while the wheel is written (the SBOM, then RECORD, which lists it):
+    # called when write_wheel reaches the member, after every vllm/ member
+    later: Callable[[], bytes] | None = None
+
+    def content(self) -> bytes:
+        """The new content (made by `later` the first time, when there is one)."""
+        if self.data is None and self.later is not None:
+            self.data = self.later()
+        return self.data
 
 
 @dataclass
@@ -93,10 +107,11 @@ def classify_changes(tree: Path, patches: list[Patch]) -> tuple[dict[str, str], 
 
 def plan_wheel(upstream: Path, record: BuildRecord, tree: Path,
                changes: tuple[dict[str, str], list[str]],
-               extra: dict[str, bytes] | None = None) -> WheelPlan:
+               extra: dict[str, Callable[[], bytes]] | None = None) -> WheelPlan:
     """The member list; an unreadable upstream is a named error (corrupt cache or bad wheel).
     `changes`: classify_changes(tree, patches); `extra`: new dist-info files by relative
-    name (the SBOM: sbom.MEMBER)."""
+    name (the SBOM: sbom.MEMBER), each a function that returns its bytes (Member.later:
+    the SBOM is rendered while the upstream members are copied); RECORD follows them."""
     try:
         return _plan(upstream, record, tree, *changes, extra or {})
     except (zipfile.BadZipFile, struct.error, UnicodeDecodeError, KeyError) as exc:
@@ -105,7 +120,7 @@ def plan_wheel(upstream: Path, record: BuildRecord, tree: Path,
 
 
 def _plan(upstream: Path, record: BuildRecord, tree: Path, shipped: dict[str, str],
-          outside: list[str], extra: dict[str, bytes]) -> WheelPlan:
+          outside: list[str], extra: dict[str, Callable[[], bytes]]) -> WheelPlan:
     upstream_name, version, patches = record.upstream.filename, record.version, record.patches
     tags = upstream_name[:-4].split("-", 2)[2]
     plan = WheelPlan(upstream, f"vllm-{version}-{tags}.whl", version, changed=shipped,
@@ -147,47 +162,115 @@ def _plan(upstream: Path, record: BuildRecord, tree: Path, shipped: dict[str, st
                 plan.members.append(Member(new_name, data=("\n".join(lines) + "\n\n").encode()))
             else:
                 plan.members.append(Member(new_name, source=name))
-        for rel, data in sorted(extra.items()):
-            plan.members.append(Member(new_info + rel, data=data))
-        record = read_record(zf, old_info + "RECORD")
-    plan.members.append(Member(new_info + "RECORD", data=render_record(plan, record)))
+        for rel, later in sorted(extra.items()):
+            plan.members.append(Member(new_info + rel, later=later))
+        rows = read_record(zf, old_info + "RECORD")
+    plan.members.append(Member(new_info + "RECORD", later=lambda: render_record(plan, rows)))
     return plan
 
 
 def render_record(plan: WheelPlan, upstream_rows: dict[str, tuple[str, str]]) -> bytes:
+    """RECORD: upstream's row for each copied member, hash and size of each new one, and its
+    own row (the plan's last member) without either."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    for member in plan.members:
+    for member in plan.members[:-1]:
         if member.source is not None:
             writer.writerow([member.name, *upstream_rows[member.source]])
         else:
-            writer.writerow([member.name, record_hash(member.data), len(member.data)])
-    writer.writerow([wheelfile.dist_info(plan.version) + "RECORD", "", ""])
+            data = member.content()
+            writer.writerow([member.name, record_hash(data), len(data)])
+    writer.writerow([plan.members[-1].name, "", ""])
     return out.getvalue().encode()
 
 
-class HashingReader:
-    """Forward-only reads of a file that hash every byte of it, skipped ones included."""
+class UpstreamStream:
+    """The upstream wheel read once, front to back, in blocks that a worker thread reads and
+    hashes ahead of the copy, every byte (skipped ones and the central directory too).
+
+    hashlib releases the GIL on big buffers, so this digest and the output's (the writer's,
+    in the calling thread) run on two cores. read1 hands out views of the very blocks that
+    were hashed: the bytes copied are the bytes hashed. Forward only (members in file
+    order); `busy` is the worker's read+hash time.
+    """
+
+    BLOCK, AHEAD = 8 << 20, 2  # memory: (AHEAD + 1) blocks
 
     def __init__(self, fp):
-        self.fp, self.pos, self.digest = fp, 0, hashlib.sha256()
+        self.fp, self.digest, self.busy = fp, hashlib.sha256(), 0.0
+        self.pos, self.block, self.at = 0, memoryview(b""), 0  # offset; current block, index
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="upstream-read")
+        self.ahead = deque(self.pool.submit(self._read) for _ in range(self.AHEAD))
+
+    def _read(self) -> bytes:
+        started = time.perf_counter()
+        block = self.fp.read(self.BLOCK)
+        self.digest.update(block)
+        self.busy += time.perf_counter() - started
+        return block
+
+    def _next_block(self) -> bool:
+        """The next block read (waiting for it); False at the end of the file."""
+        self.block, self.at = memoryview(self.ahead.popleft().result()), 0
+        self.ahead.append(self.pool.submit(self._read))
+        return bool(self.block)
+
+    def read1(self, n: int) -> memoryview:
+        """Up to n of the next bytes, from one block (no copy); empty at the end."""
+        if self.at == len(self.block) and not self._next_block():
+            return self.block
+        view = self.block[self.at:self.at + n]
+        self.at += len(view)
+        self.pos += len(view)
+        return view
 
     def read(self, n: int) -> bytes:
-        data = self.fp.read(n)
-        self.digest.update(data)
-        self.pos += len(data)
-        return data
+        """Exactly the next n bytes, fewer only at the end (headers: small)."""
+        parts = []
+        while n and (view := self.read1(n)):
+            parts.append(bytes(view))
+            n -= len(view)
+        return b"".join(parts)
 
     def seek(self, offset: int) -> None:
         if offset < self.pos:
             raise zipfile.BadZipFile(f"members out of file order at offset {offset}")
-        while self.pos < offset and self.read(min(1 << 20, offset - self.pos)):
+        while self.pos < offset and self.read1(offset - self.pos):
             pass
 
     def hexdigest(self) -> str:
-        while self.read(1 << 20):  # the rest: central directory
+        """Read (and hash) the rest, the central directory: the digest of the whole file."""
+        while self.read1(self.BLOCK):
             pass
+        self.close()
         return self.digest.hexdigest()
+
+    def close(self) -> None:
+        """Stop reading ahead (again: a no-op)."""
+        for future in self.ahead:
+            future.cancel()
+        self.pool.shutdown(wait=True)
+
+
+@dataclass(frozen=True)
+class Copied:
+    """An untouched member as the pass copied it: its compressed bytes, read at src_offset
+    of the upstream wheel (and hashed there), written at out_offset of the new one."""
+    name: str
+    source: str
+    src_offset: int
+    out_offset: int
+    length: int
+
+
+@dataclass
+class Written:
+    """What write_wheel's one pass wrote and proved; verify.verify_wheel checks the file as
+    written against it."""
+    sha256: str  # of the new wheel, hashed as it was written
+    copied: list[Copied]
+    phases: dict[str, float]  # seconds: read+hash (worker), write+hash, waited (for the
+    # SBOM render), fsync
 
 
 def bad_upstream(path: Path, name: str, pinned: str | None, why: object,
@@ -201,33 +284,53 @@ def bad_upstream(path: Path, name: str, pinned: str | None, why: object,
                         f"{pinned} ({why}); nothing was built: delete {path} to fetch it again")
 
 
-def write_wheel(plan: WheelPlan, out: Path, record: BuildRecord) -> str:
-    """Write the planned wheel to `out`; returns its sha256.
+def write_wheel(plan: WheelPlan, out: Path, record: BuildRecord) -> Written:
+    """Write the planned wheel to `out` in one sequential pass over the upstream wheel.
 
-    Every byte of the upstream wheel is hashed in the same pass that copies its members,
-    and a digest other than the pinned one is an error: what was copied is proven to be
-    the pinned upstream's on every build, whatever the cache markers say.
+    Every byte of the upstream wheel is hashed in the pass that copies its members' raw
+    bytes, and a digest other than the pinned one is an error: what was copied is proven to
+    be the pinned upstream's on every build, whatever the cache markers say. The output is
+    hashed as it is written (its sha256 for SHA256SUMS) and synced once.
     """
-    date_time = epoch_to_date_time(record.epoch)
     upstream_sha256, upstream_name = record.upstream.sha256, record.upstream.filename
     try:
-        with zipfile.ZipFile(plan.upstream) as zf, open(plan.upstream, "rb") as raw, \
-                open(out, "wb") as fp:
+        with zipfile.ZipFile(plan.upstream) as zf:
             infos = {info.filename: info for info in zf.infolist()}
-            src = HashingReader(raw)
-            writer = RawZipWriter(fp)
-            for member in plan.members:
-                if member.source is not None:
-                    writer.copy_raw(src, infos[member.source], member.name)
-                else:
-                    writer.add(member.name, member.data, date_time, infos.get(member.name))
-            writer.close()
+        with open(plan.upstream, "rb", buffering=0) as raw, open(out, "wb") as fp:
+            src = UpstreamStream(raw)
+            try:
+                written = _write_members(plan, src, fp, infos, epoch_to_date_time(record.epoch))
+                actual = src.hexdigest()
+            finally:
+                src.close()  # an error: the worker stops after the blocks it has begun
+            started = time.perf_counter()
             fp.flush()
             os.fsync(fp.fileno())
-            actual = src.hexdigest()
+            written.phases.update({"read+hash": src.busy, "fsync": time.perf_counter() - started})
     except (zipfile.BadZipFile, struct.error) as exc:
         raise bad_upstream(plan.upstream, upstream_name, upstream_sha256, exc) from exc
     if actual != upstream_sha256:
         raise bad_upstream(plan.upstream, upstream_name, upstream_sha256,
                            "changed since it was verified", actual)
-    return writer.sha256.hexdigest()
+    return written
+
+
+def _write_members(plan: WheelPlan, src: UpstreamStream, fp, infos: dict[str, zipfile.ZipInfo],
+                   date_time: tuple) -> Written:
+    """The members in plan order: upstream's copied raw from `src`, new ones deflated."""
+    writer, copied, waited = RawZipWriter(fp), [], 0.0
+    started = time.perf_counter()
+    for member in plan.members:
+        if member.source is not None:
+            info = infos[member.source]
+            src_offset, out_offset = writer.copy_raw(src, info, member.name)
+            copied.append(Copied(member.name, member.source, src_offset, out_offset,
+                                 info.compress_size))
+        else:
+            before = time.perf_counter()
+            data = member.content()  # the SBOM: may wait for its render
+            waited += time.perf_counter() - before
+            writer.add(member.name, data, date_time, infos.get(member.name))
+    writer.close()
+    return Written(writer.sha256.hexdigest(), copied,
+                   {"write+hash": time.perf_counter() - started - waited, "waited": waited})

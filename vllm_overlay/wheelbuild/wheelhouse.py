@@ -15,6 +15,7 @@ import json
 import shutil
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -244,7 +245,7 @@ def store(wheelhouse: Path, record: BuildRecord, key: str,
             tmp_dir.mkdir()
             tmp, sha256, fields = build_fn(tmp_dir)
             sha256 = sha256 or sha256_file(tmp)
-            size = tmp.stat().st_size
+            size, installing = tmp.stat().st_size, time.monotonic()
             dest = install(wheelhouse, record.label, tmp, sha256,
                            manifest(record, key, tmp, sha256, fields), key,
                            lambda wheel: beside.beside_wheel(wheelhouse, wheel, sha256, record))
@@ -255,6 +256,7 @@ def store(wheelhouse: Path, record: BuildRecord, key: str,
                                f"(docs/guarantees.md), temp files removed") from exc
         shutil.rmtree(tmp_dir, ignore_errors=True)
         _log.info(f"{dest} ({size / 1e6:.1f} MB, sha256 {sha256}) verified")
+        _log.info(f"install + files beside the wheel {time.monotonic() - installing:.2f} s")
         return dest
 
 

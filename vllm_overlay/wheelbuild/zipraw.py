@@ -61,18 +61,23 @@ class RawZipWriter:
         self._write(_LOCAL.pack(b"PK\x03\x04", like.extract_version, 0, flags, compress_type,
                                 t, d, crc, csize, usize, len(encoded), 0) + encoded)
 
-    def copy_raw(self, src: BinaryIO, info: zipfile.ZipInfo, name: str | None = None) -> None:
-        """Copy member `info` of the open archive `src` without recompressing it."""
+    def copy_raw(self, src: BinaryIO, info: zipfile.ZipInfo, name: str | None = None,
+                 ) -> tuple[int, int]:
+        """Copy member `info` of the open archive `src` without recompressing it: its data's
+        offset in `src` and in the new archive. `src` is read forward (read1: the views of
+        overlay.UpstreamStream are written as they are, uncopied)."""
         offset, length = data_span(src, info)
         self._header(name or info.filename, info, info.CRC, info.compress_size,
                      info.file_size, info.compress_type, info.date_time)
         src.seek(offset)
+        out_offset = self.offset
         while length:
-            chunk = src.read(min(_CHUNK, length))
+            chunk = src.read1(min(_CHUNK, length))
             if not chunk:
                 raise zipfile.BadZipFile(f"{info.filename}: truncated member data")
             self._write(chunk)
             length -= len(chunk)
+        return offset, out_offset
 
     def add(self, name: str, data: bytes, date_time: tuple, like: zipfile.ZipInfo | None = None,
             ) -> None:

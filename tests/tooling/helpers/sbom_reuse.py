@@ -2,9 +2,9 @@
 
 `cdx render` (the SBOM, run in the supply venv) is a pure function of its input, the facts
 JSON, for one cdx.py and one supply venv: the same input gives the same bytes (the tests
-marked `real_sbom_render` prove it on every run). One run costs ~1.5 s of CPU, almost all
-of it the import of the schema validator's IRI grammar, and most synthetic builds of a
-session render the very same facts. So the first build with an input runs the tool for
+marked `real_sbom_render` prove it on every run). One run costs ~0.5 s of CPU (~1.5 s
+before the supply venv had rfc3987: the schema validator built an IRI grammar at import),
+and most synthetic builds of a session render the very same facts. So the first build with an input runs the tool for
 real and keeps its output in `folder`; later builds with that input, in this process or
 in a test's own build subprocess that calls install() (test_reliability's CLI_BUILD), get
 those bytes. A render that failed is never kept; `cdx validate` always runs.
