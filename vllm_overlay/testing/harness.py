@@ -42,7 +42,7 @@ BEHAVIOUR_INI = "[pytest]\naddopts = -p no:cacheprovider\n"
 # Stage name -> what it runs, in the order of the run.
 STAGES = {
     "wheel": "the overlay wheel (wheelhouse/)",
-    "tooling tests": "pytest tests/tooling in the tools venv, beside the stages below "
+    "tooling tests": "pytest tests/tooling -n auto in the tools venv, beside the stages below "
                      "(output: reports/logs/tooling.log, shown when they are done)",
     "environment": "the runtime venv (made beside the tooling tests), a thin venv per vLLM wheel",
     "test trees": "upstream's tests/ as published and after the series (work/test/)",
@@ -240,7 +240,9 @@ def tooling_tests(junit_dir: Path, logs: Path) -> PytestRun:
                              log=logs / "tools-venv.log")
     junit = junit_dir / "tooling.xml"
     with open(logs / TOOLING_LOG, "a") as out:
-        rc = subprocess.run(pytest_cmd(venvs.python_of(reqs), junit, "tests/tooling"),
+        # one worker per core, a test module to one worker (its module fixtures run once)
+        rc = subprocess.run(pytest_cmd(venvs.python_of(reqs), junit, "tests/tooling", "-n",
+                                       "auto", "--dist", "loadfile"),
                             cwd=REPO, env=clean_env(), stdout=out,
                             stderr=subprocess.STDOUT).returncode
     if not junit.exists():
