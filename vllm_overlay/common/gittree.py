@@ -147,6 +147,23 @@ class GitTree:
     def mark_base(self, base_id: str) -> None:
         self._base_marker.write_text(base_id)
 
+    @property
+    def _applied_marker(self) -> Path:
+        return self.path / ".git" / "overlay-applied"
+
+    def mark_applied(self, series_id: str) -> None:
+        """Record that HEAD is the series `series_id` applied (`holds_applied`)."""
+        self._applied_marker.write_text(f"{series_id}\n{self.head()}\n")
+
+    def holds_applied(self, series_id: str) -> bool:
+        """The tree is still what `mark_applied(series_id)` recorded: the same HEAD commit
+        (its id covers every file and every parent down to the base) and no file changed
+        or added since (nothing ignored by upstream's .gitignore is ever read)."""
+        marker = self._applied_marker
+        if not marker.exists() or marker.read_text() != f"{series_id}\n{self.rev('HEAD')}\n":
+            return False
+        return self.out("status", "--porcelain", "--untracked-files=all") == ""
+
     def reset_to_base(self, base_id: str) -> bool:
         """Reuse an earlier tree of the same base (`mark_base`): back to the base commit,
         untracked files gone; False when the tree is not of that base.

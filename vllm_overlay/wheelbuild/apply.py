@@ -28,11 +28,15 @@ def apply_series(sdist: Path, patches: list[Patch], tree: Path, base_date: str,
                  reuse: bool = False) -> Path:
     """Work tree at `tree`: upstream base commit + one commit per patch.
 
-    With reuse, a tree left by an earlier run on the same sdist is reset to the base
-    instead of unpacked again.
+    With reuse, a tree that still holds this series on this base (an earlier build's,
+    untouched since) is used as it is, and any other tree left by an earlier run on the
+    same sdist is reset to the base instead of unpacked again.
     """
     base_id = f"{sdist.name} {base_date}"
+    series_id = base_id + "".join(f"\n{p.name} {p.sha256()}" for p in patches)
     work = GitTree(tree)
+    if reuse and work.holds_applied(series_id):
+        return tree
     if not (reuse and work.reset_to_base(base_id)):
         if tree.exists():
             shutil.rmtree(tree)
@@ -52,6 +56,7 @@ def apply_series(sdist: Path, patches: list[Patch], tree: Path, base_date: str,
                 + f"\nwork tree left for inspection at {tree} (patches before it are applied)")
         if work.am(patch, checked=result).empty:
             raise OverlayError(f"patch {patch.name} applied empty (no change) in {tree}")
+    work.mark_applied(series_id)
     return tree
 
 

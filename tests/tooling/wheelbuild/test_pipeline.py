@@ -13,6 +13,7 @@ import pytest
 from tests.tooling.helpers.synthetic import CHANGE_A, UPSTREAM, VERSION, WHEEL_ONLY, build
 from vllm_overlay.common import blobcache
 from vllm_overlay.common.git import git
+from vllm_overlay.common.gittree import GitTree
 from vllm_overlay.wheelbuild import export
 from vllm_overlay.wheelbuild import fetch
 from vllm_overlay.common import pin
@@ -112,6 +113,48 @@ def test_reused_build_tree_equals_a_fresh_one(built):
         assert "vllm/stray.py" not in zf.namelist()
     assert not (tree / "vllm" / "stray.py").exists()
     assert git(tree, "status", "--porcelain").stdout == ""
+
+
+def rebuild_counting_am(s, monkeypatch) -> int:
+    """A real rebuild of the synthetic repo (its no-op state dropped): how many patches it
+    applied with `git am`."""
+    applied = []
+    real_am = GitTree.am
+    monkeypatch.setattr(GitTree, "am", lambda self, patch, **kw: applied.append(patch.name)
+                        or real_am(self, patch, **kw))
+    (s.wheelhouse / ".state-x86_64.json").unlink()
+    build(s)
+    return len(applied)
+
+
+def tree_of(s) -> Path:
+    return s.repo / "work" / "build" / "x86_64" / f"vllm-{UPSTREAM}"
+
+
+def test_a_build_tree_that_still_holds_the_series_is_used_as_it_is(built, monkeypatch):
+    s, wheel = built
+    before = wheel.read_bytes()
+    assert rebuild_counting_am(s, monkeypatch) == 0
+    assert wheel.read_bytes() == before
+
+
+@pytest.mark.parametrize("touch", ["commit", "edit", "untracked", "series"])
+def test_a_build_tree_touched_since_is_applied_again(built, monkeypatch, touch):
+    s, wheel = built
+    before, tree = wheel.read_bytes(), tree_of(s)
+    if touch == "commit":  # HEAD moved: same files, another commit
+        git(tree, "commit", "-q", "--allow-empty", "-m", "x")
+    elif touch == "edit":
+        (tree / "vllm" / "new.py").write_text("NEW = 2\n")
+    elif touch == "untracked":
+        (tree / "vllm" / "stray.py").write_text("STRAY = 1\n")
+    else:  # the same changes from other patch bytes
+        patch = next(s.repo.joinpath("patches").glob("0001-*.patch"))
+        patch.write_bytes(patch.read_bytes() + b"\n")
+    assert rebuild_counting_am(s, monkeypatch) == 2
+    assert git(tree, "status", "--porcelain").stdout == ""
+    if touch != "series":
+        assert wheel.read_bytes() == before
 
 
 def test_corrupt_cache_entry_is_refused(synth):
