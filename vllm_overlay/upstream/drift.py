@@ -13,8 +13,8 @@
 3. Changes: a release where the found version differs from the one before (normalised
    AST), or the location differs, is a change; the diff against the reference and against
    the release before is kept for the report.
-Everything is read from the cached release trees' git objects (never their work trees,
-which status runs change) and cached by content (blob, commit) under the cache's drift/.
+Everything is read from git objects (the releases' commits in the cache's store, never a
+work tree) and cached by content (blob, commit) under the cache's drift/.
 """
 
 import difflib
@@ -62,7 +62,7 @@ def _save(path: Path, data) -> None:
 
 
 class Source:
-    """The committed files of one cached tree (tag `upstream`, or another commit)."""
+    """The committed files of one commit (rev) of a repository (tree)."""
 
     def __init__(self, tree: Path, label: str, rev: str = BASE_TAG):
         self.tree, self.label = tree, label
@@ -188,9 +188,10 @@ def _ours(defs: dict, name: str, lines: list[str]) -> dict:
     return {"dump": d.dump, "body": d.body, "lines": d.source(lines)}
 
 
-def find_targets(pin_tree: Path, patches: list[Patch], index: Index) -> dict[str, PatchTargets]:
-    """patch name -> its targets (cached by the pin tree and the patches' bytes)."""
-    pin = Source(pin_tree, "pin")
+def find_targets(pinned: Source, patches: list[Patch], index: Index
+                 ) -> dict[str, PatchTargets]:
+    """patch name -> its targets (cached by the pin's commit and the patches' bytes)."""
+    pin = Source(pinned.tree, "pin", pinned.commit)
     key = hashlib.sha256("\0".join([pin.commit] + [p.name + p.sha256() for p in patches])
                          .encode()).hexdigest()
     entry = _cache("targets", key + ".json")
@@ -198,7 +199,7 @@ def find_targets(pin_tree: Path, patches: list[Patch], index: Index) -> dict[str
         return {name: PatchTargets([Target(**t) for t in v["targets"]], v["ours"],
                                    v["not_python"], v["skipped"]) for name, v in data.items()}
     out: dict[str, PatchTargets] = {}
-    with releases.using(pin_tree):
+    with releases.work_tree(pin.tree, pin.commit) as pin_tree:
         work = GitTree(pin_tree)
         for patch in patches:
             before = work.head()
@@ -349,20 +350,22 @@ def _safe(part: str) -> str:
 
 
 def for_matrix(pin, patches: list[Patch], matrix) -> Drift:
-    """Drift over the releases of a status matrix (their trees are in the cache)."""
-    trees = [(r.version, releases.tree_entry(r.sha256) / "tree") for r in matrix.releases]
-    return compute(releases.tree_entry(pin.sdist.sha256) / "tree", patches, trees,
-                   pin.upstream_version)
+    """Drift over the releases of a status matrix (their commits are in the store)."""
+    def source(version: str, sha256: str) -> Source:
+        return Source(releases.store(), version, releases.sdist_ref(sha256))
+
+    return compute(source(pin.upstream_version, pin.sdist.sha256), patches,
+                   [(r.version, source(r.version, r.sha256)) for r in matrix.releases])
 
 
-def compute(pin_tree: Path, patches: list[Patch], trees: list[tuple[str, Path]],
-            pin_version: str) -> Drift:
-    """trees: (version, cached tree) in order; those not newer than the pin are skipped."""
+def compute(pin: Source, patches: list[Patch], sources: list[tuple[str, Source]]) -> Drift:
+    """pin: labelled with its version; sources: (version, its files) in order, those not
+    newer than the pin skipped."""
     index = Index()
     searcher = Searcher(index)
-    targets = find_targets(pin_tree, patches, index)
-    pin = Source(pin_tree, pin_version)
-    later = [(v, Source(tree, v)) for v, tree in trees
+    targets = find_targets(pin, patches, index)
+    pin_version = pin.label
+    later = [(v, source) for v, source in sources
              if releases.version_key(v) > releases.version_key(pin_version)]
     chains: dict[tuple[str, str], list[Seen | None]] = {}
     for pt in targets.values():
