@@ -440,3 +440,21 @@ def test_the_store_holds_each_release_once_and_no_work_tree_stays(synth_upstream
     for blob in shared:
         assert packed.count(blob) == 1, blob
     assert not any((upstream.cache_dir() / "upstream-work").iterdir())
+
+
+def test_the_series_applied_on_the_pin_leaves_its_blobs_in_the_store(synth_upstream):
+    """Every blob the patches' `index` lines name (before and after each patch) is in the
+    store after a status run, though the work trees are gone: a patch on a file an earlier
+    patch changed needs the earlier patch's result as its 3-way base in later releases."""
+    u = synth_upstream
+    versions, urls = releases(u, "1.0.0,1.0.10")
+    compute(u, versions, urls)
+    named = set()
+    for patch in series.read_series(u.patches):
+        for line in patch.path.read_text().splitlines():
+            if line.startswith("index "):
+                named.update(b for b in line.split()[1].split("..") if set(b) != {"0"})
+    assert named
+    for blob in sorted(named):
+        subprocess.run(["git", "-C", str(upstream.store()), "rev-parse", "--verify", "-q",
+                        f"{blob}^{{blob}}"], check=True, capture_output=True)
