@@ -12,6 +12,7 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -272,27 +273,64 @@ def source_commit(sdist: Sdist, date: str) -> str:
     return GitTree(repo).rev(ref)
 
 
-@contextmanager
-def work_tree(repo: Path, commit: str):
-    """A private checkout of `commit` (tag `upstream`, branch `overlay`), removed on exit.
-    Its .git/objects is repo's object store (a link), so what `git am` writes stays."""
-    objects = Path(GitTree(repo).out("rev-parse", "--path-format=absolute", "--git-path",
-                                     "objects"))
-    parent = cache_dir() / "upstream-work"
-    parent.mkdir(parents=True, exist_ok=True)
-    tree = Path(tempfile.mkdtemp(prefix="tree-", dir=parent))
-    try:
+class WorkTrees:
+    """Private work trees whose .git/objects is repo's object store (a link), so what
+    `git am` writes stays. A tree is reused, one release after another: switching rewrites
+    only the files that differ (a fresh checkout and its removal cost most of a release's
+    evaluation). All are removed on exit."""
+
+    def __init__(self, repo: Path):
+        self.objects = Path(GitTree(repo).out("rev-parse", "--path-format=absolute",
+                                              "--git-path", "objects"))
+        self._free: list[Path] = []
+        self._made: list[Path] = []
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> "WorkTrees":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for tree in self._made:
+            shutil.rmtree(tree, ignore_errors=True)  # (the objects link, not what it names)
+
+    @contextmanager
+    def checkout(self, commit: str):
+        """A tree with exactly `commit`'s files (tag `upstream`, branch `overlay`), as a
+        fresh checkout has them, for the with block."""
+        with self._lock:
+            tree = self._free.pop() if self._free else None
+        tree = tree or self._new_tree()
+        try:
+            work = GitTree(tree)
+            work.am_abort()  # (a no-op unless a merge was left waiting)
+            work.git("tag", "-f", BASE_TAG, commit)
+            work.git("checkout", "-q", "-f", "-B", BRANCH, BASE_TAG)
+            work.git("clean", "-fdxq")
+            yield tree
+        finally:
+            with self._lock:
+                self._free.append(tree)
+
+    def _new_tree(self) -> Path:
+        parent = cache_dir() / "upstream-work"
+        parent.mkdir(parents=True, exist_ok=True)
+        tree = Path(tempfile.mkdtemp(prefix="tree-", dir=parent))
+        with self._lock:
+            self._made.append(tree)
         work = GitTree(tree)
         work.init()
         shutil.rmtree(work.objects)
-        work.objects.symlink_to(objects)
+        work.objects.symlink_to(self.objects)
         _no_gc(tree)
         work.git("config", "core.autocrlf", "false")
-        work.git("tag", BASE_TAG, commit)
-        work.git("checkout", "-q", "-f", "-B", BRANCH, BASE_TAG)
+        return tree
+
+
+@contextmanager
+def work_tree(repo: Path, commit: str):
+    """One private checkout of `commit` (WorkTrees.checkout), removed on exit."""
+    with WorkTrees(repo) as trees, trees.checkout(commit) as tree:
         yield tree
-    finally:
-        shutil.rmtree(tree, ignore_errors=True)  # (the objects link, not what it names)
 
 
 def release_source(pin: Pin, version: str, urls: dict[str, str] | None,

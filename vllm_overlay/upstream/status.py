@@ -228,6 +228,20 @@ def compute(pin: Pin, patches: list[Patch], versions: list[str], urls: dict[str,
             patches_dir: Path, jobs: int = 4, check_installable: bool = True) -> Matrix:
     parsed = parse_all(patches)  # malformed probes fail before any download
     started = time.monotonic()
+    with upstream.WorkTrees(upstream.store()) as trees:
+        pin_cells, releases = _evaluate_all(pin, patches, parsed, versions, urls, jobs,
+                                            check_installable, trees)
+    bad = [BadProbe(name, r["probe"], r["why"])
+           for name, cell in pin_cells.items() for r in cell.probes if r["holds"]]
+    info = _patch_rows(patches, parsed, releases)
+    return Matrix(pin.project, pin.upstream_version, str(patches_dir), info, releases, bad,
+                  time.monotonic() - started)
+
+
+def _evaluate_all(pin: Pin, patches: list[Patch], parsed: dict[str, list], versions: list[str],
+                  urls: dict[str, str] | None, jobs: int, check_installable: bool,
+                  trees: upstream.WorkTrees) -> tuple[dict[str, Cell], list[Release]]:
+    """The pin's cells and every release, `jobs` at a time (the pin first)."""
     progress = BatchProgress()
 
     def evaluated(version: str) -> tuple[upstream.Sdist, dict[str, Cell]]:
@@ -238,7 +252,7 @@ def compute(pin: Pin, patches: list[Patch], versions: list[str], urls: dict[str,
             cells_key.has(upstream.recorded_sha256(pin.project, v)) for v in versions
             if v != pin.upstream_version) else None
         if cells is None:
-            with upstream.work_tree(upstream.store(), commit) as tree:
+            with trees.checkout(commit) as tree:
                 cells, _ = evaluate_release(tree, patches, parsed)
             cells_key.save(sdist.sha256, cells)
         return sdist, cells
@@ -270,13 +284,7 @@ def compute(pin: Pin, patches: list[Patch], versions: list[str], urls: dict[str,
         return Release(version, sdist.filename, sdist.sha256, cells, seconds, can)
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        releases = list(pool.map(one, versions))
-
-    bad = [BadProbe(name, r["probe"], r["why"])
-           for name, cell in pin_cells.items() for r in cell.probes if r["holds"]]
-    info = _patch_rows(patches, parsed, releases)
-    return Matrix(pin.project, pin.upstream_version, str(patches_dir), info, releases, bad,
-                  time.monotonic() - started)
+        return pin_cells, list(pool.map(one, versions))
 
 
 # The code whose behaviour decides a release's cells: a change to it is a new cache key.

@@ -72,3 +72,32 @@ def test_a_member_outside_the_sdist_is_refused(tmp_path):
     with pytest.raises(OverlayError, match="outside the sdist"):
         sdist_import.import_sdist(sdist, store, "refs/sdist/x", DATE)
     assert GitTree(store).rev("refs/sdist/x") is None
+
+
+def test_a_reused_work_tree_holds_exactly_the_next_commits_files(tmp_path, monkeypatch):
+    """WorkTrees reuses a tree for the next release: what the last one left (an untracked
+    file, a change, a folder only it had) is gone, as in a fresh checkout."""
+    from tests.tooling.helpers.upstream_releases import make_sdist
+    from vllm_overlay.upstream import releases
+
+    monkeypatch.setenv("VLLM_OVERLAY_CACHE", str(tmp_path / "cache"))
+    store = releases.store()
+    commits = []
+    for version, files in (("1.0", {"vllm/a.py": "A = 1\n", "vllm/old/b.py": "B = 1\n"}),
+                           ("2.0", {"vllm/a.py": "A = 2\n", "vllm/c.py": "C = 1\n"})):
+        make_sdist(tmp_path / f"vllm-{version}.tar.gz", version, files)
+        sdist_import.import_sdist(tmp_path / f"vllm-{version}.tar.gz", store,
+                                  f"refs/sdist/{version}", DATE)
+        commits.append(GitTree(store).rev(f"refs/sdist/{version}"))
+    with releases.WorkTrees(store) as trees:
+        with trees.checkout(commits[0]) as first:
+            (first / "vllm" / "a.py").write_text("changed\n")
+            (first / "vllm" / "new.py").write_text("untracked\n")
+            (first / "build" / "x").mkdir(parents=True)
+        with trees.checkout(commits[1]) as second:
+            assert second == first  # (the scenario: the same tree, reused)
+            files = sorted(str(p.relative_to(second)) for p in second.rglob("*")
+                           if ".git" not in p.parts)
+            assert files == ["vllm", "vllm/a.py", "vllm/c.py"]
+            assert (second / "vllm" / "a.py").read_text() == "A = 2\n"
+    assert not first.exists()
