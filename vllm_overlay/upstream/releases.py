@@ -23,7 +23,7 @@ from vllm_overlay.common import blobcache, log, pipindex
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.fs import atomic_write, file_lock, sha256_file
 from vllm_overlay.common.git import git
-from vllm_overlay.common.gittree import BASE_TAG, BRANCH, GitTree
+from vllm_overlay.common.gittree import BASE_TAG, GitTree
 from vllm_overlay.common.http import BatchProgress
 from vllm_overlay.common.paths import cache_dir
 from vllm_overlay.common.pin import Artifact, Pin
@@ -301,11 +301,8 @@ class WorkTrees:
             tree = self._free.pop() if self._free else None
         tree = tree or self._new_tree()
         try:
-            work = GitTree(tree)
-            work.am_abort()  # (a no-op unless a merge was left waiting)
-            work.git("tag", "-f", BASE_TAG, commit)
-            work.git("checkout", "-q", "-f", "-B", BRANCH, BASE_TAG)
-            work.git("clean", "-fdxq")
+            GitTree(tree).git("tag", "-f", BASE_TAG, commit)
+            GitTree(tree).reset_hard(BASE_TAG)  # (the branch `overlay` moves there)
             yield tree
         finally:
             with self._lock:
@@ -318,7 +315,7 @@ class WorkTrees:
         with self._lock:
             self._made.append(tree)
         work = GitTree(tree)
-        work.init()
+        work.init()  # (on branch `overlay`)
         shutil.rmtree(work.objects)
         work.objects.symlink_to(self.objects)
         _no_gc(tree)
