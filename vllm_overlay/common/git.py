@@ -10,13 +10,17 @@ IDENTITY = {"GIT_AUTHOR_NAME": "upstream", "GIT_AUTHOR_EMAIL": "upstream@invalid
             "GIT_COMMITTER_NAME": "vllm-overlay", "GIT_COMMITTER_EMAIL": "overlay@invalid"}
 
 
+def environment(more: dict | None = None) -> dict:
+    """The environment every git command runs in: the identity, no system or user config."""
+    return {**os.environ, **IDENTITY, "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_CONFIG_GLOBAL": os.devnull, **(more or {})}
+
+
 def git(repo: Path, *args: str, check: bool = True, env: dict | None = None,
         input: str | bytes | None = None) -> subprocess.CompletedProcess:
     """Run git in repo; bytes input gives bytes output (stdout and stderr)."""
-    full_env = {**os.environ, **IDENTITY, "GIT_CONFIG_NOSYSTEM": "1",
-                "GIT_CONFIG_GLOBAL": os.devnull, **(env or {})}
     proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True,
-                          text=not isinstance(input, bytes), env=full_env, input=input)
+                          text=not isinstance(input, bytes), env=environment(env), input=input)
     if check and proc.returncode:
         said = proc.stdout + proc.stderr
         said = said.decode(errors="replace") if isinstance(said, bytes) else said

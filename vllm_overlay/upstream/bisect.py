@@ -101,13 +101,11 @@ class Checks:
         self.pin, self.patches, self.urls, self.log = pin, patches, urls, log
         self.parsed = status.parse_all(patches)
         self.progress = BatchProgress()
-        _, self.pin_tree = upstream.release_tree(pin, pin.upstream_version, urls, self.progress)
-        status.evaluate_release(self.pin_tree, patches, self.parsed, None)
+        self._cells_of(pin.upstream_version)  # writes the bases of 3-way merges to the store
 
     def _cells_of(self, version: str, inside=None):
-        _, tree = upstream.release_tree(self.pin, version, self.urls, self.progress)
-        pin_tree = None if tree == self.pin_tree else self.pin_tree
-        return status.evaluate_release(tree, self.patches, self.parsed, pin_tree, inside)
+        with upstream.release_tree(self.pin, version, self.urls, self.progress) as (_, tree):
+            return status.evaluate_release(tree, self.patches, self.parsed, inside)
 
     @staticmethod
     def _conflicts(cells: dict[str, status.Cell], upstreamed_too: bool = True) -> str:

@@ -13,8 +13,8 @@
 3. Changes: a release where the found version differs from the one before (normalised
    AST), or the location differs, is a change; the diff against the reference and against
    the release before is kept for the report.
-Everything is read from the cached release trees' git objects (never their work trees,
-which status runs change) and cached by content (blob, commit) under the cache's drift/.
+Everything is read from git objects (the releases' commits in the cache's store, never a
+work tree) and cached by content (blob, commit) under the cache's drift/.
 """
 
 import difflib
@@ -62,7 +62,7 @@ def _save(path: Path, data) -> None:
 
 
 class Source:
-    """The committed files of one cached tree (tag `upstream`, or another commit)."""
+    """The committed files of one commit (rev) of a repository (tree)."""
 
     def __init__(self, tree: Path, label: str, rev: str = BASE_TAG):
         self.tree, self.label = tree, label
@@ -188,9 +188,10 @@ def _ours(defs: dict, name: str, lines: list[str]) -> dict:
     return {"dump": d.dump, "body": d.body, "lines": d.source(lines)}
 
 
-def find_targets(pin_tree: Path, patches: list[Patch], index: Index) -> dict[str, PatchTargets]:
-    """patch name -> its targets (cached by the pin tree and the patches' bytes)."""
-    pin = Source(pin_tree, "pin")
+def find_targets(pinned: Source, patches: list[Patch], index: Index
+                 ) -> dict[str, PatchTargets]:
+    """patch name -> its targets (cached by the pin's commit and the patches' bytes)."""
+    pin = Source(pinned.tree, "pin", pinned.commit)
     key = hashlib.sha256("\0".join([pin.commit] + [p.name + p.sha256() for p in patches])
                          .encode()).hexdigest()
     entry = _cache("targets", key + ".json")
@@ -198,7 +199,7 @@ def find_targets(pin_tree: Path, patches: list[Patch], index: Index) -> dict[str
         return {name: PatchTargets([Target(**t) for t in v["targets"]], v["ours"],
                                    v["not_python"], v["skipped"]) for name, v in data.items()}
     out: dict[str, PatchTargets] = {}
-    with releases.using(pin_tree):
+    with releases.work_tree(pin.tree, pin.commit) as pin_tree:
         work = GitTree(pin_tree)
         for patch in patches:
             before = work.head()
@@ -263,6 +264,19 @@ def _seen(path: str, d: pydefs.Definition, blob: str) -> Seen:
     return Seen(path, d.name, d.dump, d.body, blob, d.start, d.end, d.skip, d.idents)
 
 
+# A line that starts a def or class, and the name it defines (in the lookahead, so that a
+# line start inside the whitespace after the keyword is tried too).
+_DEF_LINE = re.compile(r"^\s*(?:async\s+def|def|class)(?=\s+(\w+))", re.M)
+
+
+def _defined_names(text: str, memo: dict[str, set[str]], blob: str) -> set[str]:
+    """The names the text's def / class lines define, found in one pass (a name query is
+    then a set lookup, not a scan of every changed file per name)."""
+    if blob not in memo:
+        memo[blob] = {m[1] for m in _DEF_LINE.finditer(text)}
+    return memo[blob]
+
+
 class Searcher:
     """Definitions in the files that changed between two releases, by name or by body;
     which files match a query is cached per pair of commits."""
@@ -271,7 +285,7 @@ class Searcher:
         self.index = index
         self._results: dict[tuple[str, str], dict] = {}
         self._dirty: set[tuple[str, str]] = set()
-        self._changed: tuple = (None, {}, {})
+        self._changed: tuple = (None, {}, {}, {})
 
     def _query(self, source: Source, before: Source, query: list[str]) -> list[str]:
         pair = (source.commit, before.commit)
@@ -283,12 +297,11 @@ class Searcher:
             if self._changed[0] != pair:  # the texts of one pair at a time are held
                 old = before.listing()
                 changed = {p: b for p, b in source.listing().items() if old.get(p) != b}
-                self._changed = (pair, changed, source.texts(changed.values(), keep=False))
-            _, changed, texts = self._changed
+                self._changed = (pair, changed, source.texts(changed.values(), keep=False), {})
+            _, changed, texts, defined = self._changed
             if query[0] == "name":
-                pattern = re.compile(rf"^\s*(?:async\s+def|def|class)\s+{re.escape(query[1])}\b",
-                                     re.M)
-                results[key] = sorted(p for p, b in changed.items() if pattern.search(texts[b]))
+                results[key] = sorted(p for p, b in changed.items()
+                                      if query[1] in _defined_names(texts[b], defined, b))
             else:
                 results[key] = sorted(p for p, b in changed.items()
                                       if all(word in texts[b] for word in query[1:]))
@@ -349,20 +362,22 @@ def _safe(part: str) -> str:
 
 
 def for_matrix(pin, patches: list[Patch], matrix) -> Drift:
-    """Drift over the releases of a status matrix (their trees are in the cache)."""
-    trees = [(r.version, releases.tree_entry(r.sha256) / "tree") for r in matrix.releases]
-    return compute(releases.tree_entry(pin.sdist.sha256) / "tree", patches, trees,
-                   pin.upstream_version)
+    """Drift over the releases of a status matrix (their commits are in the store)."""
+    def source(version: str, sha256: str) -> Source:
+        return Source(releases.store(), version, releases.sdist_ref(sha256))
+
+    return compute(source(pin.upstream_version, pin.sdist.sha256), patches,
+                   [(r.version, source(r.version, r.sha256)) for r in matrix.releases])
 
 
-def compute(pin_tree: Path, patches: list[Patch], trees: list[tuple[str, Path]],
-            pin_version: str) -> Drift:
-    """trees: (version, cached tree) in order; those not newer than the pin are skipped."""
+def compute(pin: Source, patches: list[Patch], sources: list[tuple[str, Source]]) -> Drift:
+    """pin: labelled with its version; sources: (version, its files) in order, those not
+    newer than the pin skipped."""
     index = Index()
     searcher = Searcher(index)
-    targets = find_targets(pin_tree, patches, index)
-    pin = Source(pin_tree, pin_version)
-    later = [(v, Source(tree, v)) for v, tree in trees
+    targets = find_targets(pin, patches, index)
+    pin_version = pin.label
+    later = [(v, source) for v, source in sources
              if releases.version_key(v) > releases.version_key(pin_version)]
     chains: dict[tuple[str, str], list[Seen | None]] = {}
     for pt in targets.values():

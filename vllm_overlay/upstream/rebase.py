@@ -239,8 +239,7 @@ def first_releases(the_pin: pin.Pin, patches: list[series.Patch], parsed: dict,
 
     def holds(version: str, name: str) -> bool:
         if version not in results:
-            _, tree = releases.release_tree(the_pin, version, urls, progress)
-            with releases.using(tree):
+            with releases.release_tree(the_pin, version, urls, progress) as (_, tree):
                 results[version] = status.run_probes(tree, patches, parsed)
         return _hold(results[version][name])
 
@@ -267,11 +266,10 @@ def _check_clean(repo: Path) -> None:
 def _pin_objects(the_pin: pin.Pin, patches: list[series.Patch]) -> Path:
     """The pinned tree's object store, holding the blobs of every patch's result (the bases
     `git am --3way` needs), as `make status` prepares it."""
-    _, tree = releases.release_tree(the_pin, the_pin.upstream_version, None,
-                                    BatchProgress())
-    with releases.using(tree):
-        status.apply_three_way(tree, patches)
-    return GitTree(tree).objects
+    with releases.release_tree(the_pin, the_pin.upstream_version, None,
+                               BatchProgress()) as (_, tree):
+        status.apply_three_way(tree, patches)  # (its work tree writes to the store)
+    return releases.store() / "objects"
 
 
 def start(repo: Path, to: str) -> RebaseState | None:
@@ -388,7 +386,8 @@ def run(repo: Path, state: RebaseState, build_wheel: Callable[[], Path] | None =
 def _place_all(repo: Path, state: RebaseState, tree: Path) -> bool:
     """Place the patches still to do; False when one stops for a human."""
     patches = {p.name: p for p in series.read_series(repo / "patches")}
-    objects = _pin_objects(pin.load(repo), list(patches.values()))
+    the_pin = pin.load(repo)
+    objects = _pin_objects(the_pin, list(patches.values()))
     GitTree(tree).borrow_objects(objects)
     total = len(state.done) + len(state.todo)
     while state.todo:
@@ -402,8 +401,8 @@ def _place_all(repo: Path, state: RebaseState, tree: Path) -> bool:
         state.done.append(outcome)
         _log.info(f"[{len(state.done)}/{total}] {name[:4]} {outcome.word}: {outcome.detail}")
         if outcome.result is Outcome.DELETED:
-            outcome.moved_to = where_it_went(objects.parent.parent, list(patches.values()),
-                                             name, tree, state)
+            outcome.moved_to = where_it_went(the_pin, list(patches.values()), name, tree,
+                                             state)
         if outcome.result in STOPS:
             state.stopped, state.current = state.current, None
             state.save(repo)
@@ -524,13 +523,15 @@ def relock(repo: Path, arches: list[str]) -> dict[str, str]:
     return failed
 
 
-def where_it_went(pin_tree: Path, patches: list[series.Patch], name: str, tree: Path,
+def where_it_went(the_pin: pin.Pin, patches: list[series.Patch], name: str, tree: Path,
                   state: RebaseState) -> dict[str, list[str]]:
     """deleted file -> where drift finds the definitions the patch changes in it on the
     target ("file::name"); {} when drift cannot tell (it is advice, never a failure)."""
     deleted = set(state.done[-1].deleted or [])
     try:
-        found = drift.compute(pin_tree, patches, [(state.to, tree)], state.from_)
+        pinned = drift.Source(releases.store(), state.from_,
+                              releases.sdist_ref(the_pin.sdist.sha256))
+        found = drift.compute(pinned, patches, [(state.to, drift.Source(tree, state.to))])
     except (OverlayError, OSError, ValueError) as exc:
         _log.info(f"{name}: drift cannot tell where the code went ({exc})")
         return {}

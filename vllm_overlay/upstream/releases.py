@@ -1,5 +1,5 @@
 """Upstream releases: list them from pip's indexes, order them, fetch their sdists, and keep
-one committed git work tree per sdist in the cache.
+every sdist's files in one git store in the cache (work trees only while in use).
 
 Only the pinned sdist has a hash in upstream.lock.json. For every other release the sdist's
 sha256 is recorded the first time we download it (trust on first use, `upstream-tofu.json`
@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -21,10 +22,12 @@ from vllm_overlay.wheelbuild import fetch
 from vllm_overlay.common import blobcache, log, pipindex
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.common.fs import atomic_write, file_lock, sha256_file
+from vllm_overlay.common.git import git
 from vllm_overlay.common.gittree import BASE_TAG, GitTree
 from vllm_overlay.common.http import BatchProgress
 from vllm_overlay.common.paths import cache_dir
 from vllm_overlay.common.pin import Artifact, Pin
+from vllm_overlay.upstream import sdist_import
 
 # The PEP 440 subset upstream uses: N(.N)*[{a|b|rc}N][.postN][.devN]
 _VERSION_RE = re.compile(
@@ -221,66 +224,123 @@ def fetch_sdist(project: str, pin: Pin, version: str, urls: dict[str, str] | Non
     return Sdist(version, filename, path, sha)
 
 
-# --- cached base work trees ---------------------------------------------------------------
+# --- the store: every release's files once; work trees only while they are used -------
 
 
-def tree_entry(sha256: str) -> Path:
-    return cache_dir() / "upstream-trees" / sha256
+def store() -> Path:
+    """One bare git repository in the cache with every release's files as one commit (ref
+    `sdist_ref`), packed: a file the releases share is stored once, and no work tree is kept.
+    Work trees (`work_tree`) write their objects here too: the blobs of the series applied
+    on the pin are the bases of the other releases' 3-way merges."""
+    repo = cache_dir() / "upstream-git"
+    if not (repo / "HEAD").exists():
+        with file_lock(repo.with_name(repo.name + ".lock")):
+            if not (repo / "HEAD").exists():
+                staging = repo.with_name(repo.name + f".tmp{os.getpid()}")
+                shutil.rmtree(staging, ignore_errors=True)
+                staging.parent.mkdir(parents=True, exist_ok=True)
+                git(staging.parent, "init", "-q", "--bare", str(staging))
+                _no_gc(staging)
+                # Always a pack, however few the files: an import skips packed blobs only.
+                git(staging, "config", "fastimport.unpackLimit", "0")
+                os.replace(staging, repo)
+    return repo
 
 
-def base_tree(sdist: Sdist, date: str, borrow: Path | None = None) -> Path:
-    """A committed git work tree of the sdist (tag `upstream`), built once per sha256.
+def _no_gc(repo: Path) -> None:
+    """No automatic gc or maintenance: work trees' commits are unreachable from the store's
+    refs, and a prune there would drop the blobs later 3-way merges need."""
+    git(repo, "config", "gc.auto", "0")
+    git(repo, "config", "maintenance.auto", "false")
 
-    borrow: another cached tree's object store (the pin's), named in this one's git
-    alternates before the commit, so the blobs the two releases share are stored once
-    (status names the pin's objects there anyway, for its 3-way merges; the entry path is
-    per sha256, so a rebuilt pin tree has the same objects at the same place).
-    Callers hold `using(tree)` while they change it and reset it with `reset(tree)`.
-    """
-    entry = tree_entry(sdist.sha256)
-    tree = entry / "tree"
-    if (entry / ".complete").exists():
+
+def sdist_ref(sha256: str) -> str:
+    return f"refs/sdist/{sha256}"
+
+
+def source_commit(sdist: Sdist, date: str) -> str:
+    """The store's commit of the sdist's files, imported once per sha256."""
+    repo, ref = store(), sdist_ref(sdist.sha256)
+    if commit := GitTree(repo).rev(ref):
+        return commit
+    # One import at a time: each one skips the blobs the store already has packed.
+    with file_lock(repo / "import.lock"):
+        if not GitTree(repo).rev(ref):
+            started = time.monotonic()
+            sdist_import.import_sdist(sdist.path, repo, ref, date)
+            print(f"  tree: {sdist.filename} imported in {time.monotonic() - started:.1f} s",
+                  file=sys.stderr, flush=True)
+    return GitTree(repo).rev(ref)
+
+
+class WorkTrees:
+    """Private work trees whose .git/objects is repo's object store (a link), so what
+    `git am` writes stays. A tree is reused, one release after another: switching rewrites
+    only the files that differ (a fresh checkout and its removal cost most of a release's
+    evaluation). All are removed on exit."""
+
+    def __init__(self, repo: Path):
+        self.objects = Path(GitTree(repo).out("rev-parse", "--path-format=absolute",
+                                              "--git-path", "objects"))
+        self._free: list[Path] = []
+        self._made: list[Path] = []
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> "WorkTrees":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for tree in self._made:
+            shutil.rmtree(tree, ignore_errors=True)  # (the objects link, not what it names)
+
+    @contextmanager
+    def checkout(self, commit: str):
+        """A tree with exactly `commit`'s files (tag `upstream`, branch `overlay`), as a
+        fresh checkout has them, for the with block."""
+        with self._lock:
+            tree = self._free.pop() if self._free else None
+        tree = tree or self._new_tree()
+        try:
+            GitTree(tree).git("tag", "-f", BASE_TAG, commit)
+            GitTree(tree).reset_hard(BASE_TAG)  # (the branch `overlay` moves there)
+            yield tree
+        finally:
+            with self._lock:
+                self._free.append(tree)
+
+    def _new_tree(self) -> Path:
+        parent = cache_dir() / "upstream-work"
+        parent.mkdir(parents=True, exist_ok=True)
+        tree = Path(tempfile.mkdtemp(prefix="tree-", dir=parent))
+        with self._lock:
+            self._made.append(tree)
+        work = GitTree(tree)
+        work.init()  # (on branch `overlay`)
+        shutil.rmtree(work.objects)
+        work.objects.symlink_to(self.objects)
+        _no_gc(tree)
+        work.git("config", "core.autocrlf", "false")
         return tree
-    with file_lock(entry.with_name(entry.name + ".lock")):
-        if (entry / ".complete").exists():
-            return tree
-        for stale in [entry, *entry.parent.glob(entry.name + ".tmp*")]:  # interrupted builds
-            shutil.rmtree(stale, ignore_errors=True)
-        staging = entry.with_name(entry.name + f".tmp{os.getpid()}.{threading.get_ident()}")
-        started = time.monotonic()
-        work = GitTree.unpack(sdist.path, staging / "tree")
-        if borrow is not None:
-            work.init()
-            work.borrow_objects(borrow)
-        work.init_base(date)
-        work.git("config", "gc.auto", "0")  # keep the objects 3-way needs
-        (staging / ".complete").write_text(f"{sdist.filename}\n")
-        os.replace(staging, entry)
-        print(f"  tree: {sdist.filename} unpacked and committed in "
-              f"{time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
-    return tree
 
 
 @contextmanager
-def using(tree: Path):
-    """Exclusive use of a cached tree: reset to the pristine release before and after."""
-    with file_lock(tree.parent / "use.lock"):
-        reset(tree)
-        try:
-            yield tree
-        finally:
-            reset(tree)
+def work_tree(repo: Path, commit: str):
+    """One private checkout of `commit` (WorkTrees.checkout), removed on exit."""
+    with WorkTrees(repo) as trees, trees.checkout(commit) as tree:
+        yield tree
 
 
-def reset(tree: Path) -> None:
-    GitTree(tree).reset_hard(BASE_TAG)
-
-
-def release_tree(pin: Pin, version: str, urls: dict[str, str] | None,
-                 progress: BatchProgress) -> tuple[Sdist, Path]:
-    """Fetch (or re-verify) the release's sdist and return it with its cached base tree."""
+def release_source(pin: Pin, version: str, urls: dict[str, str] | None,
+                   progress: BatchProgress) -> tuple[Sdist, str]:
+    """Fetch (or re-verify) the release's sdist; it and its commit in the store."""
     sdist = fetch_sdist(pin.project, pin, version, urls, progress)
-    pin_entry = tree_entry(pin.sdist.sha256)
-    borrow = pin_entry / "tree" / ".git" / "objects" \
-        if version != pin.upstream_version and (pin_entry / ".complete").exists() else None
-    return sdist, base_tree(sdist, pin.released, borrow)
+    return sdist, source_commit(sdist, pin.released)
+
+
+@contextmanager
+def release_tree(pin: Pin, version: str, urls: dict[str, str] | None,
+                 progress: BatchProgress):
+    """(sdist, a private work tree of the release, pristine), for the with block."""
+    sdist, commit = release_source(pin, version, urls, progress)
+    with work_tree(store(), commit) as tree:
+        yield sdist, tree

@@ -1,12 +1,12 @@
 """Status: the patch series against upstream releases, as a patch x release matrix.
 
-Per release, on a cached committed tree of its sdist:
+Per release, on a private work tree of its sdist's files (releases.work_tree):
   1. every patch's probes run on the pristine release tree (all hold -> "already upstream");
   2. the series is applied in order: `git apply --check` (clean / shifted lines), else
-     `git am --3way` with the pinned tree's objects borrowed (git alternates), so the merge
-     base is the pinned file (plus earlier patches) our patch was written against. A patch
-     that still does not apply is left out and the later ones are judged without it
-     (the cell says so).
+     `git am --3way`; the work tree shares the store's objects (the pin's among them), so
+     the merge base is the pinned file (plus earlier patches) our patch was written
+     against. A patch that still does not apply is left out and the later ones are judged
+     without it (the cell says so).
 Conflicts are results, not errors: only failures of the tool itself raise OverlayError.
 """
 
@@ -123,16 +123,13 @@ def _fared(result: AmResult) -> tuple[Outcome, str, list[str]]:
 
 
 def evaluate_release(tree: Path, patches: list[Patch], parsed: dict[str, list],
-             pin_tree: Path | None, inside: Callable | None = None):
-    """All cells of one release, and what inside(tree, cells) returned, called while the
-    series is still applied (the tree is held for the duration, reset afterwards)."""
-    with upstream.using(tree):
-        if pin_tree is not None and pin_tree != tree:
-            GitTree(tree).borrow_objects(GitTree(pin_tree).objects)
-        probe_results = run_probes(tree, patches, parsed)
-        applied = apply_three_way(tree, patches)
-        cells = _cells(patches, probe_results, applied)
-        return cells, (inside(tree, cells) if inside else None)
+                     inside: Callable | None = None):
+    """All cells of one release (tree: a pristine private work tree, releases.work_tree),
+    and what inside(tree, cells) returned, called while the series is still applied."""
+    probe_results = run_probes(tree, patches, parsed)
+    applied = apply_three_way(tree, patches)
+    cells = _cells(patches, probe_results, applied)
+    return cells, (inside(tree, cells) if inside else None)
 
 
 def patch_cost(patch: Patch, files: list[str]) -> tuple[int, int]:
@@ -231,23 +228,41 @@ def compute(pin: Pin, patches: list[Patch], versions: list[str], urls: dict[str,
             patches_dir: Path, jobs: int = 4, check_installable: bool = True) -> Matrix:
     parsed = parse_all(patches)  # malformed probes fail before any download
     started = time.monotonic()
+    with upstream.WorkTrees(upstream.store()) as trees:
+        pin_cells, releases = _evaluate_all(pin, patches, parsed, versions, urls, jobs,
+                                            check_installable, trees)
+    bad = [BadProbe(name, r["probe"], r["why"])
+           for name, cell in pin_cells.items() for r in cell.probes if r["holds"]]
+    info = _patch_rows(patches, parsed, releases)
+    return Matrix(pin.project, pin.upstream_version, str(patches_dir), info, releases, bad,
+                  time.monotonic() - started)
+
+
+def _evaluate_all(pin: Pin, patches: list[Patch], parsed: dict[str, list], versions: list[str],
+                  urls: dict[str, str] | None, jobs: int, check_installable: bool,
+                  trees: upstream.WorkTrees) -> tuple[dict[str, Cell], list[Release]]:
+    """The pin's cells and every release, `jobs` at a time (the pin first)."""
     progress = BatchProgress()
 
-    def prepare(version: str) -> tuple[upstream.Sdist, Path]:
-        return upstream.release_tree(pin, version, urls, progress)
+    def evaluated(version: str) -> tuple[upstream.Sdist, dict[str, Cell]]:
+        """The release's sdist and cells (from the cache, else from a work tree). Its
+        files are imported into the store either way: drift reads them there."""
+        sdist, commit = upstream.release_source(pin, version, urls, progress)
+        cells = cells_key.load(sdist.sha256) if version != pin.upstream_version or all(
+            cells_key.has(upstream.recorded_sha256(pin.project, v)) for v in versions
+            if v != pin.upstream_version) else None
+        if cells is None:
+            with trees.checkout(commit) as tree:
+                cells, _ = evaluate_release(tree, patches, parsed)
+            cells_key.save(sdist.sha256, cells)
+        return sdist, cells
 
     cells_key = CellCache(pin, patches)
     # The pin first: its probes are the sanity check, and applying the series there writes
     # the blobs that 3-way merges on the other releases use as their base (so the pin's
     # cached cells are used only when every other release's are cached too).
     t0 = time.monotonic()
-    pin_sdist, pin_tree = prepare(pin.upstream_version)
-    others = [v for v in versions if v != pin.upstream_version]
-    pin_cells = cells_key.load(pin_sdist.sha256) if all(
-        cells_key.has(upstream.recorded_sha256(pin.project, v)) for v in others) else None
-    if pin_cells is None:
-        pin_cells, _ = evaluate_release(pin_tree, patches, parsed, None)
-        cells_key.save(pin_sdist.sha256, pin_cells)
+    pin_sdist, pin_cells = evaluated(pin.upstream_version)
     pin_seconds = time.monotonic() - t0
     indexes = installability.lock_settings() if check_installable else None
     done, done_lock = [0], threading.Lock()
@@ -257,11 +272,7 @@ def compute(pin: Pin, patches: list[Patch], versions: list[str], urls: dict[str,
         if version == pin.upstream_version:
             sdist, cells, seconds = pin_sdist, pin_cells, pin_seconds
         else:
-            sdist, tree = prepare(version)
-            cells = cells_key.load(sdist.sha256)
-            if cells is None:
-                cells, _ = evaluate_release(tree, patches, parsed, pin_tree)
-                cells_key.save(sdist.sha256, cells)
+            sdist, cells = evaluated(version)
             seconds = time.monotonic() - t
         can = installability.of_sdist(sdist.path, installability.arches(pin), indexes) \
             if check_installable else {}
@@ -273,13 +284,7 @@ def compute(pin: Pin, patches: list[Patch], versions: list[str], urls: dict[str,
         return Release(version, sdist.filename, sdist.sha256, cells, seconds, can)
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        releases = list(pool.map(one, versions))
-
-    bad = [BadProbe(name, r["probe"], r["why"])
-           for name, cell in pin_cells.items() for r in cell.probes if r["holds"]]
-    info = _patch_rows(patches, parsed, releases)
-    return Matrix(pin.project, pin.upstream_version, str(patches_dir), info, releases, bad,
-                  time.monotonic() - started)
+        return pin_cells, list(pool.map(one, versions))
 
 
 # The code whose behaviour decides a release's cells: a change to it is a new cache key.

@@ -269,3 +269,14 @@ def test_diff_lines_skip_blanks_and_comments_and_read_headers_per_file():
             "@@ -0,0 +1,2 @@\n+\n+y = 2\n")
     assert drift._code_lines(diff) == {"x.md": ({3}, {3}), "gone.py": ({1}, set()),
                                        "new.py": (set(), {2})}
+
+
+def test_a_name_query_finds_the_names_def_and_class_lines_define():
+    """What the per-name regex `^\\s*(async def|def|class)\\s+<name>\\b` found, from one pass:
+    a name whose word goes on (e_f for e), a comment or call are no definition; a keyword
+    alone on a line does not hide the definition on the next."""
+    text = ("async def a():\n    pass\nclass B(Base):\n  def c(self): ...\n# def g\n"
+            "call(def_h)\ndef e_f(): ...\n    def\nclass D: ...\n\n\n   async   def  k(): ...\n")
+    names = drift._defined_names(text, {}, "blob")
+    assert {"a", "B", "c", "e_f", "D", "k"} <= names
+    assert not {"g", "def_h", "e", "Base"} & names

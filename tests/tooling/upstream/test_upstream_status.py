@@ -5,6 +5,7 @@ import json
 import math
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +16,7 @@ from vllm_overlay.upstream import status
 from vllm_overlay.upstream import releases as upstream
 from vllm_overlay.commands import bisect as upstream_cli
 from vllm_overlay.commands import status as status_cli
+from vllm_overlay.common.gittree import GitTree
 from vllm_overlay.common.paths import REPO
 from vllm_overlay.common.errors import OverlayError
 from vllm_overlay.wheelbuild import constraints
@@ -406,26 +408,53 @@ def test_warm_status_reuses_cached_cells_and_reads_pip_config_once(synth_upstrea
     assert len(evaluated) == len(versions)  # the pin too: its blobs are the 3-way bases
 
 
-def test_release_trees_store_only_the_blobs_the_pin_lacks(synth_upstream):
-    """A release's cached tree borrows the pin tree's objects (git alternates) from the
-    start: a blob both releases have is stored once, in the pin's tree, and still reads."""
+def test_the_store_holds_each_release_once_and_no_work_tree_stays(synth_upstream):
+    """Each release's files are one commit of the cache's store, the same tree as the
+    unpacked sdist; a blob two releases share is stored once (the later import skips it);
+    the work trees status evaluates in are gone after the run."""
     u = synth_upstream
     versions, urls = releases(u, "1.0.0,1.0.10")
     matrix = compute(u, versions, urls)
-    pin_tree = upstream.tree_entry(u.pin.sdist.sha256) / "tree"
-    tree = upstream.tree_entry(matrix.releases[1].sha256) / "tree"
+    store = upstream.store()
 
-    def blobs(where):
-        out = subprocess.run(["git", "-C", str(where), "ls-tree", "-r", "upstream"],
+    def tree_of(rev: str, where: Path = store) -> str:
+        return subprocess.run(["git", "-C", str(where), "rev-parse", f"{rev}^{{tree}}"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    def blobs(sha256: str) -> set[str]:
+        out = subprocess.run(["git", "-C", str(store), "ls-tree", "-r",
+                              upstream.sdist_ref(sha256)],
                              capture_output=True, text=True, check=True).stdout
         return {line.split()[2] for line in out.splitlines()}
 
-    shared = blobs(pin_tree) & blobs(tree)
-    assert shared and blobs(tree) - shared  # the scenario: some files changed, most did not
-    own = tree / ".git" / "objects"
-    assert (own / "info" / "alternates").read_text().strip() == str(pin_tree / ".git" / "objects")
+    for release in matrix.releases:
+        unpacked = GitTree.unpack(u.dist / release.sdist, u.root / "unpacked" / release.version,
+                                  u.pin.released)
+        assert tree_of(upstream.sdist_ref(release.sha256)) == tree_of("HEAD", unpacked.path)
+    pin_blobs, later = blobs(matrix.releases[0].sha256), blobs(matrix.releases[1].sha256)
+    shared = pin_blobs & later
+    assert shared and later - shared  # the scenario: some files changed, most did not
+    packs = sorted(str(p) for p in (store / "objects" / "pack").glob("*.idx"))
+    packed = subprocess.run(["git", "-C", str(store), "verify-pack", "-v", *packs],
+                            capture_output=True, text=True, check=True).stdout.split()
     for blob in shared:
-        assert not (own / blob[:2] / blob[2:]).exists(), blob
-        subprocess.run(["git", "-C", str(tree), "cat-file", "-e", blob], check=True)
-    for blob in blobs(tree) - shared:
-        assert (own / blob[:2] / blob[2:]).exists(), blob
+        assert packed.count(blob) == 1, blob
+    assert not any((upstream.cache_dir() / "upstream-work").iterdir())
+
+
+def test_the_series_applied_on_the_pin_leaves_its_blobs_in_the_store(synth_upstream):
+    """Every blob the patches' `index` lines name (before and after each patch) is in the
+    store after a status run, though the work trees are gone: a patch on a file an earlier
+    patch changed needs the earlier patch's result as its 3-way base in later releases."""
+    u = synth_upstream
+    versions, urls = releases(u, "1.0.0,1.0.10")
+    compute(u, versions, urls)
+    named = set()
+    for patch in series.read_series(u.patches):
+        for line in patch.path.read_text().splitlines():
+            if line.startswith("index "):
+                named.update(b for b in line.split()[1].split("..") if set(b) != {"0"})
+    assert named
+    for blob in sorted(named):
+        subprocess.run(["git", "-C", str(upstream.store()), "rev-parse", "--verify", "-q",
+                        f"{blob}^{{blob}}"], check=True, capture_output=True)
