@@ -5,16 +5,21 @@ what setup.py writes into the wheel's Requires-Dist, which `make lock` resolves)
 the same `uv pip compile` that `make lock` runs (constraints.compile_lock: CPython 3.11,
 manylinux_2_31, the arch), in a scratch folder. The answer is cached per requirements, arch
 and index settings (cache/installable/<key>.json), so a warm `make status` does not resolve
-again (a "no" is resolved again after RECHECK_NO: the index may have the pin by then); a failure that is not a resolution (no network, uv missing) is "unknown" and is not
-cached. The indexes are pip's (pip config and PIP_INDEX_URL / PIP_EXTRA_INDEX_URL), which
+again (a "no" is resolved again after RECHECK_NO: the index may have the pin by then); a
+failure that is not a resolution (no network, uv missing) is "unknown" and is not cached.
+An index host that DNS does not know (no proxy set) is "unknown" at once: uv would retry
+it for seconds, on every run (e.g. the flashinfer.ai index some releases name). The indexes are pip's (pip config and PIP_INDEX_URL / PIP_EXTRA_INDEX_URL), which
 `make lock` hands to uv: those are the indexes named here.
 """
 
 import hashlib
 import json
 import re
+import socket
 import tempfile
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 from vllm_overlay.wheelbuild import constraints
@@ -81,6 +86,20 @@ def cause(uv_error: str, lines: list[str]) -> str | None:
     return None
 
 
+def unresolvable_host(texts: list[str]) -> str | None:
+    """The first http(s) host named in `texts` that DNS does not know, unless a proxy is
+    set (then the proxy resolves names, and uv is asked as always)."""
+    if urllib.request.getproxies():
+        return None
+    for url in re.findall(r"https?://[^\s,;'\"]+", "\n".join(texts)):
+        host = urllib.parse.urlsplit(url).hostname
+        try:
+            socket.getaddrinfo(host, None)
+        except (socket.gaierror, UnicodeError):
+            return host
+    return None
+
+
 def resolve(lines: list[str], arch: str, urls: list[str] | None = None) -> dict:
     """{"installable": True | False | None (unknown), "text": "yes" | "no (...)" |
     "unknown (...)", "package": what did not resolve, "indexes": [...]}; cached."""
@@ -93,6 +112,9 @@ def resolve(lines: list[str], arch: str, urls: list[str] | None = None) -> dict:
             return cached
     except (OSError, ValueError, KeyError, TypeError):
         pass
+    if host := unresolvable_host([*urls, *lines]):  # not a resolution: not cached
+        return {"installable": None, "text": f"unknown (cannot resolve {host})",
+                "package": None, "indexes": indexes}
     with tempfile.TemporaryDirectory(prefix="installable-") as tmp:
         (Path(tmp) / "runtime.in").write_text("".join(f"{line}\n" for line in lines))
         try:

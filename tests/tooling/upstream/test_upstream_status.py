@@ -260,6 +260,7 @@ def test_status_says_per_release_whether_its_runtime_installs(synth_upstream, ne
     monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)  # pip's indexes: PyPI alone
     for name in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(installable, "unresolvable_host", lambda texts: None)  # fake hosts
     network_lock.missing = {NEW_RUNTIME_PIN}  # the configured index lacks it
     u = synth_upstream
     versions, urls = releases(u, "1.0.9..latest")
@@ -458,3 +459,25 @@ def test_the_series_applied_on_the_pin_leaves_its_blobs_in_the_store(synth_upstr
     for blob in sorted(named):
         subprocess.run(["git", "-C", str(upstream.store()), "rev-parse", "--verify", "-q",
                         f"{blob}^{{blob}}"], check=True, capture_output=True)
+
+
+def test_an_index_host_dns_does_not_know_is_unknown_at_once_and_not_cached(tmp_path,
+                                                                           monkeypatch):
+    """Some releases name --extra-index-url https://flashinfer.ai/whl/: where DNS does not
+    know the host, uv retried it for ~5 s per release and arch, on every run."""
+    monkeypatch.setenv("VLLM_OVERLAY_CACHE", str(tmp_path / "cache"))
+    for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
+                  "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    asked = []
+    monkeypatch.setattr(constraints, "compile_lock", lambda *a, **k: asked.append(a) or "")
+    lines = ["--extra-index-url https://no-such-host.invalid/whl/", "torch==2.10.0"]
+    result = installable.resolve(lines, "x86_64", ["file:///nowhere/simple"])
+    assert result["installable"] is None and not asked
+    assert result["text"] == "unknown (cannot resolve no-such-host.invalid)"
+    assert not (tmp_path / "cache" / "installable").exists()  # asked again next run
+    assert installable.resolve(lines[1:], "x86_64", ["file:///nowhere/simple"])["text"] \
+        == "yes" and len(asked) == 1  # the control: a known host (none here) goes to uv
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # the proxy resolves names
+    installable.resolve(lines, "x86_64", ["file:///nowhere/simple"])
+    assert len(asked) == 2
