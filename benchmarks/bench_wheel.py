@@ -126,6 +126,8 @@ def main() -> None:
             os.symlink(cache_dir() / "venvs", cold_cache.parent / "venvs")
             cold, cold_rss, _ = build(repo, {**os.environ,
                                              "VLLM_OVERLAY_CACHE": str(cold_cache.parent)})
+        else:  # untimed: the build tree of the series before the change, as a developer has it
+            build(repo)
 
         # a change to the series: one more (trivial) patch on top of the committed ones
         tree = apply.apply_series(fetch.fetch(the_pin.sdist),
