@@ -94,7 +94,9 @@ def check_new_members(plan: WheelPlan, zf_new: zipfile.ZipFile, zf_old: zipfile.
     new_members = [m.name for m in plan.members if m.source is None]
     for member in plan.members:
         if member.source is None and zf_new.read(member.name) != member.content():
-            raise OverlayError(f"{plan.filename}: {member.name} differs from the patched tree")
+            made = "the patched tree" if member.name in plan.changed else \
+                "what this build made for it (metadata, the SBOM)"
+            raise OverlayError(f"{plan.filename}: {member.name} differs from {made}")
     record = wheelfile.dist_info(plan.version) + "RECORD"
     check_record_against_content(zf_new, record, names=new_members)
     old_record = read_record(zf_old, upstream_record)
