@@ -386,7 +386,7 @@ def run_stages(options: Options, base_future: Future, stages: Stages, tally: Tal
         finally:  # the tooling tests need no wheel: they run whatever the wheel stage gave
             tooling = stages.start_once("tooling tests", tooling_key(), tooling_tests,
                                         junit_dir, logs)
-        vllm_stages(options, wheel, base_future, stages, tally, record)
+        vllm_stages(options, wheel, base_future, stages, tally, record, junit_dir)
     finally:
         if tooling is not None:
             finish_tooling(tooling, logs / TOOLING_LOG, tally, record)
@@ -402,9 +402,8 @@ def finish_tooling(tooling: Future, log_file: Path, tally: Tally, record: Record
 
 
 def vllm_stages(options: Options, wheel: Path, base_future: Future, stages: Stages,
-                tally: Tally, record: Record) -> None:
+                tally: Tally, record: Record, junit_dir: Path) -> None:
     """The stages that install vLLM: environment, test trees, behaviour, subset."""
-    junit_dir = REPORTS / "junit"
     the_pin = pin.load()
     patches = series.read_series()
     record.patches = [p.name for p in patches]

@@ -78,7 +78,7 @@ def stubbed(tmp_path, monkeypatch):
     monkeypatch.setattr(testenv, "ensure_base", lambda *a, **k: Path("/base"))
     monkeypatch.setattr(venvs, "ensure_venv", lambda *a, **k: Path("/tools"))
     monkeypatch.setattr(harness, "subprocess", types.SimpleNamespace(
-        run=lambda cmd, **kw: tooling_run(cmd, **kw), STDOUT=subprocess.STDOUT))
+        run=tooling_run, STDOUT=subprocess.STDOUT))
     monkeypatch.setattr(fetch, "fetch", lambda art, project: Path("/" + art.filename))
     monkeypatch.setattr(testenv, "check_metadata", lambda base, arch: 42)
     monkeypatch.setattr(testenv, "ensure_vllm_env", ensure_vllm_env)
