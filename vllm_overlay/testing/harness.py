@@ -317,7 +317,6 @@ def overlay_side(the_subset: subset.Subset, added: list[str]) -> subset.Subset:
 def upstream_subset(env: Environment, trees: Trees, the_subset: subset.Subset,
                     added: list[str], patches: list[series.Patch], junit_dir: Path) -> SubsetRun:
     """The subset on both sides at once (2 cores), pristine's output to logs; compared."""
-    (REPORTS / "logs").mkdir(exist_ok=True)
     with ThreadPoolExecutor(1, thread_name_prefix="pristine-subset") as background:
         pristine_side = background.submit(
             run_subset, "pristine", venvs.python_of(env.pristine), trees.pristine, the_subset,
@@ -377,7 +376,6 @@ def run_stages(options: Options, base_future: Future, stages: Stages, tally: Tal
     downloads and git, the others on torch); what each finds goes to the tally and the
     record. An OverlayError ends the run (the caller records it)."""
     junit_dir, logs = REPORTS / "junit", REPORTS / "logs"
-    logs.mkdir(exist_ok=True)
     (logs / TOOLING_LOG).write_text("")
     tooling = None
     try:
@@ -439,7 +437,8 @@ def main(options: Options) -> int:
     """The whole run; the report in reports/, the closing line last. 1 when anything failed."""
     stages, tally, record = Stages(), Tally(), Record()
     shutil.rmtree(REPORTS, ignore_errors=True)
-    (REPORTS / "junit").mkdir(parents=True)
+    for folder in ("junit", "logs"):
+        (REPORTS / folder).mkdir(parents=True)
     WORK.mkdir(parents=True, exist_ok=True)
     base_future = start_runtime_venv(options.arch)
     try:
