@@ -242,11 +242,10 @@ class UpstreamStream:
         """Read (and hash) the rest, the central directory: the digest of the whole file."""
         while self.read1(self.BLOCK):
             pass
-        self.close()
         return self.digest.hexdigest()
 
     def close(self) -> None:
-        """Stop reading ahead (again: a no-op)."""
+        """Stop reading ahead (the worker ends the block it has begun)."""
         for future in self.ahead:
             future.cancel()
         self.pool.shutdown(wait=True)
@@ -302,7 +301,7 @@ def write_wheel(plan: WheelPlan, out: Path, record: BuildRecord) -> Written:
                 written = _write_members(plan, src, fp, infos, epoch_to_date_time(record.epoch))
                 actual = src.hexdigest()
             finally:
-                src.close()  # an error: the worker stops after the blocks it has begun
+                src.close()
             started = time.perf_counter()
             fp.flush()
             os.fsync(fp.fileno())
